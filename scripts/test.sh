@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# Install (if needed), lint, and run the test suite. Extra args go to pytest.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh
+VENV=${TRISPEC_VENV:-.venv}
+"$VENV/bin/ruff" check .
+# Triton kernels run on CPU tensors under the interpreter; CI has no GPU.
+export TRITON_INTERPRET=1
+export VLLM_CPU_KVCACHE_SPACE=${VLLM_CPU_KVCACHE_SPACE:-1}
+set +e
+"$VENV/bin/pytest" "$@"
+rc=$?
+set -e
+if [ "$rc" -eq 5 ]; then
+  echo "pytest collected no tests (exit 5): treated as success" >&2
+  rc=0
+fi
+exit "$rc"

@@ -1,0 +1,72 @@
+"""Plugin discovery, idempotent registration, and config errors before weights load."""
+
+from __future__ import annotations
+
+from importlib.metadata import entry_points
+
+import pytest
+
+pytest.importorskip("vllm")
+
+NGRAM = {"method": "ngram", "num_speculative_tokens": 3, "prompt_lookup_max": 3}
+
+
+def test_entry_point_is_discovered():
+    eps = entry_points(group="vllm.general_plugins")
+    ours = [ep for ep in eps if ep.name == "trispec"]
+    assert len(ours) == 1 and ours[0].value == "trispec_vllm.plugin:register"
+    from trispec_vllm import plugin
+
+    assert ours[0].load() is plugin.register
+
+
+def test_register_twice_is_harmless():
+    from vllm.platforms import current_platform
+
+    from trispec_vllm import plugin
+
+    plugin.register()
+    hook = type(current_platform).check_and_update_config
+    plugin.register()
+    plugin._registered = False  # even a second, independent registration wraps once
+    plugin.register()
+    assert type(current_platform).check_and_update_config is hook
+    assert plugin.is_registered()
+
+
+def test_kernels_folder_is_not_a_top_level_package():
+    import importlib.util
+
+    assert importlib.util.find_spec("trispec_vllm.kernels") is not None
+    assert importlib.util.find_spec("kernels") is None
+
+
+def engine_config(target, additional, spec=NGRAM):
+    from vllm.engine.arg_utils import EngineArgs
+
+    return EngineArgs(
+        model=target, additional_config=additional, speculative_config=spec, max_model_len=256
+    ).create_engine_config()
+
+
+def test_stock_engine_is_untouched(tiny_pair):
+    cfg = engine_config(tiny_pair.target, {}, None)
+    assert cfg.parallel_config.worker_cls.startswith("vllm.")
+
+
+@pytest.mark.parametrize(
+    ("section", "spec", "message"),
+    [
+        ({"lamda": 0.3}, NGRAM, "unknown key 'lamda'"),
+        ({"margin_threshold": "high"}, NGRAM, "margin_threshold"),
+        ({"proxy_model": "/nonexistent/proxy"}, NGRAM, "does not exist"),
+        ({"proxy_model": "OTHER_VOCAB"}, NGRAM, "vocabulary of 640 tokens but the target has 512"),
+        ({}, None, "TriSpec needs a drafter"),
+    ],
+)
+def test_bad_config_fails_before_weights_load(tiny_pair, section, spec, message):
+    section = {"proxy_model": tiny_pair.proxy, **section}
+    if section["proxy_model"] == "OTHER_VOCAB":
+        section["proxy_model"] = tiny_pair.other_vocab_proxy
+    with pytest.raises(ValueError, match=message):
+        engine_config(tiny_pair.target, {"trispec": section}, spec)

@@ -1,0 +1,116 @@
+"""TriSpec's per-request routing rule, vectorised over the batch (no vLLM import).
+
+One step of one request: drafts d_1..d_n (0 <= n <= K), the proxy's top-1
+t_1..t_{n+1} and margins m_1..m_{n+1} (position n+1 is the bonus position).
+
+- tau_a: number of leading drafts with d_i == t_i (proxy acceptance length);
+- tau_m: number of leading positions 1..n+1 with m_i >= lambda (trusted prefix);
+- Case I (tau_a < tau_m): the proxy is confident through its first rejection,
+  so the request emits d_1..d_tau_a and t_{tau_a+1} with no target work;
+- Case II (otherwise): d_1..d_tau_m are accepted without the target and the
+  target verifies d_{tau_m+1}..d_n as in standard speculative decoding.
+
+A request forced to the target (`force_target`, e.g. after max_skips proxy
+steps) takes Case II with trusted length min(tau_a, tau_m), so a draft the
+proxy rejected is never accepted unverified. lambda > 1 never trusts
+(tau_m = 0: standard speculative decoding); lambda <= 0 always trusts.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+PAD = -1
+
+
+@dataclass(frozen=True)
+class RoutingDecision:
+    """Per-request verdicts for one step; every tensor has batch size B first."""
+
+    tau_a: torch.Tensor  # [B] int64
+    tau_m: torch.Tensor  # [B] int64
+    proxy_completes: torch.Tensor  # [B] bool: Case I
+    emitted: torch.Tensor  # [B, K+1] int64, Case I tokens, PAD after num_emitted
+    num_emitted: torch.Tensor  # [B] int64, tau_a + 1 in Case I, 0 in Case II
+    trusted_len: torch.Tensor  # [B] int64, Case II drafts accepted without the target
+    target_drafts: torch.Tensor  # [B, K] int64, Case II drafts left to verify, PAD-padded
+    num_target_drafts: torch.Tensor  # [B] int64
+
+    @property
+    def escalated(self) -> torch.Tensor:
+        """[B] bool: Case II, the request needs the target this step."""
+        return ~self.proxy_completes
+
+
+def _leading_true(flags: torch.Tensor) -> torch.Tensor:
+    """Length of the run of True at the start of each row."""
+    return torch.cumprod(flags.to(torch.int64), dim=1).sum(dim=1)
+
+
+def route(
+    draft_tokens: torch.Tensor,
+    num_drafts: torch.Tensor,
+    proxy_top1: torch.Tensor,
+    proxy_margin: torch.Tensor,
+    margin_threshold: float | torch.Tensor,
+    force_target: torch.Tensor | None = None,
+) -> RoutingDecision:
+    """Apply the TriSpec rule to a batch.
+
+    Args:
+        draft_tokens: [B, K] drafts, left-aligned; entries past num_drafts are ignored.
+        num_drafts: [B] number of drafts per request (0..K).
+        proxy_top1: [B, K+1] proxy argmax at each draft position and the bonus one.
+        proxy_margin: [B, K+1] proxy top-1 minus top-2 probability, same positions.
+        margin_threshold: lambda, a float or a [B] tensor (per-request lambda).
+        force_target: optional [B] bool, requests that must go to the target.
+    """
+    b, k = draft_tokens.shape
+    if proxy_top1.shape != (b, k + 1) or proxy_margin.shape != (b, k + 1):
+        raise ValueError(
+            f"proxy_top1/proxy_margin must be [B, K+1] = [{b}, {k + 1}], got "
+            f"{tuple(proxy_top1.shape)} and {tuple(proxy_margin.shape)}"
+        )
+    dev = draft_tokens.device
+    n = num_drafts.to(device=dev, dtype=torch.int64)
+    pos = torch.arange(k + 1, device=dev)
+    is_draft = pos[:k].unsqueeze(0) < n.unsqueeze(1)  # [B, K]
+    in_step = pos.unsqueeze(0) <= n.unsqueeze(1)  # [B, K+1]: drafts + bonus
+
+    tau_a = _leading_true(is_draft & (draft_tokens == proxy_top1[:, :k]))
+    lam = torch.as_tensor(margin_threshold, dtype=proxy_margin.dtype, device=dev)
+    lam = lam.unsqueeze(-1) if lam.dim() == 1 else lam
+    tau_m = _leading_true(in_step & (proxy_margin >= lam))
+
+    case_i = tau_a < tau_m
+    if force_target is not None:
+        case_i = case_i & ~force_target.to(device=dev, dtype=torch.bool)
+
+    # Case I emits d_1..d_tau_a then the proxy's correction t_{tau_a+1}.
+    draft_tokens = draft_tokens.long()
+    padded_drafts = torch.cat([draft_tokens, draft_tokens.new_full((b, 1), PAD)], dim=1)
+    correction = proxy_top1.gather(1, tau_a.unsqueeze(1)).long()  # [B, 1]
+    emitted = torch.where(pos.unsqueeze(0) < tau_a.unsqueeze(1), padded_drafts, PAD).long()
+    emitted = emitted.scatter(1, tau_a.unsqueeze(1), correction)
+    emitted = torch.where(case_i.unsqueeze(1), emitted, PAD).long()
+    num_emitted = torch.where(case_i, tau_a + 1, 0)
+
+    # Case II keeps the trusted prefix (never past the proxy's first rejection).
+    trusted_len = torch.where(case_i, 0, torch.minimum(tau_a, tau_m))
+    num_target = torch.where(case_i, 0, n - trusted_len)
+    src = (pos[:k].unsqueeze(0) + trusted_len.unsqueeze(1)).clamp(max=k - 1 if k else 0)
+    shifted = draft_tokens.gather(1, src) if k else draft_tokens
+    target_drafts = torch.where(pos[:k].unsqueeze(0) < num_target.unsqueeze(1), shifted, PAD)
+
+    return RoutingDecision(
+        tau_a=tau_a,
+        tau_m=tau_m,
+        proxy_completes=case_i,
+        emitted=emitted,
+        num_emitted=num_emitted,
+        trusted_len=trusted_len,
+        target_drafts=target_drafts.long(),
+        num_target_drafts=num_target,
+    )

@@ -1,0 +1,5 @@
+"""Helpers for tests and demos that need no download (tiny random models)."""
+
+from trispec_vllm.testing.tiny_models import TinyPair, make_tiny_pair, make_tokenizer
+
+__all__ = ["TinyPair", "make_tiny_pair", "make_tokenizer"]

@@ -1,0 +1,163 @@
+"""Tiny random Qwen2 models with a locally built tokenizer, for tests and the demo.
+
+The target and its proxy share the tokenizer, the vocabulary, the embedding
+and the LM head; the proxy keeps only the target's first layers (which the
+target's scaled-down later layers only nudge), so it agrees with the target
+often but not always, like a real smaller model of the same family. The LM
+head is scaled up so logits are peaky: greedy decoding has no near-ties, and
+batch composition cannot flip a token.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+VOCAB_SIZE = 512
+SPECIAL_TOKENS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>")
+_LETTERS = "etaoinshrdlucmfwypvbgk"
+
+
+def _byte_alphabet() -> list[str]:
+    """GPT-2's printable stand-ins for the 256 bytes (what ByteLevel expects)."""
+    keep = list(range(ord("!"), ord("~") + 1)) + list(range(0xA1, 0xAD)) + list(range(0xAE, 0x100))
+    chars, extra = [], 0
+    for b in range(256):
+        if b in keep:
+            chars.append(chr(b))
+        else:
+            chars.append(chr(256 + extra))
+            extra += 1
+    return chars
+
+
+def make_tokenizer(out_dir: str | Path, vocab_size: int = VOCAB_SIZE):
+    """Write a byte-level BPE tokenizer of exactly `vocab_size` ids to out_dir.
+
+    256 byte tokens, deterministic letter-pair merges, then the special tokens
+    last, so every id a model can emit decodes to text.
+    """
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    base = _byte_alphabet()
+    n_merges = vocab_size - len(base) - len(SPECIAL_TOKENS)
+    if n_merges < 0:
+        raise ValueError(f"vocab_size must be at least {len(base) + len(SPECIAL_TOKENS)}")
+    merges = []
+    pairs = [(a, b) for a in _LETTERS + "Ġ" for b in _LETTERS]
+    if n_merges > len(pairs):
+        raise ValueError(f"vocab_size must be at most {len(base) + len(pairs) + 3}")
+    merges = pairs[:n_merges]
+    vocab = {tok: i for i, tok in enumerate(base)}
+    for a, b in merges:
+        vocab[a + b] = len(vocab)
+    bpe = models.BPE(vocab=vocab, merges=merges)
+    tok = Tokenizer(bpe)
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.add_special_tokens(list(SPECIAL_TOKENS))
+    assert tok.get_vocab_size() == vocab_size, tok.get_vocab_size()
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        eos_token="<|endoftext|>",
+        pad_token="<|endoftext|>",
+        bos_token=None,
+    )
+    fast.chat_template = (
+        "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n"
+        "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+    )
+    fast.save_pretrained(str(out_dir))
+    return fast
+
+
+@dataclass(frozen=True)
+class TinyPair:
+    """Paths of a tiny target and its proxy (and a wrong-vocabulary proxy)."""
+
+    target: str
+    proxy: str
+    other_vocab_proxy: str
+
+
+def _save_model(model, tokenizer_dir: Path, out_dir: Path, max_len: int) -> None:
+    model.save_pretrained(str(out_dir), safe_serialization=True)
+    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
+        src = tokenizer_dir / name
+        if src.exists():
+            (out_dir / name).write_bytes(src.read_bytes())
+    gen = {"bos_token_id": None, "eos_token_id": VOCAB_SIZE - 3, "max_length": max_len}
+    (out_dir / "generation_config.json").write_text(json.dumps(gen))
+
+
+def make_tiny_pair(
+    out_dir: str | Path,
+    *,
+    hidden_size: int = 64,
+    target_layers: int = 4,
+    proxy_layers: int = 2,
+    deep_layer_scale: float = 0.25,
+    max_position_embeddings: int = 2048,
+    logit_scale: float = 8.0,
+    seed: int = 0,
+) -> TinyPair:
+    """Write target/, proxy/ and other_vocab_proxy/ under out_dir (fp32 safetensors).
+
+    Idempotent: an existing complete pair in out_dir is reused.
+    """
+    import torch
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    out = Path(out_dir)
+    pair = TinyPair(
+        target=str(out / "target"),
+        proxy=str(out / "proxy"),
+        other_vocab_proxy=str(out / "other_vocab_proxy"),
+    )
+    done = out / ".complete"
+    if done.exists():
+        return pair
+    out.mkdir(parents=True, exist_ok=True)
+    tok_dir = out / "tokenizer"
+    make_tokenizer(tok_dir)
+
+    def config(layers: int, vocab: int) -> Qwen2Config:
+        return Qwen2Config(
+            vocab_size=vocab,
+            hidden_size=hidden_size,
+            intermediate_size=2 * hidden_size,
+            num_hidden_layers=layers,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            max_position_embeddings=max_position_embeddings,
+            tie_word_embeddings=False,
+            torch_dtype="float32",
+            eos_token_id=VOCAB_SIZE - 3,
+            bos_token_id=None,
+            pad_token_id=VOCAB_SIZE - 3,
+            initializer_range=0.2,
+        )
+
+    torch.manual_seed(seed)
+    target = Qwen2ForCausalLM(config(target_layers, VOCAB_SIZE)).float()
+    with torch.no_grad():
+        target.lm_head.weight.mul_(logit_scale / 0.2 / hidden_size**0.5)
+        # Layers the proxy lacks only nudge the residual stream: the proxy then
+        # agrees with the target mostly, and disagrees where it is unsure.
+        for layer in target.model.layers[proxy_layers:]:
+            layer.self_attn.o_proj.weight.mul_(deep_layer_scale)
+            layer.mlp.down_proj.weight.mul_(deep_layer_scale)
+    proxy = Qwen2ForCausalLM(config(proxy_layers, VOCAB_SIZE)).float()
+    proxy_state = {k: v for k, v in target.state_dict().items() if k in proxy.state_dict()}
+    proxy.load_state_dict(proxy_state)
+    other = Qwen2ForCausalLM(config(proxy_layers, VOCAB_SIZE + 128)).float()
+
+    for model, path in ((target, pair.target), (proxy, pair.proxy)):
+        _save_model(model, tok_dir, Path(path), max_position_embeddings)
+    other_dir = Path(pair.other_vocab_proxy)
+    make_tokenizer(other_dir, VOCAB_SIZE + 128)
+    other.save_pretrained(str(other_dir), safe_serialization=True)
+    done.write_text("ok")
+    return pair
