@@ -2,7 +2,10 @@
 
 - the platform's `check_and_update_config`, wrapped so a `trispec` section in
   `additional_config` is validated before any weights load and selects
-  TriSpec's worker;
+  TriSpec's worker (features TriSpec cannot support yet are switched off);
+- the workers (CPU and GPU), which always build the V1 model runner;
+- the model runner's `load_model` (loads the proxy), `execute_model` (the
+  TriSpec step) and `sample_tokens` (counts emitted tokens).
 Keep this module thin: decisions live in the pure modules (config, router).
 """
 
@@ -14,6 +17,9 @@ import logging
 import os
 from pathlib import Path
 from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
 
 from trispec_vllm.config import (
     SUPPORTED_DRAFTERS,
@@ -43,6 +49,7 @@ def install_config_hook() -> None:
         cfg = parse_trispec_config(vllm_config.additional_config)
         if cfg is not None:
             validate_engine_config(cfg, vllm_config)
+            adjust_engine_config(vllm_config)
         original(vllm_config)
 
     setattr(check_and_update_config, _HOOK_MARK, True)
@@ -87,3 +94,366 @@ def check_proxy_vocab(proxy_model: str, target_vocab: int) -> None:
         )
     if os.environ.get("TRISPEC_DEBUG"):
         logger.info("TriSpec proxy %s: vocabulary %d matches the target", proxy_model, vocab)
+
+
+# ---------------------------------------------------------------------------
+# Engine settings TriSpec needs, applied with a logged warning.
+
+
+def adjust_engine_config(vllm_config: VllmConfig) -> None:
+    """Switch off what TriSpec cannot support yet and select its worker."""
+    cache = vllm_config.cache_config
+    if cache.enable_prefix_caching:
+        logger.warning(
+            "TriSpec: prefix caching disabled (a cached block may hold positions "
+            "that have proxy KV but no target KV)"
+        )
+        cache.enable_prefix_caching = False
+    sched = vllm_config.scheduler_config
+    if getattr(sched, "async_scheduling", False):
+        logger.warning("TriSpec: async scheduling disabled (routing needs the step's outputs)")
+        sched.async_scheduling = False
+    if vllm_config.kv_transfer_config is not None:
+        raise TriSpecConfigError("TriSpec does not support KV connectors (kv_transfer_config)")
+    if vllm_config.parallel_config.pipeline_parallel_size > 1:
+        raise TriSpecConfigError("TriSpec does not support pipeline parallelism yet")
+    if not vllm_config.model_config.enforce_eager:
+        logger.warning("TriSpec: running eagerly (CUDA graphs do not cover the routed step yet)")
+        vllm_config.model_config.enforce_eager = True
+    from vllm.config import CompilationMode
+    from vllm.config.compilation import CUDAGraphMode
+
+    vllm_config.compilation_config.mode = CompilationMode.NONE
+    vllm_config.compilation_config.cudagraph_mode = CUDAGraphMode.NONE
+    parallel = vllm_config.parallel_config
+    if parallel.worker_cls not in ("auto", WORKER_CPU, WORKER_GPU):
+        raise TriSpecConfigError(
+            f"TriSpec selects its own worker, but worker_cls={parallel.worker_cls} was given"
+        )
+    from vllm.platforms import current_platform
+
+    parallel.worker_cls = WORKER_CPU if current_platform.is_cpu() else WORKER_GPU
+
+
+WORKER_CPU = "trispec_vllm.seam.TriSpecCPUWorker"
+WORKER_GPU = "trispec_vllm.seam.TriSpecGPUWorker"
+
+
+# ---------------------------------------------------------------------------
+# Worker and model runner.
+
+
+def _runner_mixin():
+    """The TriSpec model-runner overrides, as a mixin over vLLM's V1 runner."""
+    from vllm.forward_context import set_forward_context
+    from vllm.v1.attention.backend import CommonAttentionMetadata
+    from vllm.v1.outputs import EMPTY_MODEL_RUNNER_OUTPUT
+    from vllm.v1.worker.gpu_model_runner import ExecuteModelState
+
+    from trispec_vllm import proxy_runner
+    from trispec_vllm.step import StepBatch, TriSpecStep
+
+    class TriSpecRunnerMixin:
+        trispec: TriSpecStep
+
+        def _trispec_setup(self) -> None:
+            cfg = parse_trispec_config(self.vllm_config.additional_config)
+            assert cfg is not None
+            self.trispec = TriSpecStep(cfg)
+            self.trispec_proxy = None
+            self._trispec_last_step = None
+
+        def load_model(self, *args, **kwargs) -> None:
+            super().load_model(*args, **kwargs)
+            logger.info("TriSpec: loading proxy %s", self.trispec.cfg.proxy_model)
+            self.trispec_proxy = proxy_runner.load_proxy(
+                self.vllm_config, self.trispec.cfg.proxy_model
+            )
+
+        def _target_layer_names(self) -> list[str]:
+            names = []
+            for group in self.kv_cache_config.kv_cache_groups:
+                names += [
+                    n
+                    for n in group.layer_names
+                    if not proxy_runner.is_proxy_layer(n) and not n.startswith("draft_model.")
+                ]
+            return names
+
+        def execute_model(self, scheduler_output, intermediate_tensors=None):
+            if self.execute_model_state is not None:
+                raise RuntimeError("sample_tokens() must be called after execute_model()")
+            deferred = self._update_states(scheduler_output)
+            self.trispec.watermarks.forget(self.requests.keys())
+            if not scheduler_output.total_num_scheduled_tokens:
+                return EMPTY_MODEL_RUNNER_OUTPUT
+            if len(self.kv_cache_config.kv_cache_groups) != 1:
+                raise RuntimeError("TriSpec supports models with one KV cache group only")
+
+            num_reqs = self.input_batch.num_reqs
+            req_ids = list(self.input_batch.req_ids)
+            num_sched = np.array(
+                [scheduler_output.num_scheduled_tokens[r] for r in req_ids], dtype=np.int32
+            )
+            num_tokens = scheduler_output.total_num_scheduled_tokens
+            logits_indices, spec_meta, max_sampled = self._prepare_inputs(
+                scheduler_output, num_sched
+            )
+            cg_mode, batch_desc, _, tokens_across_dp, cg_stats = (
+                self._determine_batch_execution_and_padding(
+                    num_tokens=num_tokens,
+                    num_reqs=num_reqs,
+                    num_scheduled_tokens_np=num_sched,
+                    max_num_scheduled_tokens=int(num_sched.max()),
+                    use_cascade_attn=False,
+                    num_encoder_reqs=0,
+                    allow_microbatching=False,
+                )
+            )
+            slot_by_group, slot_by_layer = self._get_slot_mappings(
+                num_tokens_padded=num_tokens,
+                num_reqs_padded=num_reqs,
+                num_tokens_unpadded=num_tokens,
+            )
+            attn_md, spec_cm = self._build_attention_metadata(
+                num_tokens=num_tokens,
+                num_reqs=num_reqs,
+                max_query_len=int(num_sched.max()),
+                logits_indices=logits_indices,
+                max_num_sampled_tokens=max_sampled,
+                use_spec_decode=True,
+                num_scheduled_tokens=scheduler_output.num_scheduled_tokens,
+                slot_mappings=slot_by_group,
+            )
+            input_ids, inputs_embeds, positions, _, model_kwargs, _ = self._preprocess(
+                scheduler_output, num_tokens, None
+            )
+
+            # 1. Proxy over every scheduled token of every request.
+            with set_forward_context(
+                attn_md,
+                self.vllm_config,
+                num_tokens=num_tokens,
+                num_tokens_across_dp=tokens_across_dp,
+                cudagraph_runtime_mode=cg_mode,
+                batch_descriptor=batch_desc,
+                slot_mapping=slot_by_layer,
+            ):
+                proxy_hidden = self.trispec_proxy(
+                    input_ids=input_ids, positions=positions, inputs_embeds=inputs_embeds
+                )
+            logits = self.trispec_proxy.compute_logits(proxy_hidden[logits_indices])
+
+            # 2. Route every request on the proxy's margins.
+            batch = self._trispec_batch(req_ids, num_sched, spec_meta)
+            plan = self.trispec.plan(batch, logits)
+
+            # 3. Target on the escalated sub-batch, from each watermark to the end.
+            hidden_size = self.model_config.get_hidden_size()
+            hidden_states = proxy_hidden.new_zeros((num_tokens, hidden_size))
+            tb = None
+            if plan.escalated_rows.size:
+                bt = self.input_batch.block_table[0]
+                tb = self.trispec.target_batch(
+                    batch, plan, self.input_batch.token_ids_cpu, bt.get_cpu_tensor(), bt.block_size
+                )
+                target_hidden = self._trispec_target_forward(tb)
+                logit_rows, hidden_rows = self.trispec.target_rows(batch, plan, tb)
+                if logit_rows.size:
+                    dev = logits.device
+                    target_logits = self.model.compute_logits(
+                        target_hidden[torch.from_numpy(hidden_rows).to(dev)]
+                    )
+                    logits = logits.clone()
+                    logits[torch.from_numpy(logit_rows).to(dev)] = target_logits.to(logits.dtype)
+                # Target hidden states of this step's tokens, where the target ran
+                # (prompt logprobs read them for prefilling requests).
+                src, dst = self._trispec_step_token_map(batch, tb)
+                hidden_states[dst] = target_hidden[src].to(hidden_states.dtype)
+            self._trispec_last_step = self.trispec.finish(batch, plan, tb)
+
+            self.execute_model_state = ExecuteModelState(
+                scheduler_output,
+                logits,
+                spec_meta,
+                spec_cm,
+                hidden_states,
+                hidden_states[logits_indices],
+                None,
+                None,
+                cg_stats,
+                slot_by_layer,
+            )
+            self.kv_connector_output = None
+            if deferred:
+                deferred()
+            return None
+
+        def sample_tokens(self, grammar_output):
+            out = super().sample_tokens(grammar_output)
+            step = self._trispec_last_step
+            if step is not None and hasattr(out, "sampled_token_ids"):
+                emitted = sum(len(t) for t in out.sampled_token_ids)
+                step.emitted_tokens = emitted
+                self.trispec.stats.emitted_tokens += emitted
+                self._trispec_last_step = None
+            return out
+
+        def _trispec_batch(self, req_ids, num_sched, spec_meta) -> StepBatch:
+            ib = self.input_batch
+            b = len(req_ids)
+            if spec_meta is None:
+                num_drafts = np.zeros(b, dtype=np.int64)
+                drafts = torch.zeros(0, dtype=torch.long)
+            else:
+                num_drafts = np.asarray(spec_meta.num_draft_tokens, dtype=np.int64)
+                drafts = spec_meta.draft_token_ids
+            plain = np.array([r in ib.greedy_reqs for r in req_ids], dtype=bool)
+            plain &= ib.frequency_penalties_cpu[:b] == 0
+            plain &= ib.presence_penalties_cpu[:b] == 0
+            plain &= ib.repetition_penalties_cpu[:b] == 1
+            for row in ib.bad_words_token_ids:
+                if row < b:
+                    plain[row] = False
+            if ib.allowed_token_ids_mask_cpu_tensor is not None:
+                plain &= ~ib.allowed_token_ids_mask_cpu_tensor[:b].any(dim=1).numpy()
+            return StepBatch(
+                req_ids=req_ids,
+                num_scheduled=num_sched.astype(np.int64),
+                num_computed=ib.num_computed_tokens_cpu[:b].astype(np.int64),
+                num_prompt=ib.num_prompt_tokens[:b].astype(np.int64),
+                num_drafts=num_drafts,
+                draft_tokens=drafts,
+                trust_allowed=plain,
+            )
+
+        def _trispec_step_token_map(self, batch, tb):
+            """Indices mapping the target's tokens of this step to the full batch."""
+            full_start = np.zeros(len(batch.req_ids), dtype=np.int64)
+            np.cumsum(batch.num_scheduled[:-1], out=full_start[1:])
+            src, dst = [], []
+            for i, r in enumerate(tb.rows):
+                s = int(batch.num_scheduled[r])
+                src.append(tb.step_offsets[i] + np.arange(s))
+                dst.append(full_start[r] + np.arange(s))
+            dev = self.device
+            return (
+                torch.from_numpy(np.concatenate(src)).to(dev),
+                torch.from_numpy(np.concatenate(dst)).to(dev),
+            )
+
+        def _trispec_target_forward(self, tb) -> torch.Tensor:
+            dev = self.device
+            qsl_cpu = tb.query_start_loc
+            slot = tb.slot_mapping.to(dev)
+            cm = CommonAttentionMetadata(
+                query_start_loc=qsl_cpu.to(dev),
+                query_start_loc_cpu=qsl_cpu,
+                seq_lens=tb.seq_lens.to(dev),
+                num_reqs=tb.num_reqs,
+                num_actual_tokens=tb.num_tokens,
+                max_query_len=tb.max_query_len,
+                max_seq_len=tb.max_seq_len,
+                block_table_tensor=tb.block_table.to(dev),
+                slot_mapping=slot,
+                causal=True,
+                positions=tb.positions.to(dev),
+                seq_lens_cpu_upper_bound=tb.seq_lens,
+            )
+            target_layers = set(self._target_layer_names())
+            attn_md = {}
+            for group in self.attn_groups[0]:
+                names = [n for n in group.layer_names if n in target_layers]
+                if names:
+                    md = group.build_metadata(cm, 0)
+                    attn_md.update(dict.fromkeys(names, md))
+            with set_forward_context(
+                attn_md,
+                self.vllm_config,
+                num_tokens=tb.num_tokens,
+                slot_mapping=dict.fromkeys(target_layers, slot),
+            ):
+                return self.model(input_ids=tb.token_ids.to(dev), positions=tb.positions.to(dev))
+
+    return TriSpecRunnerMixin
+
+
+def _cpu_runner_cls():
+    from vllm.v1.worker.cpu_model_runner import CPUModelRunner
+
+    class TriSpecCPUModelRunner(_runner_mixin(), CPUModelRunner):
+        def __init__(self, vllm_config, device) -> None:
+            super().__init__(vllm_config, device)
+            self._trispec_setup()
+
+    return TriSpecCPUModelRunner
+
+
+def _gpu_runner_cls():
+    from vllm.v1.worker.gpu_model_runner import GPUModelRunner
+
+    class TriSpecGPUModelRunner(_runner_mixin(), GPUModelRunner):
+        def __init__(self, vllm_config, device) -> None:
+            super().__init__(vllm_config, device)
+            self._trispec_setup()
+
+    return TriSpecGPUModelRunner
+
+
+def _trispec_counters(worker) -> dict[str, int]:
+    return worker.model_runner.trispec.stats.as_dict()
+
+
+def _cpu_worker_cls():
+    from unittest import mock
+
+    from vllm.v1.worker import cpu_worker
+
+    class TriSpecCPUWorker(cpu_worker.CPUWorker):
+        """vLLM's CPU worker with TriSpec's model runner (always the V1 runner)."""
+
+        def __init__(self, *args, **kwargs) -> None:
+            super().__init__(*args, **kwargs)
+            self.use_v2_model_runner = False
+
+        def init_device(self) -> None:
+            with mock.patch.object(cpu_worker, "CPUModelRunner", _cpu_runner_cls()):
+                super().init_device()
+
+        def trispec_counters(self) -> dict[str, int]:
+            return _trispec_counters(self)
+
+    return TriSpecCPUWorker
+
+
+def _gpu_worker_cls():
+    from vllm.v1.worker.gpu_worker import Worker
+
+    class TriSpecGPUWorker(Worker):
+        """vLLM's GPU worker with TriSpec's model runner (always the V1 runner)."""
+
+        def __init__(self, *args, **kwargs) -> None:
+            super().__init__(*args, **kwargs)
+            self.use_v2_model_runner = False
+
+        def _make_model_runner(self):
+            return _gpu_runner_cls()(self.vllm_config, self.device)
+
+        def trispec_counters(self) -> dict[str, int]:
+            return _trispec_counters(self)
+
+    return TriSpecGPUWorker
+
+
+_LAZY = {"TriSpecCPUWorker": _cpu_worker_cls, "TriSpecGPUWorker": _gpu_worker_cls}
+
+
+def __getattr__(name: str):
+    """Build the worker classes on first use (vLLM resolves them by qualified name),
+    so importing this module for the config hook stays cheap."""
+    if name in _LAZY:
+        cls = _LAZY[name]()
+        cls.__module__ = __name__
+        globals()[name] = cls
+        return cls
+    raise AttributeError(name)
