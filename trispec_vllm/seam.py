@@ -51,6 +51,9 @@ def install_config_hook() -> None:
             validate_engine_config(cfg, vllm_config)
             adjust_engine_config(vllm_config)
         original(vllm_config)
+        if cfg is not None and vllm_config.scheduler_config.async_scheduling:
+            # The platform hook may turn async scheduling back on (GPU).
+            vllm_config.scheduler_config.async_scheduling = False
 
     setattr(check_and_update_config, _HOOK_MARK, True)
     platform_cls.check_and_update_config = staticmethod(check_and_update_config)

@@ -98,9 +98,9 @@ def make_tiny_pair(
     hidden_size: int = 128,
     target_layers: int = 4,
     proxy_layers: int = 2,
-    deep_layer_scale: float = 0.25,
+    deep_layer_scale: float = 0.15,
     max_position_embeddings: int = 2048,
-    logit_scale: float = 8.0,
+    logit_scale: float = 24.0,
     seed: int = 0,
 ) -> TinyPair:
     """Write target/, proxy/ and other_vocab_proxy/ under out_dir (fp32 safetensors).

@@ -1,0 +1,197 @@
+"""TriSpec inside vLLM's engine on tiny random models (CPU, fp32).
+
+Engines are expensive (about 15 s each): each configuration starts once per
+module and serves every test that needs it.
+"""
+
+from __future__ import annotations
+
+import gc
+import os
+
+import pytest
+
+pytest.importorskip("vllm")
+pytestmark = pytest.mark.vllm
+
+K = 3
+MAX_TOKENS = 64
+NGRAM = {
+    "method": "ngram",
+    "num_speculative_tokens": K,
+    "prompt_lookup_max": 3,
+    "prompt_lookup_min": 1,
+}
+
+
+def prompts(n: int = 16) -> list[str]:
+    """Mixed lengths, with repeats so the ngram drafter finds matches."""
+    base = [
+        "def add(a, b): return a + b\n",
+        "the cat sat on the mat. ",
+        "x = [1, 2, 3]\n",
+        "hello world hello world ",
+        "for i in range(10): print(i)\n",
+    ]
+    return [base[i % 5] * (1 + i % 4) + f"# case {i}" for i in range(n)]
+
+
+def make_llm(tiny_pair, spec=None, trispec=None, **kwargs):
+    from vllm import LLM
+
+    extra = {"additional_config": {"trispec": trispec}} if trispec else {}
+    return LLM(
+        model=tiny_pair.target,
+        dtype="float32",
+        max_model_len=512,
+        enforce_eager=True,
+        speculative_config=spec,
+        seed=0,
+        **extra,
+        **kwargs,
+    )
+
+
+def close(llm) -> None:
+    llm.llm_engine.engine_core.shutdown()
+    del llm
+    gc.collect()
+
+
+def greedy(max_tokens=MAX_TOKENS):
+    from vllm import SamplingParams
+
+    return SamplingParams(temperature=0, max_tokens=max_tokens, ignore_eos=True)
+
+
+def token_ids(outputs) -> list[list[int]]:
+    return [list(o.outputs[0].token_ids) for o in outputs]
+
+
+def counters(llm) -> dict[str, int]:
+    return llm.collective_rpc("trispec_counters")[0]
+
+
+@pytest.fixture(scope="module")
+def reference(tiny_pair):
+    """vLLM's own non-speculative greedy outputs."""
+    llm = make_llm(tiny_pair)
+    out = token_ids(llm.generate(prompts(), greedy()))
+    close(llm)
+    return out
+
+
+@pytest.mark.parametrize("drafter", ["ngram", "draft_model"])
+def test_lossless_mode_equals_plain_greedy(tiny_pair, reference, drafter):
+    spec = (
+        NGRAM
+        if drafter == "ngram"
+        else {"method": "draft_model", "model": tiny_pair.proxy, "num_speculative_tokens": K}
+    )
+    llm = make_llm(tiny_pair, spec, {"proxy_model": tiny_pair.proxy, "margin_threshold": 1.5})
+    got = token_ids(llm.generate(prompts(), greedy()))
+    c = counters(llm)
+    close(llm)
+    assert got == reference
+    assert c["proxy_completions"] == 0 and c["escalations"] > 0
+    assert c["target_steps"] == c["proxy_steps"]
+    assert c["emitted_tokens"] >= 16 * MAX_TOKENS  # tokens past max_tokens are cut by vLLM
+
+
+def test_proxy_equal_to_target_skips_target_steps_exactly(tiny_pair, reference):
+    llm = make_llm(tiny_pair, NGRAM, {"proxy_model": tiny_pair.target, "margin_threshold": 0.5})
+    ps = prompts()
+    got = []
+    for i in range(0, 16, 2):  # small batches: whole steps can skip the target
+        got += token_ids(llm.generate(ps[i : i + 2], greedy()))
+    c = counters(llm)
+    close(llm)
+    assert got == reference
+    assert c["proxy_completions"] > 0 and c["catchup_tokens"] > 0
+    assert c["target_steps"] < 0.8 * c["proxy_steps"], c
+
+
+def test_smaller_proxy_follows_the_reference_rules(tiny_pair):
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from tests.oracle import trispec_generate
+
+    spec = {"method": "draft_model", "model": tiny_pair.proxy, "num_speculative_tokens": K}
+    cfg = {"proxy_model": tiny_pair.proxy, "margin_threshold": 0.5, "max_skips": 4}
+    llm = make_llm(tiny_pair, spec, cfg)
+    ps = prompts(6)
+    got = token_ids(llm.generate(ps, greedy(32)))
+    c = counters(llm)
+    close(llm)
+    assert c["proxy_completions"] > 0 and c["escalations"] > 0
+
+    torch.manual_seed(0)
+    tok = AutoTokenizer.from_pretrained(tiny_pair.target)
+    target = AutoModelForCausalLM.from_pretrained(tiny_pair.target).eval()
+    proxy = AutoModelForCausalLM.from_pretrained(tiny_pair.proxy).eval()
+    for p, g in zip(ps, got, strict=True):
+        ids = tok(p)["input_ids"]
+        want = trispec_generate(target, proxy, proxy, ids, 32, K, 0.5, 4)
+        assert g == want
+
+
+def test_preemption_keeps_lossless_output(tiny_pair, reference, monkeypatch):
+    monkeypatch.delenv("VLLM_CPU_KVCACHE_SPACE", raising=False)
+    # 16 requests x ~160 tokens need ~2,600 slots: 48 blocks of 16 force preemption.
+    llm = make_llm(
+        tiny_pair,
+        NGRAM,
+        {"proxy_model": tiny_pair.proxy, "margin_threshold": 1.5},
+        kv_cache_memory_bytes=48 * 16 * 2 * 1 * 64 * 4 * 10,
+        disable_log_stats=False,
+    )
+    got = token_ids(llm.generate(prompts(), greedy()))
+    metrics = {m.name: m for m in llm.get_metrics()}
+    close(llm)
+    assert got == reference
+    assert metrics["vllm:num_preemptions"].value > 0
+
+
+def test_aborting_half_the_requests_leaves_the_others_unchanged(tiny_pair, reference):
+    llm = make_llm(tiny_pair, NGRAM, {"proxy_model": tiny_pair.target, "margin_threshold": 0.5})
+    engine = llm.llm_engine
+    ps = prompts()
+    for i, p in enumerate(ps):
+        engine.add_request(str(i), p, greedy())
+    done: dict[str, list[int]] = {}
+    steps = 0
+    while engine.has_unfinished_requests():
+        for out in engine.step():
+            if out.finished:
+                done[out.request_id] = list(out.outputs[0].token_ids)
+        steps += 1
+        if steps == 5:
+            engine.abort_request([str(i) for i in range(0, 16, 2)])
+    close(llm)
+    for i in range(1, 16, 2):
+        assert done[str(i)] == reference[i]
+    assert all(str(i) not in done or len(done[str(i)]) < MAX_TOKENS for i in range(0, 16, 2))
+
+
+def test_unsupported_drafter_is_refused_before_weights_load(tiny_pair):
+    from trispec_vllm.config import TriSpecConfigError
+    from trispec_vllm.seam import validate_engine_config
+
+    class Spec:
+        method = "eagle3"
+
+    class Model:
+        @staticmethod
+        def get_vocab_size():
+            return 512
+
+    class Cfg:
+        speculative_config = Spec()
+        model_config = Model()
+
+    from trispec_vllm.config import TriSpecConfig
+
+    with pytest.raises(TriSpecConfigError, match="'eagle3' is not supported"):
+        validate_engine_config(TriSpecConfig(proxy_model=tiny_pair.proxy), Cfg())
+    assert os.path.isdir(tiny_pair.proxy)
