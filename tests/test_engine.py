@@ -99,16 +99,31 @@ def test_lossless_mode_equals_plain_greedy(tiny_pair, reference, drafter):
 
 
 def test_proxy_equal_to_target_skips_target_steps_exactly(tiny_pair, reference):
-    llm = make_llm(tiny_pair, NGRAM, {"proxy_model": tiny_pair.target, "margin_threshold": 0.5})
+    llm = make_llm(
+        tiny_pair,
+        NGRAM,
+        {"proxy_model": tiny_pair.target, "margin_threshold": 0.5},
+        disable_log_stats=False,
+    )
     ps = prompts()
     got = []
     for i in range(0, 16, 2):  # small batches: whole steps can skip the target
         got += token_ids(llm.generate(ps[i : i + 2], greedy()))
     c = counters(llm)
+    metrics = {m.name: m.value for m in llm.get_metrics() if m.name.startswith("trispec:")}
     close(llm)
     assert got == reference
     assert c["proxy_completions"] > 0 and c["catchup_tokens"] > 0
     assert c["target_steps"] < 0.8 * c["proxy_steps"], c
+    # The same counts reach LLM.get_metrics() through vLLM's stats path.
+    for name in (
+        "proxy_steps",
+        "target_steps",
+        "escalations",
+        "proxy_completions",
+        "emitted_tokens",
+    ):
+        assert metrics["trispec:" + name] == c[name], name
 
 
 def test_smaller_proxy_follows_the_reference_rules(tiny_pair):

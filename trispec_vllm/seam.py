@@ -27,6 +27,7 @@ from trispec_vllm.config import (
     TriSpecConfigError,
     parse_trispec_config,
 )
+from trispec_vllm.metrics import PREFIX, STATS_KEY, PrometheusCounters, TriSpecStats
 
 if TYPE_CHECKING:
     from vllm.config import VllmConfig
@@ -57,6 +58,111 @@ def install_config_hook() -> None:
 
     setattr(check_and_update_config, _HOOK_MARK, True)
     platform_cls.check_and_update_config = staticmethod(check_and_update_config)
+    install_stat_logger_hooks()
+
+
+# ---------------------------------------------------------------------------
+# Stats: worker -> scheduler stats -> front-end stat loggers.
+
+
+def _split_stats(scheduler_stats):
+    """(TriSpec's step counts or None, scheduler_stats without them)."""
+    import dataclasses
+
+    payload = getattr(scheduler_stats, "kv_connector_stats", None)
+    if not payload or STATS_KEY not in payload:
+        return None, scheduler_stats
+    rest = {k: v for k, v in payload.items() if k != STATS_KEY} or None
+    return payload[STATS_KEY], dataclasses.replace(scheduler_stats, kv_connector_stats=rest)
+
+
+def install_metrics_reader_hook() -> None:
+    """`LLM.get_metrics()` lists `vllm:*` metrics only; add the `trispec:*` counters."""
+    from vllm.v1.engine import llm_engine
+
+    original = llm_engine.get_metrics_snapshot
+    if getattr(original, _HOOK_MARK, False):
+        return
+
+    @functools.wraps(original)
+    def get_metrics_snapshot():
+        from prometheus_client import REGISTRY
+        from vllm.v1.metrics.reader import Counter
+
+        collected = original()
+        for metric in REGISTRY.collect():
+            if metric.name.startswith(PREFIX) and metric.type == "counter":
+                for sample in metric.samples:
+                    if sample.name == metric.name + "_total":
+                        collected.append(
+                            Counter(name=metric.name, labels=sample.labels, value=int(sample.value))
+                        )
+        return collected
+
+    setattr(get_metrics_snapshot, _HOOK_MARK, True)
+    llm_engine.get_metrics_snapshot = get_metrics_snapshot
+
+
+def install_stat_logger_hooks() -> None:
+    """Teach vLLM's Prometheus and logging stat loggers about TriSpec's counts."""
+    from vllm.v1.metrics import loggers
+
+    prom = loggers.PrometheusStatLogger
+    if getattr(prom.record, _HOOK_MARK, False):
+        return
+    prom_init, prom_record = prom.__init__, prom.record
+    log_record, log_log = loggers.LoggingStatLogger.record, loggers.LoggingStatLogger.log
+
+    @functools.wraps(prom_init)
+    def prometheus_init(self, vllm_config, *args, **kwargs):
+        prom_init(self, vllm_config, *args, **kwargs)
+        self.trispec_counters = None
+        if parse_trispec_config(vllm_config.additional_config) is not None:
+            self.trispec_counters = PrometheusCounters(
+                self._counter_cls, ["model_name", "engine"], self.per_engine_labelvalues
+            )
+
+    @functools.wraps(prom_record)
+    def prometheus_record(self, scheduler_stats, iteration_stats, *args, **kwargs):
+        step, scheduler_stats = _split_stats(scheduler_stats)
+        engine_idx = kwargs.get("engine_idx", args[1] if len(args) > 1 else 0)
+        if step and getattr(self, "trispec_counters", None) is not None:
+            self.trispec_counters.observe(step, engine_idx)
+        return prom_record(self, scheduler_stats, iteration_stats, *args, **kwargs)
+
+    @functools.wraps(log_record)
+    def logging_record(self, scheduler_stats, iteration_stats, *args, **kwargs):
+        step, scheduler_stats = _split_stats(scheduler_stats)
+        if step:
+            acc = getattr(self, "trispec_interval", None) or TriSpecStats()
+            acc.add(TriSpecStats(**step))
+            self.trispec_interval = acc
+        return log_record(self, scheduler_stats, iteration_stats, *args, **kwargs)
+
+    @functools.wraps(log_log)
+    def logging_log(self):
+        log_log(self)
+        acc = getattr(self, "trispec_interval", None)
+        if acc is not None and acc.proxy_steps:
+            logger.info(
+                "TriSpec: %d steps, target ran in %d (%.0f%%), %d request-steps completed by "
+                "the proxy, %d escalated, %d tokens emitted, %d catch-up tokens",
+                acc.proxy_steps,
+                acc.target_steps,
+                100 * acc.target_steps / acc.proxy_steps,
+                acc.proxy_completions,
+                acc.escalations,
+                acc.emitted_tokens,
+                acc.catchup_tokens,
+            )
+            self.trispec_interval = None
+
+    install_metrics_reader_hook()
+    for fn in (prometheus_record, logging_record):
+        setattr(fn, _HOOK_MARK, True)
+    prom.__init__, prom.record = prometheus_init, prometheus_record
+    loggers.LoggingStatLogger.record = logging_record
+    loggers.LoggingStatLogger.log = logging_log
 
 
 def validate_engine_config(cfg: TriSpecConfig, vllm_config: VllmConfig) -> None:
@@ -148,9 +254,10 @@ WORKER_GPU = "trispec_vllm.seam.TriSpecGPUWorker"
 
 def _runner_mixin():
     """The TriSpec model-runner overrides, as a mixin over vLLM's V1 runner."""
+    from vllm.distributed.kv_transfer.kv_connector.v1.metrics import KVConnectorStats
     from vllm.forward_context import set_forward_context
     from vllm.v1.attention.backend import CommonAttentionMetadata
-    from vllm.v1.outputs import EMPTY_MODEL_RUNNER_OUTPUT
+    from vllm.v1.outputs import EMPTY_MODEL_RUNNER_OUTPUT, KVConnectorOutput
     from vllm.v1.worker.gpu_model_runner import ExecuteModelState
 
     from trispec_vllm import proxy_runner
@@ -300,6 +407,12 @@ def _runner_mixin():
                 step.emitted_tokens = emitted
                 self.trispec.stats.emitted_tokens += emitted
                 self._trispec_last_step = None
+                # Ride vLLM's worker -> scheduler stats channel (KV connectors are
+                # refused with TriSpec, so the channel is otherwise unused).
+                if out.kv_connector_output is None:
+                    out.kv_connector_output = KVConnectorOutput(
+                        kv_connector_stats=KVConnectorStats(data={STATS_KEY: step.as_dict()})
+                    )
             return out
 
         def _trispec_batch(self, req_ids, num_sched, spec_meta) -> StepBatch:
