@@ -12,6 +12,7 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("selfcheck", help="check the margin kernel and router (no model needed)")
     demo = sub.add_parser("demo", help="run a TriSpec generation on an embedded default")
     demo.add_argument("--lam", type=float, default=0.5, help="margin threshold (lambda)")
+    demo.add_argument("--max-tokens", type=int, default=48)
     args = parser.parse_args(argv)
 
     if args.command == "selfcheck":
@@ -19,9 +20,9 @@ def main(argv: list[str] | None = None) -> int:
 
         return selfcheck.run()
     if args.command == "demo":
-        from trispec_vllm import selfcheck
+        from trispec_vllm import demo as demo_mod
 
-        return selfcheck.run(lam=args.lam)
+        return demo_mod.run(margin_threshold=args.lam, max_tokens=args.max_tokens)
     return 2
 
 
