@@ -72,13 +72,21 @@ def counters(llm) -> dict[str, int]:
     return llm.collective_rpc("trispec_counters")[0]
 
 
+LONG_PROMPTS = ["import os\n" * 25 + "def main():", "the cat sat on the mat. " * 14]
+
+
 @pytest.fixture(scope="module")
-def reference(tiny_pair):
-    """vLLM's own non-speculative greedy outputs."""
+def reference_all(tiny_pair):
+    """vLLM's own non-speculative greedy outputs (texts too)."""
     llm = make_llm(tiny_pair)
-    out = token_ids(llm.generate(prompts(), greedy()))
+    outs = llm.generate(prompts() + LONG_PROMPTS, greedy())
     close(llm)
-    return out
+    return token_ids(outs), [o.outputs[0].text for o in outs]
+
+
+@pytest.fixture(scope="module")
+def reference(reference_all):
+    return reference_all[0][:16]
 
 
 @pytest.mark.parametrize("drafter", ["ngram", "draft_model"])
@@ -210,3 +218,84 @@ def test_unsupported_drafter_is_refused_before_weights_load(tiny_pair):
     with pytest.raises(TriSpecConfigError, match="'eagle3' is not supported"):
         validate_engine_config(TriSpecConfig(proxy_model=tiny_pair.proxy), Cfg())
     assert os.path.isdir(tiny_pair.proxy)
+
+
+@pytest.fixture(scope="module")
+def proxy_is_target_llm(tiny_pair):
+    """Exact routing at lambda 0.5 (proxy = target), small chunks force chunked prefill."""
+    llm = make_llm(
+        tiny_pair,
+        NGRAM,
+        {"proxy_model": tiny_pair.target, "margin_threshold": 0.5},
+        max_num_batched_tokens=64,
+        max_num_seqs=8,
+    )
+    yield llm
+    close(llm)
+
+
+def test_chunked_prefill_of_long_prompts(proxy_is_target_llm, reference_all):
+    got = token_ids(proxy_is_target_llm.generate(LONG_PROMPTS, greedy()))
+    assert got == reference_all[0][16:]
+
+
+def test_n_greater_than_one_and_logprobs(proxy_is_target_llm, reference):
+    from vllm import SamplingParams
+
+    params = SamplingParams(temperature=0, max_tokens=MAX_TOKENS, ignore_eos=True, logprobs=2)
+    outs = proxy_is_target_llm.generate(prompts()[:3], params)
+    for out, ref in zip(outs, reference[:3], strict=True):
+        completion = out.outputs[0]
+        assert list(completion.token_ids) == ref
+        # One logprob entry per token; the chosen token is the most likely one.
+        assert len(completion.logprobs) == MAX_TOKENS
+        for tok, lp in zip(completion.token_ids, completion.logprobs, strict=True):
+            assert lp[tok].rank == 1
+    # vLLM allows n > 1 with sampling only; every sample gets its full length.
+    params = SamplingParams(temperature=0.8, max_tokens=16, ignore_eos=True, n=3, seed=1)
+    (out,) = proxy_is_target_llm.generate(prompts()[:1], params)
+    assert len(out.outputs) == 3 and all(len(c.token_ids) == 16 for c in out.outputs)
+
+
+def test_stop_strings_and_max_tokens(proxy_is_target_llm, reference_all):
+    from vllm import SamplingParams
+
+    texts = reference_all[1]
+    stops = [texts[i][20:23] for i in range(4)]
+    params = [SamplingParams(temperature=0, max_tokens=MAX_TOKENS, stop=[s]) for s in stops]
+    params.append(SamplingParams(temperature=0, max_tokens=7, ignore_eos=True))
+    outs = proxy_is_target_llm.generate(prompts()[:5], params)
+    for i in range(4):
+        assert outs[i].outputs[0].text == texts[i][: texts[i].find(stops[i])]
+        assert outs[i].outputs[0].finish_reason == "stop"
+    assert len(outs[4].outputs[0].token_ids) == 7
+    assert outs[4].outputs[0].finish_reason == "length"
+
+
+def test_sampling_requests_go_to_the_target_without_disturbing_greedy_ones(
+    proxy_is_target_llm, reference
+):
+    from vllm import SamplingParams
+
+    before = counters(proxy_is_target_llm)
+    sampled = [
+        SamplingParams(temperature=0.8, max_tokens=MAX_TOKENS, ignore_eos=True, seed=s)
+        for s in range(4)
+    ]
+    outs = proxy_is_target_llm.generate(prompts()[:4], sampled)
+    after = counters(proxy_is_target_llm)
+    assert all(len(o.outputs[0].token_ids) == MAX_TOKENS for o in outs)
+    assert after["proxy_completions"] == before["proxy_completions"]  # never trusted
+    assert after["escalations"] > before["escalations"]
+    mixed = [greedy() if i % 2 else sampled[i] for i in range(4)]
+    outs = proxy_is_target_llm.generate(prompts()[:4], mixed)
+    for i in (1, 3):
+        assert list(outs[i].outputs[0].token_ids) == reference[i]
+
+
+def test_over_long_prompt_is_refused_and_the_engine_keeps_serving(proxy_is_target_llm, reference):
+    from vllm.exceptions import VLLMValidationError
+
+    with pytest.raises(VLLMValidationError, match="maximum context length"):
+        proxy_is_target_llm.generate(["the cat sat on the mat. " * 80], greedy())
+    assert token_ids(proxy_is_target_llm.generate(prompts()[:2], greedy())) == reference[:2]

@@ -261,7 +261,7 @@ def _runner_mixin():
     from vllm.v1.worker.gpu_model_runner import ExecuteModelState
 
     from trispec_vllm import proxy_runner
-    from trispec_vllm.step import StepBatch, TriSpecStep
+    from trispec_vllm.step import StepBatch, TriSpecStep, greedy_verify
 
     class TriSpecRunnerMixin:
         trispec: TriSpecStep
@@ -272,6 +272,7 @@ def _runner_mixin():
             self.trispec = TriSpecStep(cfg)
             self.trispec_proxy = None
             self._trispec_last_step = None
+            self._trispec_step_batch = None
 
         def load_model(self, *args, **kwargs) -> None:
             super().load_model(*args, **kwargs)
@@ -356,6 +357,7 @@ def _runner_mixin():
 
             # 2. Route every request on the proxy's margins.
             batch = self._trispec_batch(req_ids, num_sched, spec_meta)
+            self._trispec_step_batch = batch
             plan = self.trispec.plan(batch, logits)
 
             # 3. Target on the escalated sub-batch, from each watermark to the end.
@@ -415,6 +417,45 @@ def _runner_mixin():
                     )
             return out
 
+        # vLLM's V1 runner rewinds a seeded request's generator by offset when the
+        # token it sampled is discarded (a partial prefill chunk); CPU generators
+        # have no offset, so on CPU the state is saved before sampling and put back.
+        def _discarded_cpu_generators(self) -> dict[int, torch.Generator]:
+            if self.device.type != "cpu":
+                return {}
+            rows = np.nonzero(self.discard_request_mask.np[: self.input_batch.num_reqs])[0]
+            gens = self.input_batch.generators
+            return {int(i): gens[int(i)] for i in rows if int(i) in gens}
+
+        def _sample(self, logits, spec_decode_metadata):
+            saved = {i: g.get_state() for i, g in self._discarded_cpu_generators().items()}
+            out = super()._sample(logits, spec_decode_metadata)
+            for i, state in saved.items():
+                self.input_batch.generators[i].set_state(state)
+            batch = self._trispec_step_batch
+            if spec_decode_metadata is not None and batch is not None and batch.mixed_sampling:
+                # vLLM 0.32's CPU rejection sampler can overwrite greedy requests'
+                # tokens when sampled requests share the batch; greedy verification
+                # is deterministic, so redo it for the plain-greedy rows.
+                fixed = greedy_verify(
+                    logits,
+                    batch.num_drafts,
+                    batch.draft_tokens,
+                    batch.trust_allowed,
+                    out.sampled_token_ids,
+                )
+                out.sampled_token_ids.copy_(fixed)
+            return out
+
+        def _bookkeeping_sync(self, *args, **kwargs):
+            hidden = self._discarded_cpu_generators()
+            for i in hidden:
+                del self.input_batch.generators[i]
+            try:
+                return super()._bookkeeping_sync(*args, **kwargs)
+            finally:
+                self.input_batch.generators.update(hidden)
+
         def _trispec_batch(self, req_ids, num_sched, spec_meta) -> StepBatch:
             ib = self.input_batch
             b = len(req_ids)
@@ -433,8 +474,10 @@ def _runner_mixin():
                     plain[row] = False
             if ib.allowed_token_ids_mask_cpu_tensor is not None:
                 plain &= ~ib.allowed_token_ids_mask_cpu_tensor[:b].any(dim=1).numpy()
+            greedy = np.array([r in ib.greedy_reqs for r in req_ids], dtype=bool)
             return StepBatch(
                 req_ids=req_ids,
+                mixed_sampling=bool(greedy.any() and not greedy.all()),
                 num_scheduled=num_sched.astype(np.int64),
                 num_computed=ib.num_computed_tokens_cpu[:b].astype(np.int64),
                 num_prompt=ib.num_prompt_tokens[:b].astype(np.int64),

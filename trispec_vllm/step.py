@@ -41,6 +41,7 @@ class StepBatch:
     num_drafts: np.ndarray  # [B]
     draft_tokens: torch.Tensor  # [sum(num_drafts)] flat
     trust_allowed: np.ndarray  # [B] bool: plain greedy requests may trust the proxy
+    mixed_sampling: bool = False  # greedy and sampled requests share the batch
 
 
 @dataclass(frozen=True)
@@ -158,3 +159,35 @@ class TriSpecStep:
         step.escalations = int((~completes).sum())
         self.stats.add(step)
         return step
+
+
+def greedy_verify(
+    logits: torch.Tensor,
+    num_drafts: np.ndarray,
+    draft_tokens: torch.Tensor,
+    rows_mask: np.ndarray,
+    sampled: torch.Tensor,
+) -> torch.Tensor:
+    """Greedy speculative verification for the masked requests (others copied).
+
+    A request's logits rows are its drafts' positions then the bonus one: drafts
+    are kept while they equal the row's argmax, then the argmax at the first
+    mismatch (or the bonus) ends the step; later slots hold -1.
+    """
+    out = sampled.clone()
+    argmax = logits.argmax(dim=-1).to(out.dtype).cpu()
+    drafts = draft_tokens.cpu()
+    row = draft = 0
+    for r, n in enumerate(num_drafts.tolist()):
+        if rows_mask[r]:
+            tokens = []
+            for j in range(n + 1):
+                best = int(argmax[row + j])
+                tokens.append(best)
+                if j == n or int(drafts[draft + j]) != best:
+                    break
+            out[r] = -1
+            out[r, : len(tokens)] = torch.tensor(tokens, dtype=out.dtype)
+        row += n + 1
+        draft += n
+    return out.to(sampled.device)
