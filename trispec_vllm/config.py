@@ -53,10 +53,9 @@ class TriSpecConfig(BaseModel):
     ride_along: Literal["none", "all"] = Field(
         default="none",
         description="Once the target runs in a step, whether requests the proxy would "
-        "complete are verified by the target too ('all') or not ('none').",
-    )
-    proxy_dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
-        default="auto", description="Proxy weights dtype; 'auto' follows the target."
+        "complete are verified by the target too ('all': fewer trusted-but-wrong tokens, "
+        "more target work) or not ('none': the default; the proxy's verdict stands and the "
+        "target catches up later).",
     )
 
     @property

@@ -1,0 +1,114 @@
+"""The engine step's pure parts: watermarks, the target sub-batch, planning, greedy verify."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from trispec_vllm.config import TriSpecConfig
+from trispec_vllm.step import StepBatch, TriSpecStep, greedy_verify
+from trispec_vllm.target_batch import build_target_batch
+from trispec_vllm.watermarks import Watermarks
+
+
+def test_watermark_settles_on_accepted_tokens_and_resets_on_preemption():
+    w = Watermarks()
+    assert w.settle("a", 10).watermark == 0  # new request: no target KV yet
+    w.target_ran("a", 14)  # target wrote positions [0, 14), two drafts then rejected
+    assert w.settle("a", 12).watermark == 12  # only kept tokens count
+    w.proxy_completed("a")
+    assert w.settle("a", 16).watermark == 12 and w.settle("a", 16).skips == 1
+    assert w.settle("a", 0).watermark == 0  # preempted: recomputed from scratch
+    w.forget(["b"])
+    assert "a" not in w
+
+
+def test_target_batch_catches_up_from_the_watermark():
+    block_size = 4
+    table = torch.tensor([[7, 3, 9, 0], [2, 5, 0, 0], [1, 8, 6, 4]], dtype=torch.int32)
+    tokens = np.arange(3 * 16).reshape(3, 16)
+    rows = np.array([0, 2])
+    tb = build_target_batch(
+        rows,
+        watermarks=np.array([5, 9]),
+        num_computed=np.array([8, 9]),
+        num_scheduled=np.array([3, 2]),
+        token_ids=tokens,
+        block_table=table,
+        block_size=block_size,
+    )
+    assert tb.positions.tolist() == [5, 6, 7, 8, 9, 10, 9, 10]
+    assert tb.token_ids.tolist() == [5, 6, 7, 8, 9, 10, 32 + 9, 32 + 10]
+    assert tb.query_start_loc.tolist() == [0, 6, 8] and tb.seq_lens.tolist() == [11, 11]
+    assert tb.step_offsets.tolist() == [3, 6]  # first scheduled token of each request
+    # position 5 of row 0 lives in block 3 (second block), offset 1
+    assert tb.slot_mapping.tolist()[:1] == [3 * 4 + 1]
+    assert tb.slot_mapping.tolist()[6] == 6 * 4 + 1  # row 2, position 9: third block
+
+
+def step_batch(num_drafts, drafts, computed=(10, 10), prompt=(4, 4), trust=(True, True)):
+    n = np.array(num_drafts)
+    return StepBatch(
+        req_ids=[f"r{i}" for i in range(len(n))],
+        num_scheduled=n + 1,
+        num_computed=np.array(computed),
+        num_prompt=np.array(prompt),
+        num_drafts=n,
+        draft_tokens=torch.tensor(drafts),
+        trust_allowed=np.array(trust),
+    )
+
+
+def confident_logits(tokens, vocab=16, peak=20.0):
+    logits = torch.zeros(len(tokens), vocab)
+    logits[torch.arange(len(tokens)), torch.tensor(tokens)] = peak
+    return logits
+
+
+def test_plan_routes_each_request_and_forces_after_max_skips():
+    step = TriSpecStep(TriSpecConfig(proxy_model="p", max_skips=1))
+    batch = step_batch([2, 1], [3, 4, 5])
+    # Request 0: the proxy agrees with both drafts, confident everywhere -> Case I.
+    # Request 1: the proxy rejects its draft but is unsure there -> escalated.
+    logits = confident_logits([3, 4, 9, 6, 2])
+    logits[3, 7] = 20.0  # tie on request 1's first position: margin 0
+    plan = step.plan(batch, logits)
+    assert plan.decision.proxy_completes.tolist() == [True, False]
+    assert plan.escalated_rows.tolist() == [1]
+    assert plan.sample_row_offsets.tolist() == [0, 3]
+    step.finish(batch, plan, None)
+    plan = step.plan(batch, logits)  # request 0 has used its one skip
+    assert plan.decision.proxy_completes.tolist() == [False, False]
+
+
+def test_plan_never_trusts_prefill_or_sampled_requests():
+    step = TriSpecStep(TriSpecConfig(proxy_model="p"))
+    batch = step_batch([0, 0], [], computed=(0, 10), trust=(True, False))
+    plan = step.plan(batch, confident_logits([1, 2]))
+    assert plan.decision.proxy_completes.tolist() == [False, False]
+    assert plan.decision.trusted_len.tolist() == [0, 0]
+
+
+def test_ride_along_sends_everyone_once_the_target_runs():
+    step = TriSpecStep(TriSpecConfig(proxy_model="p", ride_along="all"))
+    batch = step_batch([2, 1], [3, 4, 5])
+    logits = confident_logits([3, 4, 9, 6, 2])
+    logits[3, 7] = 20.0
+    plan = step.plan(batch, logits)
+    assert plan.escalated_rows.tolist() == [0, 1]
+    assert plan.decision.trusted_len.tolist() == [2, 0]  # request 0 keeps its trusted drafts
+
+
+def test_greedy_verify_matches_the_rule():
+    logits = confident_logits([3, 4, 9, 1, 2, 5])  # request 0: 2 drafts; request 1: 2 drafts
+    sampled = torch.full((3, 3), 42, dtype=torch.int32)
+    out = greedy_verify(
+        logits,
+        np.array([2, 2, 0]),
+        torch.tensor([3, 4, 1, 7]),
+        np.array([True, True, False]),
+        sampled,
+    )
+    assert out[0].tolist() == [3, 4, 9]  # both drafts kept, bonus
+    assert out[1].tolist() == [1, 2, -1]  # first kept, second rejected -> correction
+    assert out[2].tolist() == [42, 42, 42]  # not a greedy row: untouched
