@@ -70,3 +70,16 @@ def test_bad_config_fails_before_weights_load(tiny_pair, section, spec, message)
         section["proxy_model"] = tiny_pair.other_vocab_proxy
     with pytest.raises(ValueError, match=message):
         engine_config(tiny_pair.target, {"trispec": section}, spec)
+
+
+def test_worker_and_runner_classes_build_for_cpu_and_gpu():
+    from trispec_vllm import seam
+
+    cpu, gpu = seam.TriSpecCPUWorker, seam.TriSpecGPUWorker  # resolved by qualified name
+    assert cpu.__module__ == gpu.__module__ == "trispec_vllm.seam"
+    from vllm.v1.worker.cpu_model_runner import CPUModelRunner
+    from vllm.v1.worker.gpu_model_runner import GPUModelRunner
+
+    assert issubclass(seam._cpu_runner_cls(), CPUModelRunner)
+    assert issubclass(seam._gpu_runner_cls(), GPUModelRunner)
+    assert seam.WORKER_CPU.rsplit(".", 1)[1] == cpu.__name__
