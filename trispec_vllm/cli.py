@@ -13,7 +13,19 @@ def main(argv: list[str] | None = None) -> int:
     demo = sub.add_parser("demo", help="run a TriSpec generation on an embedded default")
     demo.add_argument("--lam", type=float, default=0.5, help="margin threshold (lambda)")
     demo.add_argument("--max-tokens", type=int, default=48)
-    args = parser.parse_args(argv)
+    from trispec_vllm import serve
+
+    serve.add_arguments(
+        sub.add_parser(
+            "serve",
+            help="vLLM's OpenAI-compatible server with TriSpec (other flags go to vLLM)",
+        )
+    )
+    args, rest = parser.parse_known_args(argv)
+    if args.command == "serve":
+        return serve.run(args, rest)
+    if rest:
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
 
     if args.command == "selfcheck":
         from trispec_vllm import selfcheck

@@ -106,7 +106,7 @@ TARGET = ModelSpec(
     version="0.2.0",
     num_parts=22,
     gguf_size=1_117_320_768,
-    sha256=None,
+    sha256="cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046",
 )
 PROXY = ModelSpec(
     name="qwen2.5-coder-0.5b-instruct",
@@ -115,7 +115,7 @@ PROXY = ModelSpec(
     version="0.9.0",
     num_parts=6,
     gguf_size=491_400_064,
-    sha256=None,
+    sha256="1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32",
 )
 SPECS: dict[str, ModelSpec] = {s.name: s for s in (TARGET, PROXY)}
 

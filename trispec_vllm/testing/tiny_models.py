@@ -84,10 +84,8 @@ class TinyPair:
 
 def _save_model(model, tokenizer_dir: Path, out_dir: Path, max_len: int) -> None:
     model.save_pretrained(str(out_dir), safe_serialization=True)
-    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
-        src = tokenizer_dir / name
-        if src.exists():
-            (out_dir / name).write_bytes(src.read_bytes())
+    for src in tokenizer_dir.iterdir():  # tokenizer files and the chat template
+        (out_dir / src.name).write_bytes(src.read_bytes())
     gen = {"bos_token_id": None, "eos_token_id": VOCAB_SIZE - 3, "max_length": max_len}
     (out_dir / "generation_config.json").write_text(json.dumps(gen))
 
