@@ -132,6 +132,9 @@ def test_metrics_endpoint_has_trispec_and_spec_decode_counters(servers):
         assert m, name
     assert float(re.search(r"^trispec:proxy_steps_total{[^}]*} ([0-9.e+]+)$", text, re.M)[1]) > 0
     assert "vllm:spec_decode_num_drafts" in text
+    count = re.search(r"^trispec:proxy_margin_count{[^}]*} ([0-9.e+]+)$", text, re.M)
+    assert count and float(count[1]) > 0
+    assert re.search(r'^trispec:catchup_length_bucket{[^}]*le="0.0"[^}]*} ', text, re.M)
 
 
 def post(server, path, body: bytes):

@@ -8,7 +8,7 @@ up in `LLM.get_metrics()` and on a server's `/metrics`.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass, field, fields
 
 # Prometheus names (exactly these) and their help texts.
 COUNTERS = {
@@ -28,15 +28,25 @@ class TriSpecStats:
     proxy_completions: int = 0
     emitted_tokens: int = 0
     catchup_tokens: int = 0
+    # Per-step observations for the histograms (not accumulated).
+    margins: list[float] = field(default_factory=list, repr=False)
+    catchup_lengths: list[int] = field(default_factory=list, repr=False)
 
     def add(self, other: TriSpecStats) -> None:
-        for f in fields(self):
-            setattr(self, f.name, getattr(self, f.name) + getattr(other, f.name))
+        for name in COUNTED:
+            setattr(self, name, getattr(self, name) + getattr(other, name))
 
-    def as_dict(self) -> dict[str, int]:
-        return asdict(self)
+    def as_dict(self) -> dict:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> TriSpecStats:
+        return cls(**{k: v for k, v in data.items() if k in cls.__dataclass_fields__})
 
 
+COUNTED = (*COUNTERS, "catchup_tokens")
+MARGIN_BUCKETS = (0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99, 1.0)
+CATCHUP_BUCKETS = (0, 1, 2, 4, 8, 16, 32, 64, 128, 256)
 STATS_KEY = "trispec"
 PREFIX = "trispec:"
 
@@ -52,19 +62,43 @@ def unregister_trispec_metrics(registry=None) -> None:
 
 
 class PrometheusCounters:
-    """The `trispec:*` counters, one child per engine label set."""
+    """The `trispec:*` counters and histograms, one child per engine label set."""
 
-    def __init__(self, counter_cls, labelnames, per_engine_labelvalues) -> None:
+    def __init__(self, counter_cls, histogram_cls, labelnames, per_engine_labelvalues) -> None:
         unregister_trispec_metrics()
-        self.counters = {}
-        for name, doc in COUNTERS.items():
-            counter = counter_cls(name=PREFIX + name, documentation=doc, labelnames=labelnames)
-            self.counters[name] = {
-                idx: counter.labels(*values) for idx, values in per_engine_labelvalues.items()
-            }
 
-    def observe(self, step: dict[str, int], engine_idx: int = 0) -> None:
-        for name, per_engine in self.counters.items():
+        def per_engine(metric):
+            return {idx: metric.labels(*values) for idx, values in per_engine_labelvalues.items()}
+
+        self.counters = {
+            name: per_engine(
+                counter_cls(name=PREFIX + name, documentation=doc, labelnames=labelnames)
+            )
+            for name, doc in COUNTERS.items()
+        }
+        self.margins = per_engine(
+            histogram_cls(
+                name=PREFIX + "proxy_margin",
+                documentation="Proxy top-1 minus top-2 probability at draft and bonus positions.",
+                labelnames=labelnames,
+                buckets=MARGIN_BUCKETS,
+            )
+        )
+        self.catchup = per_engine(
+            histogram_cls(
+                name=PREFIX + "catchup_length",
+                documentation="Tokens the target caught up per escalated request-step.",
+                labelnames=labelnames,
+                buckets=CATCHUP_BUCKETS,
+            )
+        )
+
+    def observe(self, step: dict, engine_idx: int = 0) -> None:
+        for name, children in self.counters.items():
             value = step.get(name, 0)
             if value:
-                per_engine[engine_idx].inc(value)
+                children[engine_idx].inc(value)
+        for value in step.get("margins", ()):
+            self.margins[engine_idx].observe(value)
+        for value in step.get("catchup_lengths", ()):
+            self.catchup[engine_idx].observe(value)

@@ -119,7 +119,10 @@ def install_stat_logger_hooks() -> None:
         self.trispec_counters = None
         if parse_trispec_config(vllm_config.additional_config) is not None:
             self.trispec_counters = PrometheusCounters(
-                self._counter_cls, ["model_name", "engine"], self.per_engine_labelvalues
+                self._counter_cls,
+                self._histogram_cls,
+                ["model_name", "engine"],
+                self.per_engine_labelvalues,
             )
 
     @functools.wraps(prom_record)
@@ -135,7 +138,7 @@ def install_stat_logger_hooks() -> None:
         step, scheduler_stats = _split_stats(scheduler_stats)
         if step:
             acc = getattr(self, "trispec_interval", None) or TriSpecStats()
-            acc.add(TriSpecStats(**step))
+            acc.add(TriSpecStats.from_dict(step))
             self.trispec_interval = acc
         return log_record(self, scheduler_stats, iteration_stats, *args, **kwargs)
 

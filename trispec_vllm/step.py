@@ -49,6 +49,7 @@ class StepPlan:
     decision: RoutingDecision
     escalated_rows: np.ndarray
     sample_row_offsets: np.ndarray  # [B] first logits row of each request
+    margins: np.ndarray  # proxy margins at the decoding requests' draft and bonus positions
 
 
 class TriSpecStep:
@@ -98,7 +99,9 @@ class TriSpecStep:
                 drafts, torch.from_numpy(n), top1, margin, lam, torch.ones(b, dtype=torch.bool)
             )
             escalated = np.ones(b, dtype=bool)
-        return StepPlan(decision, np.nonzero(escalated)[0], offsets)
+        in_step = (torch.arange(k + 1).unsqueeze(0) <= torch.from_numpy(n).unsqueeze(1)).numpy()
+        step_margins = margin.numpy()[in_step & decoding[:, None]]
+        return StepPlan(decision, np.nonzero(escalated)[0], offsets, step_margins)
 
     def target_batch(
         self,
@@ -154,7 +157,10 @@ class TriSpecStep:
             ends = batch.num_computed[tb.rows] + batch.num_scheduled[tb.rows]
             for r, end in zip(tb.rows, ends, strict=True):
                 self.watermarks.target_ran(batch.req_ids[r], int(end))
-            step.catchup_tokens = int((tb.step_offsets - tb.query_start_loc[:-1].numpy()).sum())
+            catchup = tb.step_offsets - tb.query_start_loc[:-1].numpy()
+            step.catchup_tokens = int(catchup.sum())
+            step.catchup_lengths = catchup.tolist()
+        step.margins = np.round(plan.margins, 3).tolist()
         step.proxy_completions = int(completes.sum())
         step.escalations = int((~completes).sum())
         self.stats.add(step)
