@@ -16,7 +16,7 @@ pytest.importorskip("vllm")
 openai = pytest.importorskip("openai")
 pytestmark = pytest.mark.vllm
 
-from tests.server_utils import Server  # noqa: E402
+from trispec_vllm.testing.server import Server  # noqa: E402
 
 COMMON = ["--dtype", "float32", "--max-model-len", "512", "--enforce-eager", "--seed", "0"]
 PROMPTS = ["def add(a, b): return a + b\n" * 2, "hello world hello world ", "x = [1, 2, 3]\n"]

@@ -1,4 +1,4 @@
-"""Start and stop OpenAI-compatible vLLM servers on localhost for tests."""
+"""Start and stop `trispec-vllm serve` processes on a free localhost port (tests, benchmarks)."""
 
 from __future__ import annotations
 
@@ -23,7 +23,11 @@ class Server:
     def __init__(self, argv: list[str], log: Path, timeout: float = 240.0) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        env = dict(os.environ, VLLM_CPU_KVCACHE_SPACE=os.environ.get("VLLM_CPU_KVCACHE_SPACE", "1"))
+        env = dict(os.environ)
+        if "--kv-cache-memory-bytes" in argv:
+            env.pop("VLLM_CPU_KVCACHE_SPACE", None)  # it would override the flag on CPU
+        else:
+            env.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
         cmd = [
             sys.executable,
             "-m",
