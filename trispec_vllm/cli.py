@@ -13,7 +13,14 @@ def main(argv: list[str] | None = None) -> int:
     demo = sub.add_parser("demo", help="run a TriSpec generation on an embedded default")
     demo.add_argument("--lam", type=float, default=0.5, help="margin threshold (lambda)")
     demo.add_argument("--max-tokens", type=int, default=48)
-    from trispec_vllm import serve
+    from trispec_vllm import models, serve
+
+    models.add_arguments(
+        sub.add_parser(
+            "fetch-models",
+            help="download and convert the Qwen2.5-Coder 1.5B/0.5B pair (cached)",
+        )
+    )
 
     serve.add_arguments(
         sub.add_parser(
@@ -24,6 +31,8 @@ def main(argv: list[str] | None = None) -> int:
     args, rest = parser.parse_known_args(argv)
     if args.command == "serve":
         return serve.run(args, rest)
+    if args.command == "fetch-models":
+        return models.run(args)
     if rest:
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
 
