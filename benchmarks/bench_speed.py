@@ -154,10 +154,8 @@ def derived(row: Row, cfg: Config) -> dict:
     m = row.m
     out = {"tokens_per_s": row.tps}
     steps = m.get("engine_steps", 0)
-    if cfg.trispec:
-        target_steps = m.get("worker:target_steps", 0)
-    else:
-        target_steps = steps  # every engine step runs the target
+    # Without TriSpec every engine step runs the target.
+    target_steps = m.get("worker:target_steps", 0) if cfg.trispec else steps
     out["target_steps_per_token"] = target_steps / row.tokens if row.tokens else None
     drafts = m.get("vllm:spec_decode_num_drafts", 0)
     if drafts:
