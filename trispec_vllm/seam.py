@@ -229,6 +229,10 @@ def adjust_engine_config(vllm_config: VllmConfig) -> None:
         raise TriSpecConfigError("TriSpec does not support KV connectors (kv_transfer_config)")
     if vllm_config.parallel_config.pipeline_parallel_size > 1:
         raise TriSpecConfigError("TriSpec does not support pipeline parallelism yet")
+    if vllm_config.parallel_config.tensor_parallel_size > 1:
+        # Every rank would route on its own copy of the (all-gathered) proxy logits;
+        # until the routing mask is broadcast from rank 0 and tested on GPUs, refuse.
+        raise TriSpecConfigError("TriSpec does not support tensor parallelism yet")
     if not vllm_config.model_config.enforce_eager:
         logger.warning("TriSpec: running eagerly (CUDA graphs do not cover the routed step yet)")
         vllm_config.model_config.enforce_eager = True
