@@ -299,3 +299,22 @@ def test_over_long_prompt_is_refused_and_the_engine_keeps_serving(proxy_is_targe
     with pytest.raises(VLLMValidationError, match="maximum context length"):
         proxy_is_target_llm.generate(["the cat sat on the mat. " * 80], greedy())
     assert token_ids(proxy_is_target_llm.generate(prompts()[:2], greedy())) == reference[:2]
+
+
+def test_torch_compiled_engine_is_lossless_too(tiny_pair, reference):
+    """vLLM compiles the model by default on CPU; TriSpec keeps that (no CUDA graphs)."""
+    from vllm import LLM
+
+    llm = LLM(
+        model=tiny_pair.target,
+        dtype="float32",
+        max_model_len=512,
+        seed=0,
+        speculative_config=NGRAM,
+        additional_config={"trispec": {"proxy_model": tiny_pair.target, "margin_threshold": 0.5}},
+    )
+    got = token_ids(llm.generate(prompts()[:4], greedy()))
+    c = counters(llm)
+    close(llm)
+    assert got == reference[:4]
+    assert c["proxy_completions"] > 0

@@ -30,6 +30,8 @@ class TriSpecStats:
     catchup_tokens: int = 0
     decode_request_steps: int = 0  # request-steps routed (prefill steps excluded)
     proxy_accepted_tokens: int = 0  # sum of tau_a over them
+    # Seconds per phase of the step (prepare, proxy, route, target, sample_and_draft).
+    times: dict[str, float] = field(default_factory=dict)
     # Per-step observations for the histograms (not accumulated).
     margins: list[float] = field(default_factory=list, repr=False)
     catchup_lengths: list[int] = field(default_factory=list, repr=False)
@@ -37,6 +39,11 @@ class TriSpecStats:
     def add(self, other: TriSpecStats) -> None:
         for name in COUNTED:
             setattr(self, name, getattr(self, name) + getattr(other, name))
+        self.add_times(**other.times)
+
+    def add_times(self, **seconds: float) -> None:
+        for phase, value in seconds.items():
+            self.times[phase] = self.times.get(phase, 0.0) + value
 
     def as_dict(self) -> dict:
         return {f.name: getattr(self, f.name) for f in fields(self)}

@@ -15,6 +15,7 @@ import functools
 import json
 import logging
 import os
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -233,14 +234,13 @@ def adjust_engine_config(vllm_config: VllmConfig) -> None:
         # Every rank would route on its own copy of the (all-gathered) proxy logits;
         # until the routing mask is broadcast from rank 0 and tested on GPUs, refuse.
         raise TriSpecConfigError("TriSpec does not support tensor parallelism yet")
-    if not vllm_config.model_config.enforce_eager:
-        logger.warning("TriSpec: running eagerly (CUDA graphs do not cover the routed step yet)")
-        vllm_config.model_config.enforce_eager = True
-    from vllm.config import CompilationMode
     from vllm.config.compilation import CUDAGraphMode
 
-    vllm_config.compilation_config.mode = CompilationMode.NONE
-    vllm_config.compilation_config.cudagraph_mode = CUDAGraphMode.NONE
+    # torch.compile stays as configured; CUDA graphs are off because the routed
+    # step runs a sub-batch of data-dependent size.
+    if vllm_config.compilation_config.cudagraph_mode != CUDAGraphMode.NONE:
+        logger.warning("TriSpec: CUDA graphs disabled (the target runs a routed sub-batch)")
+        vllm_config.compilation_config.cudagraph_mode = CUDAGraphMode.NONE
     parallel = vllm_config.parallel_config
     if parallel.worker_cls not in ("auto", WORKER_CPU, WORKER_GPU):
         raise TriSpecConfigError(
@@ -301,6 +301,7 @@ def _runner_mixin():
         def execute_model(self, scheduler_output, intermediate_tensors=None):
             if self.execute_model_state is not None:
                 raise RuntimeError("sample_tokens() must be called after execute_model()")
+            t_start = time.perf_counter()
             deferred = self._update_states(scheduler_output)
             self.trispec.watermarks.forget(self.requests.keys())
             if not scheduler_output.total_num_scheduled_tokens:
@@ -347,6 +348,7 @@ def _runner_mixin():
                 scheduler_output, num_tokens, None
             )
 
+            t_prepared = time.perf_counter()
             # 1. Proxy over every scheduled token of every request.
             with set_forward_context(
                 attn_md,
@@ -362,11 +364,13 @@ def _runner_mixin():
                 )
             logits = self.trispec_proxy.compute_logits(proxy_hidden[logits_indices])
 
+            t_proxy = time.perf_counter()
             # 2. Route every request on the proxy's margins.
             batch = self._trispec_batch(req_ids, num_sched, spec_meta)
             self._trispec_step_batch = batch
             plan = self.trispec.plan(batch, logits)
 
+            t_routed = time.perf_counter()
             # 3. Target on the escalated sub-batch, from each watermark to the end.
             hidden_size = self.model_config.get_hidden_size()
             hidden_states = proxy_hidden.new_zeros((num_tokens, hidden_size))
@@ -389,7 +393,16 @@ def _runner_mixin():
                 # (prompt logprobs read them for prefilling requests).
                 src, dst = self._trispec_step_token_map(batch, tb)
                 hidden_states[dst] = target_hidden[src].to(hidden_states.dtype)
-            self._trispec_last_step = self.trispec.finish(batch, plan, tb)
+            step = self.trispec.finish(batch, plan, tb)
+            t_end = time.perf_counter()
+            step.add_times(
+                prepare=t_prepared - t_start,
+                proxy=t_proxy - t_prepared,
+                route=t_routed - t_proxy,
+                target=t_end - t_routed,
+            )
+            self.trispec.stats.add_times(**step.times)
+            self._trispec_last_step = step
 
             self.execute_model_state = ExecuteModelState(
                 scheduler_output,
@@ -409,7 +422,13 @@ def _runner_mixin():
             return None
 
         def sample_tokens(self, grammar_output):
+            t0 = time.perf_counter()
             out = super().sample_tokens(grammar_output)
+            if self._trispec_last_step is not None:
+                # vLLM's sampler, bookkeeping and the drafter's proposal for the next step.
+                elapsed = time.perf_counter() - t0
+                self._trispec_last_step.add_times(sample_and_draft=elapsed)
+                self.trispec.stats.add_times(sample_and_draft=elapsed)
             step = self._trispec_last_step
             if step is not None and hasattr(out, "sampled_token_ids"):
                 emitted = sum(len(t) for t in out.sampled_token_ids)
