@@ -288,6 +288,19 @@ def _runner_mixin():
                 self.vllm_config, self.trispec.cfg.proxy_model
             )
 
+        @torch.inference_mode()
+        def _dummy_run(self, num_tokens, *args, **kwargs):
+            """vLLM's warm-up/profile pass, extended to the proxy so that it is
+            compiled (and its memory counted) before the first request, not during it."""
+            out = super()._dummy_run(num_tokens, *args, **kwargs)
+            if self.trispec_proxy is not None:
+                with set_forward_context(None, self.vllm_config, num_tokens=num_tokens):
+                    self.trispec_proxy(
+                        input_ids=self.input_ids.gpu[:num_tokens],
+                        positions=self._get_positions(num_tokens),
+                    )
+            return out
+
         def _target_layer_names(self) -> list[str]:
             names = []
             for group in self.kv_cache_config.kv_cache_groups:
