@@ -77,7 +77,7 @@ def configurations(proxy: str, quick: bool) -> list[Config]:
 
 
 def chat_prompts(n: int) -> list[list[dict]]:
-    from trispec_vllm.bench_data import humaneval_chat_prompts, mtbench_first_turns
+    from trispec_vllm.prompts import humaneval_chat_prompts, mtbench_first_turns
 
     he = humaneval_chat_prompts((n + 1) // 2)
     mt = [[{"role": "user", "content": q}] for q in mtbench_first_turns(n // 2)]
