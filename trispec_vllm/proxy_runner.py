@@ -8,7 +8,6 @@ blocks as the target's, and read the same per-step attention metadata.
 
 from __future__ import annotations
 
-import torch
 from torch import nn
 
 PROXY_PREFIX = "trispec_proxy"
@@ -41,8 +40,3 @@ def load_proxy(vllm_config, proxy_model: str) -> nn.Module:
 
 def is_proxy_layer(layer_name: str) -> bool:
     return layer_name.startswith(PROXY_PREFIX + ".")
-
-
-@torch.inference_mode()
-def proxy_logits(proxy: nn.Module, hidden_states: torch.Tensor) -> torch.Tensor:
-    return proxy.compute_logits(hidden_states)

@@ -4,9 +4,11 @@
   `additional_config` is validated before any weights load and selects
   TriSpec's worker (features TriSpec cannot support yet are switched off);
 - the workers (CPU and GPU), which always build the V1 model runner;
-- the model runner's `load_model` (loads the proxy), `execute_model` (the
-  TriSpec step) and `sample_tokens` (counts emitted tokens).
-Keep this module thin: decisions live in the pure modules (config, router).
+- the model runner's `load_model` (loads the proxy), `_dummy_run` (warms the
+  proxy up), `execute_model` (the TriSpec step), `_sample` / `_bookkeeping_sync`
+  (two vLLM 0.32 CPU fixes) and `sample_tokens` (counts, stats to the scheduler);
+- the front end's stat loggers and `LLM.get_metrics()` reader (`trispec:*`).
+Keep this module thin: decisions live in the pure modules (config, router, step).
 """
 
 from __future__ import annotations
@@ -504,8 +506,8 @@ def _runner_mixin():
             else:
                 num_drafts = np.asarray(spec_meta.num_draft_tokens, dtype=np.int64)
                 drafts = spec_meta.draft_token_ids
-            plain = np.array([r in ib.greedy_reqs for r in req_ids], dtype=bool)
-            plain &= ib.frequency_penalties_cpu[:b] == 0
+            greedy = np.array([r in ib.greedy_reqs for r in req_ids], dtype=bool)
+            plain = greedy & (ib.frequency_penalties_cpu[:b] == 0)
             plain &= ib.presence_penalties_cpu[:b] == 0
             plain &= ib.repetition_penalties_cpu[:b] == 1
             for row in ib.bad_words_token_ids:
@@ -513,7 +515,6 @@ def _runner_mixin():
                     plain[row] = False
             if ib.allowed_token_ids_mask_cpu_tensor is not None:
                 plain &= ~ib.allowed_token_ids_mask_cpu_tensor[:b].any(dim=1).numpy()
-            greedy = np.array([r in ib.greedy_reqs for r in req_ids], dtype=bool)
             return StepBatch(
                 req_ids=req_ids,
                 mixed_sampling=bool(greedy.any() and not greedy.all()),
