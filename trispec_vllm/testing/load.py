@@ -77,7 +77,10 @@ async def reference_answers(url: str, model: str, max_tokens: int) -> dict[str, 
     import openai
 
     client = openai.AsyncOpenAI(base_url=url + "/v1", api_key="none", max_retries=0)
-    return {p: await _alone(client, model, p, max_tokens) for p in PROMPTS}
+    try:
+        return {p: await _alone(client, model, p, max_tokens) for p in PROMPTS}
+    finally:
+        await client.close()
 
 
 async def run_load(
@@ -134,6 +137,9 @@ async def run_load(
             res.errors.append(f"request {i}: {type(e).__name__}: {e}")
 
     t0 = time.perf_counter()
-    await asyncio.wait_for(asyncio.gather(*(one(i) for i in range(requests))), timeout_s)
+    try:
+        await asyncio.wait_for(asyncio.gather(*(one(i) for i in range(requests))), timeout_s)
+    finally:
+        await client.close()
     res.wall_s = time.perf_counter() - t0
     return res
