@@ -22,22 +22,14 @@ from trispec_vllm.testing.load import reference_answers, run_load
 def main() -> None:
     from trispec_vllm.demo import cache_dir
     from trispec_vllm.testing import make_tiny_pair
-    from trispec_vllm.testing.server import Server
+    from trispec_vllm.testing.server import TINY_SERVER_ARGS, Server
 
     ap = argparse.ArgumentParser()
     ap.add_argument("--requests", type=int, default=200)
     ap.add_argument("--out", default="benchmarks/results/load_test.json")
     args = ap.parse_args()
     pair = make_tiny_pair(cache_dir() / "tiny-pair")
-    common = [
-        "--dtype",
-        "float32",
-        "--max-model-len",
-        "512",
-        "--enforce-eager",
-        "--served-model-name",
-        "tiny",
-    ]
+    common = TINY_SERVER_ARGS
     ngram = json.dumps(
         {
             "method": "ngram",

@@ -12,17 +12,9 @@ pytest.importorskip("openai")
 pytestmark = pytest.mark.vllm
 
 from trispec_vllm.testing.load import reference_answers, run_load  # noqa: E402
-from trispec_vllm.testing.server import Server  # noqa: E402
+from trispec_vllm.testing.server import TINY_SERVER_ARGS, Server  # noqa: E402
 
-COMMON = [
-    "--dtype",
-    "float32",
-    "--max-model-len",
-    "512",
-    "--enforce-eager",
-    "--served-model-name",
-    "tiny",
-]
+COMMON = TINY_SERVER_ARGS
 
 
 def lossless_server(tiny_pair, log, *extra):

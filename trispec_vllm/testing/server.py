@@ -10,6 +10,17 @@ import time
 import urllib.request
 from pathlib import Path
 
+# Server flags for the tiny test pair (fp32, short context, served as "tiny").
+TINY_SERVER_ARGS = [
+    "--dtype",
+    "float32",
+    "--max-model-len",
+    "512",
+    "--enforce-eager",
+    "--served-model-name",
+    "tiny",
+]
+
 
 def free_port() -> int:
     with socket.socket() as s:
