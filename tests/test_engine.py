@@ -11,6 +11,8 @@ import os
 
 import pytest
 
+from trispec_vllm.metrics import COUNTERS
+
 pytest.importorskip("vllm")
 pytestmark = pytest.mark.vllm
 
@@ -124,13 +126,7 @@ def test_proxy_equal_to_target_skips_target_steps_exactly(tiny_pair, reference):
     assert c["proxy_completions"] > 0 and c["catchup_tokens"] > 0
     assert c["target_steps"] < 0.8 * c["proxy_steps"], c
     # The same counts reach LLM.get_metrics() through vLLM's stats path.
-    for name in (
-        "proxy_steps",
-        "target_steps",
-        "escalations",
-        "proxy_completions",
-        "emitted_tokens",
-    ):
+    for name in COUNTERS:
         assert metrics["trispec:" + name] == c[name], name
 
 

@@ -16,18 +16,17 @@ pytest.importorskip("vllm")
 openai = pytest.importorskip("openai")
 pytestmark = pytest.mark.vllm
 
-from trispec_vllm.testing.server import Server  # noqa: E402
+from trispec_vllm.metrics import COUNTERS  # noqa: E402
+from trispec_vllm.testing.server import TINY_SERVER_ARGS, Server  # noqa: E402
 
-COMMON = ["--dtype", "float32", "--max-model-len", "512", "--enforce-eager", "--seed", "0"]
+COMMON = [*TINY_SERVER_ARGS, "--seed", "0"]
 PROMPTS = ["def add(a, b): return a + b\n" * 2, "hello world hello world ", "x = [1, 2, 3]\n"]
 
 
 @pytest.fixture(scope="module")
 def servers(tiny_pair, tmp_path_factory):
     logs = tmp_path_factory.mktemp("server_logs")
-    stock = Server(
-        ["serve", tiny_pair.target, *COMMON, "--served-model-name", "tiny"], logs / "stock.log"
-    )
+    stock = Server(["serve", tiny_pair.target, *COMMON], logs / "stock.log")
     try:
         trispec = Server(
             [
@@ -38,8 +37,6 @@ def servers(tiny_pair, tmp_path_factory):
                 "--margin-threshold",
                 "1.5",
                 *COMMON,
-                "--served-model-name",
-                "tiny",
             ],
             logs / "trispec.log",
         )
@@ -121,13 +118,7 @@ def test_metrics_endpoint_has_trispec_and_spec_decode_counters(servers):
     _, trispec = servers
     complete(trispec, PROMPTS[0])
     text = trispec.metrics()
-    for name in (
-        "proxy_steps",
-        "target_steps",
-        "escalations",
-        "proxy_completions",
-        "emitted_tokens",
-    ):
+    for name in COUNTERS:
         m = re.search(rf"^trispec:{name}_total{{[^}}]*}} ([0-9.e+]+)$", text, re.M)
         assert m, name
     assert float(re.search(r"^trispec:proxy_steps_total{[^}]*} ([0-9.e+]+)$", text, re.M)[1]) > 0
