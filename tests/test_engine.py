@@ -268,7 +268,7 @@ def test_stop_strings_and_max_tokens(proxy_is_target_llm, reference_all):
     assert outs[4].outputs[0].finish_reason == "length"
 
 
-def test_sampling_requests_go_to_the_target_without_disturbing_greedy_ones(
+def test_sampling_requests_use_the_proxy_without_disturbing_greedy_ones(
     proxy_is_target_llm, reference
 ):
     from vllm import SamplingParams
@@ -281,8 +281,8 @@ def test_sampling_requests_go_to_the_target_without_disturbing_greedy_ones(
     outs = proxy_is_target_llm.generate(prompts()[:4], sampled)
     after = counters(proxy_is_target_llm)
     assert all(len(o.outputs[0].token_ids) == MAX_TOKENS for o in outs)
-    assert after["proxy_completions"] == before["proxy_completions"]  # never trusted
-    assert after["escalations"] > before["escalations"]
+    # Sampled requests are trusted on the temperature-scaled margins too.
+    assert after["proxy_completions"] > before["proxy_completions"]
     mixed = [greedy() if i % 2 else sampled[i] for i in range(4)]
     outs = proxy_is_target_llm.generate(prompts()[:4], mixed)
     for i in (1, 3):

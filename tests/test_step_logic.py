@@ -112,3 +112,14 @@ def test_greedy_verify_matches_the_rule():
     assert out[0].tolist() == [3, 4, 9]  # both drafts kept, bonus
     assert out[1].tolist() == [1, 2, -1]  # first kept, second rejected -> correction
     assert out[2].tolist() == [42, 42, 42]  # not a greedy row: untouched
+
+
+def test_cpu_expand_fix_matches_vllms_documented_semantics():
+    from trispec_vllm.seam import expand_batch_to_tokens
+
+    x = torch.tensor([0.5, -1.0, 2.0])
+    cu = torch.tensor([2, 5, 6], dtype=torch.int32)
+    out = expand_batch_to_tokens(x, cu, 6, replace_from=-1, replace_to=1)
+    assert out.tolist() == [0.5, 0.5, 1.0, 1.0, 1.0, 2.0]
+    assert out.dtype == torch.float32
+    assert expand_batch_to_tokens(torch.tensor([3, 4]), torch.tensor([0, 2]), 2).tolist() == [4, 4]

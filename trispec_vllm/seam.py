@@ -482,7 +482,7 @@ def _runner_mixin():
                     logits,
                     batch.num_drafts,
                     batch.draft_tokens,
-                    batch.trust_allowed,
+                    batch.plain_greedy,
                     out.sampled_token_ids,
                 )
                 out.sampled_token_ids.copy_(fixed)
@@ -507,7 +507,9 @@ def _runner_mixin():
                 num_drafts = np.asarray(spec_meta.num_draft_tokens, dtype=np.int64)
                 drafts = spec_meta.draft_token_ids
             greedy = np.array([r in ib.greedy_reqs for r in req_ids], dtype=bool)
-            plain = greedy & (ib.frequency_penalties_cpu[:b] == 0)
+            # Penalties, bad words and allowed-token masks change the sampled
+            # distribution in ways the proxy's margins do not see: never trusted.
+            plain = ib.frequency_penalties_cpu[:b] == 0
             plain &= ib.presence_penalties_cpu[:b] == 0
             plain &= ib.repetition_penalties_cpu[:b] == 1
             for row in ib.bad_words_token_ids:
@@ -524,6 +526,8 @@ def _runner_mixin():
                 num_drafts=num_drafts,
                 draft_tokens=drafts,
                 trust_allowed=plain,
+                temperature=np.where(greedy, 0.0, ib.temperature_cpu[:b]).astype(np.float32),
+                plain_greedy=plain & greedy,
             )
 
         def _trispec_step_token_map(self, batch, tb):
@@ -577,12 +581,41 @@ def _runner_mixin():
     return TriSpecRunnerMixin
 
 
+def expand_batch_to_tokens(
+    x: torch.Tensor,
+    cu_num_tokens: torch.Tensor,
+    num_tokens: int,
+    replace_from: int = 0,
+    replace_to: int = 0,
+) -> torch.Tensor:
+    """vLLM's `rejection_sampler.expand_batch_to_tokens` in plain torch.
+
+    vLLM 0.32's CPU fallback for the Triton `expand_kernel` casts its output
+    to int64 and never writes it back, so float inputs (temperature, top-p)
+    come out as uninitialised memory: speculative sampling at temperature > 0
+    then samples from a garbage-scaled target distribution on CPU.
+    """
+    counts = torch.diff(cu_num_tokens.long(), prepend=cu_num_tokens.new_zeros(1).long())
+    out = torch.repeat_interleave(x, counts, output_size=num_tokens)
+    if replace_from != replace_to:
+        out = torch.where(out == replace_from, torch.full_like(out, replace_to), out)
+    return out
+
+
+def install_cpu_sampling_fix() -> None:
+    """Route vLLM's rejection sampler through the plain-torch expand (CPU only)."""
+    from vllm.v1.sample import rejection_sampler
+
+    rejection_sampler.expand_batch_to_tokens = expand_batch_to_tokens
+
+
 def _cpu_runner_cls():
     from vllm.v1.worker.cpu_model_runner import CPUModelRunner
 
     class TriSpecCPUModelRunner(_runner_mixin(), CPUModelRunner):
         def __init__(self, vllm_config, device) -> None:
             super().__init__(vllm_config, device)
+            install_cpu_sampling_fix()
             self._trispec_setup()
 
     return TriSpecCPUModelRunner

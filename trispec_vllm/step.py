@@ -40,8 +40,18 @@ class StepBatch:
     num_prompt: np.ndarray  # [B]
     num_drafts: np.ndarray  # [B]
     draft_tokens: torch.Tensor  # [sum(num_drafts)] flat
-    trust_allowed: np.ndarray  # [B] bool: plain greedy requests may trust the proxy
+    trust_allowed: np.ndarray  # [B] bool: requests that may trust the proxy (no penalties etc.)
     mixed_sampling: bool = False  # greedy and sampled requests share the batch
+    temperature: np.ndarray | None = None  # [B] sampling temperature, 0 for greedy
+    plain_greedy: np.ndarray | None = None  # [B] bool: greedy with no logits processing
+
+    def row_temperatures(self) -> torch.Tensor:
+        """Per logits row (drafts + bonus of each request) temperature for the margins:
+        sampled requests are judged on the distribution they sample from, greedy ones on
+        the plain softmax."""
+        temp = np.ones(len(self.req_ids)) if self.temperature is None else self.temperature
+        temp = np.where(temp > 0, temp, 1.0)
+        return torch.from_numpy(np.repeat(temp, self.num_drafts + 1).astype(np.float32))
 
 
 @dataclass(frozen=True)
@@ -66,7 +76,9 @@ class TriSpecStep:
         k = int(n.max()) if b else 0
         offsets = np.zeros(b, dtype=np.int64)
         np.cumsum(n[:-1] + 1, out=offsets[1:])
-        res = top2_margins(proxy_logits)
+        temps = batch.row_temperatures()
+        uniform = batch.temperature is None or bool((temps == 1.0).all())
+        res = top2_margins(proxy_logits, None if uniform else temps.to(proxy_logits.device))
         top1_flat, margin_flat = res.top1_id.cpu(), res.margin.cpu()
         # [B, K+1] gather of each request's sampled rows (clamped past its own end).
         j = np.arange(k + 1)
