@@ -12,7 +12,10 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("selfcheck", help="check the margin kernel and router (no model needed)")
     demo = sub.add_parser("demo", help="run a TriSpec generation on an embedded default")
     demo.add_argument("--lam", type=float, default=0.5, help="margin threshold (lambda)")
-    demo.add_argument("--max-tokens", type=int, default=48)
+    demo.add_argument("--max-tokens", type=int, default=None)
+    demo.add_argument(
+        "--tiny", action="store_true", help="tiny random pair (no download, noise text)"
+    )
     from trispec_vllm import models, serve
 
     models.add_arguments(
@@ -43,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "demo":
         from trispec_vllm import demo as demo_mod
 
-        return demo_mod.run(margin_threshold=args.lam, max_tokens=args.max_tokens)
+        return demo_mod.run(margin_threshold=args.lam, max_tokens=args.max_tokens, tiny=args.tiny)
     return 2
 
 
