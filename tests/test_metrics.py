@@ -42,3 +42,16 @@ def test_stats_accumulate_counts_not_observations():
     total.add(TriSpecStats(proxy_steps=1, catchup_tokens=4, margins=[0.3]))
     total.add(TriSpecStats.from_dict({"proxy_steps": 1, "margins": [0.1], "unknown": 1}))
     assert total.proxy_steps == 2 and total.catchup_tokens == 4 and total.margins == []
+
+
+def test_per_request_counts_accumulate_for_the_log_line():
+    interval = TriSpecStats()
+    for completes in (True, False, True):
+        step = TriSpecStats(per_request={"a": [1, int(completes), int(not completes), 2]})
+        step.per_request["b"] = [1, 0, 1, 1]
+        interval.add_requests(step)
+    interval.add_requests(TriSpecStats(per_request={"c": [1, 1, 0, 4]}))
+    assert interval.per_request["a"] == [3, 2, 1, 6]
+    line = interval.request_summary(limit=2)
+    assert line.startswith("a: 3 steps, 2 by the proxy, 1 escalated, 6 tokens; b: 3 steps")
+    assert line.endswith("and 1 more")

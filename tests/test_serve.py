@@ -39,6 +39,7 @@ def servers(tiny_pair, tmp_path_factory):
                 *COMMON,
             ],
             logs / "trispec.log",
+            env={"VLLM_LOG_STATS_INTERVAL": "1"},
         )
     except Exception:
         stock.stop()
@@ -126,6 +127,23 @@ def test_metrics_endpoint_has_trispec_and_spec_decode_counters(servers):
     count = re.search(r"^trispec:proxy_margin_count{[^}]*} ([0-9.e+]+)$", text, re.M)
     assert count and float(count[1]) > 0
     assert re.search(r'^trispec:catchup_length_bucket{[^}]*le="0.0"[^}]*} ', text, re.M)
+
+
+def test_server_log_has_per_request_trispec_stats(servers):
+    _, trispec = servers
+    out = complete(trispec, PROMPTS[1], max_tokens=24)
+    deadline = time.time() + 20
+    pattern = re.compile(
+        r"TriSpec requests: (cmpl-\S+): (\d+) steps, 0 by the proxy, (\d+) escalated"
+    )
+    while time.time() < deadline:
+        found = [m for m in pattern.finditer(trispec.log.read_text()) if out.id in m[1]]
+        if found:
+            break
+        time.sleep(0.5)
+    assert found, trispec.tail()
+    steps, escalated = int(found[-1][2]), int(found[-1][3])
+    assert steps == escalated > 0  # lossless: every decode step escalated
 
 
 def post(server, path, body: bytes):

@@ -68,9 +68,7 @@ def _run_one(label: str, model: str, dtype: str, spec: dict, trispec: dict | Non
     return label, outs, tokens / elapsed, target_steps / max(tokens, 1)
 
 
-def run(
-    margin_threshold: float = 0.5, max_tokens: int | None = None, tiny: bool = False
-) -> int:
+def run(margin_threshold: float = 0.5, max_tokens: int | None = None, tiny: bool = False) -> int:
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "2" if not tiny else "1")
     from vllm import SamplingParams
 
@@ -117,7 +115,7 @@ def run(
             n,
         ),
     ]
-    for label, outs, tps, tsteps in results:
+    for label, outs, _, _ in results:
         print(f"\n=== {label}")
         for o in outs:
             text = o.outputs[0].text.strip().replace("\n", "\n    ")

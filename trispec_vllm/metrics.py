@@ -35,11 +35,31 @@ class TriSpecStats:
     # Per-step observations for the histograms (not accumulated).
     margins: list[float] = field(default_factory=list, repr=False)
     catchup_lengths: list[int] = field(default_factory=list, repr=False)
+    # Per request id: [decode steps, completed by the proxy, escalated, tokens emitted].
+    per_request: dict[str, list[int]] = field(default_factory=dict, repr=False)
 
     def add(self, other: TriSpecStats) -> None:
         for name in COUNTED:
             setattr(self, name, getattr(self, name) + getattr(other, name))
         self.add_times(**other.times)
+
+    def add_requests(self, other: TriSpecStats) -> None:
+        """Accumulate the per-request counts too (the log interval does, totals do not)."""
+        for req_id, counts in other.per_request.items():
+            mine = self.per_request.setdefault(req_id, [0] * len(counts))
+            for i, c in enumerate(counts):
+                mine[i] += c
+
+    def request_summary(self, limit: int = 8) -> str:
+        """One line for the log: the busiest requests of the interval first."""
+        busiest = sorted(self.per_request.items(), key=lambda kv: -kv[1][0])
+        parts = [
+            f"{req_id}: {steps} steps, {proxy} by the proxy, {escalated} escalated, {tokens} tokens"
+            for req_id, (steps, proxy, escalated, tokens) in busiest[:limit]
+        ]
+        if len(busiest) > limit:
+            parts.append(f"and {len(busiest) - limit} more")
+        return "; ".join(parts)
 
     def add_times(self, **seconds: float) -> None:
         for phase, value in seconds.items():

@@ -35,7 +35,7 @@ from trispec_vllm.metrics import PREFIX, STATS_KEY, PrometheusCounters, TriSpecS
 if TYPE_CHECKING:
     from vllm.config import VllmConfig
 
-logger = logging.getLogger("trispec_vllm")
+logger = logging.getLogger("vllm.trispec")  # under vLLM's logger: same handlers and format
 _HOOK_MARK = "_trispec_hook"
 
 
@@ -141,7 +141,9 @@ def install_stat_logger_hooks() -> None:
         step, scheduler_stats = _split_stats(scheduler_stats)
         if step:
             acc = getattr(self, "trispec_interval", None) or TriSpecStats()
-            acc.add(TriSpecStats.from_dict(step))
+            stats = TriSpecStats.from_dict(step)
+            acc.add(stats)
+            acc.add_requests(stats)
             self.trispec_interval = acc
         return log_record(self, scheduler_stats, iteration_stats, *args, **kwargs)
 
@@ -161,6 +163,8 @@ def install_stat_logger_hooks() -> None:
                 acc.emitted_tokens,
                 acc.catchup_tokens,
             )
+            if acc.per_request:
+                logger.info("TriSpec requests: %s", acc.request_summary())
             self.trispec_interval = None
 
     install_metrics_reader_hook()
@@ -446,6 +450,9 @@ def _runner_mixin():
                 self.trispec.stats.add_times(sample_and_draft=elapsed)
             step = self._trispec_last_step
             if step is not None and hasattr(out, "sampled_token_ids"):
+                for req_id, tokens in zip(out.req_ids, out.sampled_token_ids, strict=False):
+                    if req_id in step.per_request:
+                        step.per_request[req_id][3] = len(tokens)
                 emitted = sum(len(t) for t in out.sampled_token_ids)
                 step.emitted_tokens = emitted
                 self.trispec.stats.emitted_tokens += emitted

@@ -25,7 +25,7 @@ from trispec_vllm.router import RoutingDecision, route
 from trispec_vllm.target_batch import TargetBatch, build_target_batch
 from trispec_vllm.watermarks import Watermarks
 
-logger = logging.getLogger("trispec_vllm")
+logger = logging.getLogger("vllm.trispec")
 
 NEVER_TRUST = float("inf")
 
@@ -178,6 +178,11 @@ class TriSpecStep:
         step.decode_request_steps = int(plan.decoding.sum())
         step.proxy_accepted_tokens = int(d.tau_a.numpy()[plan.decoding].sum())
         step.escalations = int((~completes).sum())
+        step.per_request = {
+            req_id: [1, int(completes[i]), int(not completes[i]), 0]
+            for i, req_id in enumerate(batch.req_ids)
+            if plan.decoding[i]
+        }
         self.stats.add(step)
         return step
 

@@ -31,10 +31,12 @@ def free_port() -> int:
 class Server:
     """One server process; `argv` is what follows `trispec-vllm` (serve ...)."""
 
-    def __init__(self, argv: list[str], log: Path, timeout: float = 240.0) -> None:
+    def __init__(
+        self, argv: list[str], log: Path, timeout: float = 240.0, env: dict | None = None
+    ) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        env = dict(os.environ)
+        env = {**os.environ, **(env or {})}
         if "--kv-cache-memory-bytes" in argv:
             env.pop("VLLM_CPU_KVCACHE_SPACE", None)  # it would override the flag on CPU
         else:
