@@ -358,6 +358,7 @@ def main() -> None:
     md = table(summary, sd)
 
     import vllm
+    from bench_quality import cpu_model
 
     suffix = "_quick" if args.quick else ""
     out = args.out or RESULTS / f"alignment{suffix}.json"
@@ -366,7 +367,7 @@ def main() -> None:
         "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "command": shlex.join([sys.executable, *sys.argv]),
         "machine": {
-            "processor": platform.processor(),
+            "processor": platform.processor() or cpu_model(),
             "machine": platform.machine(),
             "cpu_count": os.cpu_count(),
         },

@@ -43,7 +43,9 @@ comparison with ngram SD isolates what the proxy's trusted tokens change.
 Per configuration the `trispec:*` and `vllm:spec_decode_*` counters (deltas over
 the measured requests) and target steps per output token sit next to the
 quality numbers; tokens/s is for information only (two benchmarks, one engine,
-no warm-up beyond one short request).
+no warm-up beyond one short request). Prefix caching is off in every
+configuration (TriSpec turns it off), TriSpec engines run eagerly, and so do the
+others unless --compile.
 
 Writes benchmarks/results/quality.json (quality_quick.json with --quick) with
 per-problem pass/fail and the generated text, and quality.md (quality_quick.md)
@@ -275,6 +277,10 @@ def run_config(cfg: Config, target: str, he_prompts, mt_prompts, args) -> dict:
         seed=0,
         disable_log_stats=False,
         enforce_eager=not args.compile or bool(cfg.trispec),
+        # TriSpec switches prefix caching off; so do the references, so that every
+        # configuration prefills the same way (cached KV from another batch shape can
+        # flip bf16 near-ties).
+        enable_prefix_caching=False,
         **kwargs,
     )
     load_s = time.perf_counter() - t_load
@@ -410,8 +416,9 @@ def table(results: list[dict]) -> str:
 
     for r in results:
         ag, sd = r.get("mtbench_agreement"), r.get("mtbench_agreement_vs_sd")
+        label = r["config"] + (" (earlier run)" if "reused_from" in r else "")
         lines.append(
-            f"| {r['config']} | {r['pass_at_1']:.1%} ({r['pass']}/{len(r['humaneval'])}) | "
+            f"| {label} | {r['pass_at_1']:.1%} ({r['pass']}/{len(r['humaneval'])}) | "
             f"{f(r.get('delta_points'), '{:+.1f}')} | {ident(ag)} | {div(ag)} | "
             f"{ident(sd)} | {div(sd)} | {f(r.get('mtbench_mean_length'), '{:.1f}')} | "
             f"{f(r.get('target_steps_per_token'), '{:.3f}')} | {f(r.get('tokens_per_s'))} |"
@@ -431,6 +438,17 @@ def load_references(path: Path, settings: dict) -> dict[str, dict]:
     for r in refs.values():
         r["reused_from"] = str(path)
     return refs
+
+
+def cpu_model() -> str:
+    """The CPU's model name (platform.processor() is empty on most Linux systems)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return ""
 
 
 def quick_problems(n: int) -> list[dict]:
@@ -540,7 +558,7 @@ def main() -> None:
         "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "command": shlex.join([sys.executable, *sys.argv]),
         "machine": {
-            "processor": platform.processor(),
+            "processor": platform.processor() or cpu_model(),
             "machine": platform.machine(),
             "cpu_count": os.cpu_count(),
             "python": platform.python_version(),
