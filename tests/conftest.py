@@ -15,3 +15,47 @@ def tiny_pair(tmp_path_factory):
     from trispec_vllm.testing import make_tiny_pair
 
     return make_tiny_pair(tmp_path_factory.mktemp("tiny_models"))
+
+
+@pytest.fixture(scope="session")
+def soft_pair(tmp_path_factory):
+    """The tiny pair with logits a quarter as peaky, so that sampling samples."""
+    from trispec_vllm.testing import make_tiny_pair
+
+    return make_tiny_pair(tmp_path_factory.mktemp("soft_pair"), logit_scale=6.0)
+
+
+@pytest.fixture(scope="session")
+def exact_marginals(soft_pair) -> tuple[dict[int, float], dict[int, float]]:
+    """The soft target's exact distributions of the 2nd and 3rd tokens sampled from
+    tests.test_sampling.PROMPT at its TEMPERATURE."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from tests.test_sampling import PROMPT, TEMPERATURE
+
+    tok = AutoTokenizer.from_pretrained(soft_pair.target)
+    model = AutoModelForCausalLM.from_pretrained(soft_pair.target, dtype=torch.float32).eval()
+    ids = torch.tensor(tok(PROMPT)["input_ids"])
+
+    def next_probs(contexts: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            logits = model(contexts).logits[:, -1].double()
+        return (logits / TEMPERATURE).softmax(-1)
+
+    p1 = next_probs(ids[None])[0]  # [V]
+    t1 = torch.arange(p1.numel())
+    ctx2 = torch.cat([ids.expand(t1.numel(), -1), t1[:, None]], dim=1)
+    p2_given = next_probs(ctx2)  # [V, V]
+    joint12 = p1[:, None] * p2_given
+    p2 = joint12.sum(0)
+    # Third token: every (t1, t2) pair with non-negligible mass (the rest is < 1e-3).
+    keep = (joint12 > 1e-8).nonzero()
+    mass = joint12[keep[:, 0], keep[:, 1]]
+    ctx3 = torch.cat([ids.expand(len(keep), -1), keep], dim=1)
+    p3 = (mass[:, None] * next_probs(ctx3)).sum(0)
+    assert float(mass.sum()) > 0.999
+    return (
+        {i: float(v) for i, v in enumerate(p2) if v > 0},
+        {i: float(v) for i, v in enumerate(p3 / p3.sum()) if v > 0},
+    )

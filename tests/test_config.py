@@ -77,3 +77,45 @@ def test_installed_vllm_is_the_supported_one():
     if found is None:
         pytest.skip("vLLM is not installed in this environment")
     assert found[1].split("+")[0] == SUPPORTED_VLLM
+
+
+def test_policy_keys():
+    cfg = parse_trispec_config(
+        {"trispec": {"proxy_model": "p", "policy": "pyramid", "tau_t": 0.3, "divergence": "tv"}}
+    )
+    assert cfg.policy == "pyramid" and cfg.tau_t == 0.3 and cfg.tau_q == 0.4
+    assert cfg.pyramid_variant == "psd_f" and not cfg.lossless
+    cfg = parse_trispec_config(
+        {"trispec": {"proxy_model": "p", "adaptive_lambda": True, "target_disagreement": 0.1}}
+    )
+    assert cfg.adaptive_lambda and cfg.target_disagreement == 0.1 and not cfg.lossless
+    cfg = parse_trispec_config(
+        {
+            "trispec": {
+                "proxy_model": "p",
+                "adaptive_lambda": True,
+                "margin_threshold": 1.5,
+                "lambda_min": 1.1,
+                "lambda_max": 2.0,
+            }
+        }
+    )
+    assert cfg.lossless
+
+
+@pytest.mark.parametrize(
+    ("section", "message"),
+    [
+        ({"tau_t": 0.3}, "tau_t: only for policy 'pyramid'"),
+        ({"policy": "pyramid", "margin_threshold": 0.3}, "margin_threshold: only for policy"),
+        ({"policy": "pyramid", "pyramid_variant": "psd_a", "tau_q": 0.1}, "PSD_A has no tau_q"),
+        ({"policy": "pyramid", "divergence": "hellinger"}, "'divergence': Input should be"),
+        ({"lambda_min": 0.1}, "need adaptive_lambda: true"),
+        ({"adaptive_lambda": True, "margin_threshold": 0.01}, "must lie in [lambda_min"),
+        ({"policy": "medusa"}, "'policy': Input should be 'trispec' or 'pyramid'"),
+    ],
+)
+def test_policy_key_errors(section, message):
+    with pytest.raises(TriSpecConfigError) as err:
+        parse_trispec_config({"trispec": {"proxy_model": "p", **section}})
+    assert message in str(err.value)

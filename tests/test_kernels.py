@@ -157,3 +157,34 @@ def test_tree_mask_kernel_matches_reference():
     chain_parents = torch.tensor(chain(9))
     got = tree_mask_mod.tree_mask_triton(chain_parents.to(DEVICE), torch.tensor([9]).to(DEVICE))
     assert torch.equal(got.mask[0].cpu(), torch.tril(torch.ones(9, 9, dtype=torch.bool)))
+
+
+@needs_triton
+@pytest.mark.parametrize("kind", ["js", "kl", "tv"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_divergence_kernel_matches_reference(kind, dtype):
+    from trispec_vllm.kernels import divergence_reference
+    from trispec_vllm.kernels.divergence import divergence_triton
+
+    g = torch.Generator().manual_seed(7)
+    a = (torch.randn(6, 3001, generator=g) * 3).to(dtype)
+    b = (a.float() + torch.randn(6, 3001, generator=g)).to(dtype)
+    a[1, :40] = -200.0  # probabilities that underflow fp32
+    b[1, :40] = -230.0
+    a[2, 100:120] = float("-inf")  # masked in P only: KL(Q || P) is infinite
+    b[3] = float("-inf")  # no finite entry: 0 by convention
+    t = torch.tensor([1.0, 0.5, 2.0, 1.0, 0.7, 1.3])
+    a, b, t = a.to(DEVICE), b.to(DEVICE), t.to(DEVICE)
+    for temp in (None, t):
+        want = divergence_reference(a, b, temp, kind).cpu()
+        got = divergence_triton(a, b, temp, kind, block=512).cpu()
+        assert torch.equal(torch.isinf(got), torch.isinf(want)), (got, want)
+        finite = torch.isfinite(want)
+        assert torch.allclose(got[finite], want[finite], atol=2e-5, rtol=1e-4), (got, want)
+    view = a[:, :2500]  # row stride != V
+    assert torch.allclose(
+        divergence_triton(view, b[:, :2500], None, kind).cpu(),
+        divergence_reference(view, b[:, :2500], None, kind).cpu(),
+        atol=2e-5,
+        rtol=1e-4,
+    )

@@ -30,14 +30,6 @@ PROMPT = "the cat sat on the mat. "
 SAMPLES = 600
 
 
-@pytest.fixture(scope="module")
-def soft_pair(tmp_path_factory):
-    """The tiny pair with logits a quarter as peaky, so that sampling samples."""
-    from trispec_vllm.testing import make_tiny_pair
-
-    return make_tiny_pair(tmp_path_factory.mktemp("soft_pair"), logit_scale=6.0)
-
-
 def draft_spec(tiny_pair) -> dict:
     return {"method": "draft_model", "model": tiny_pair.proxy, "num_speculative_tokens": K}
 
@@ -54,39 +46,6 @@ def chi_square_pvalue(observed: Counter, expected: dict[int, float], n: int) -> 
     df = len(bins) - 1
     z = ((stat / df) ** (1 / 3) - (1 - 2 / (9 * df))) / math.sqrt(2 / (9 * df))
     return 0.5 * math.erfc(z / math.sqrt(2))
-
-
-@pytest.fixture(scope="module")
-def exact_marginals(soft_pair) -> tuple[dict[int, float], dict[int, float]]:
-    """The target's exact distributions of the 2nd and 3rd sampled tokens."""
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    tok = AutoTokenizer.from_pretrained(soft_pair.target)
-    model = AutoModelForCausalLM.from_pretrained(soft_pair.target, dtype=torch.float32).eval()
-    ids = torch.tensor(tok(PROMPT)["input_ids"])
-
-    def next_probs(contexts: torch.Tensor) -> torch.Tensor:
-        with torch.no_grad():
-            logits = model(contexts).logits[:, -1].double()
-        return (logits / TEMPERATURE).softmax(-1)
-
-    p1 = next_probs(ids[None])[0]  # [V]
-    t1 = torch.arange(p1.numel())
-    ctx2 = torch.cat([ids.expand(t1.numel(), -1), t1[:, None]], dim=1)
-    p2_given = next_probs(ctx2)  # [V, V]
-    joint12 = p1[:, None] * p2_given
-    p2 = joint12.sum(0)
-    # Third token: every (t1, t2) pair with non-negligible mass (the rest is < 1e-3).
-    keep = (joint12 > 1e-8).nonzero()
-    mass = joint12[keep[:, 0], keep[:, 1]]
-    ctx3 = torch.cat([ids.expand(len(keep), -1), keep], dim=1)
-    p3 = (mass[:, None] * next_probs(ctx3)).sum(0)
-    assert float(mass.sum()) > 0.999
-    return (
-        {i: float(v) for i, v in enumerate(p2) if v > 0},
-        {i: float(v) for i, v in enumerate(p3 / p3.sum()) if v > 0},
-    )
 
 
 def sample_many(llm, n: int = SAMPLES) -> list[list[int]]:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 SECTION = "trispec"
 
@@ -44,7 +44,12 @@ class TriSpecConfig(BaseModel):
         allow_inf_nan=False,
         description="lambda; > 1 means never trust the proxy (lossless).",
     )
-    policy: Literal["trispec"] = Field(default="trispec", description="Routing policy.")
+    policy: Literal["trispec", "pyramid"] = Field(
+        default="trispec",
+        description="Routing policy: 'trispec' (margin routing, the target only for "
+        "requests the proxy is unsure about) or 'pyramid' (PyramidSD's fuzzy acceptance: "
+        "the proxy qualifies drafts, the target checks every step against the proxy).",
+    )
     max_skips: int = Field(
         default=4,
         ge=0,
@@ -60,9 +65,82 @@ class TriSpecConfig(BaseModel):
         "target catches up later).",
     )
 
+    # policy "trispec" with adaptive lambda.
+    adaptive_lambda: bool = Field(
+        default=False,
+        description="Adjust lambda per request online, from the proxy/target agreement "
+        "observed where the target ran (margin_threshold is the starting value).",
+    )
+    target_disagreement: float = Field(
+        default=0.05,
+        gt=0.0,
+        lt=1.0,
+        description="Adaptive lambda's goal: share of would-be-trusted positions the "
+        "target overrules.",
+    )
+    adaptive_rate: float = Field(default=0.02, gt=0.0, le=0.5, description="Step size.")
+    lambda_min: float = Field(default=0.05, ge=0.0, le=2.0, description="Lowest adaptive lambda.")
+    lambda_max: float = Field(
+        default=1.0,
+        ge=0.0,
+        le=2.0,
+        description="Highest adaptive lambda (above 1 lets a request fall back to lossless).",
+    )
+    # policy "pyramid".
+    pyramid_variant: Literal["psd_f", "psd_a"] = Field(
+        default="psd_f",
+        description="PSD_F: fuzzy at the proxy (tau_q) and the target (tau_t); PSD_A: the "
+        "proxy verifies drafts exactly, only the target stage is fuzzy.",
+    )
+    divergence: Literal["js", "kl", "tv"] = Field(
+        default="js", description="Divergence of the fuzzy tests (natural log)."
+    )
+    tau_q: float = Field(default=0.4, ge=0.0, description="PSD_F's proxy-stage threshold.")
+    tau_t: float = Field(default=0.5, ge=0.0, description="PyramidSD's target-stage threshold.")
+
+    @model_validator(mode="after")
+    def _keys_match_policy(self) -> TriSpecConfig:
+        given = self.model_fields_set
+        pyramid_keys = {"pyramid_variant", "divergence", "tau_q", "tau_t"}
+        adaptive_keys = {
+            "adaptive_lambda",
+            "target_disagreement",
+            "adaptive_rate",
+            "lambda_min",
+            "lambda_max",
+        }
+        if self.policy == "trispec" and given & pyramid_keys:
+            keys = ", ".join(sorted(given & pyramid_keys))
+            raise ValueError(f"{keys}: only for policy 'pyramid' (policy is 'trispec')")
+        if self.policy == "pyramid" and given & (adaptive_keys | {"margin_threshold"}):
+            keys = ", ".join(sorted(given & (adaptive_keys | {"margin_threshold"})))
+            raise ValueError(f"{keys}: only for policy 'trispec' (policy is 'pyramid')")
+        if self.policy == "pyramid" and self.pyramid_variant == "psd_a" and "tau_q" in given:
+            raise ValueError("tau_q applies to pyramid_variant 'psd_f' only (PSD_A has no tau_q)")
+        if given & (adaptive_keys - {"adaptive_lambda"}) and not self.adaptive_lambda:
+            raise ValueError(
+                "target_disagreement, adaptive_rate, lambda_min and lambda_max need "
+                "adaptive_lambda: true"
+            )
+        if self.adaptive_lambda:
+            if self.lambda_min > self.lambda_max:
+                raise ValueError(
+                    f"lambda_min {self.lambda_min} is above lambda_max {self.lambda_max}"
+                )
+            if not self.lambda_min <= self.margin_threshold <= self.lambda_max:
+                raise ValueError(
+                    f"margin_threshold {self.margin_threshold} (adaptive lambda's start) must "
+                    f"lie in [lambda_min, lambda_max] = [{self.lambda_min}, {self.lambda_max}]"
+                )
+        return self
+
     @property
     def lossless(self) -> bool:
         """True when the proxy is never trusted: output equals the target's."""
+        if self.policy != "trispec":
+            return False
+        if self.adaptive_lambda:
+            return self.lambda_min > 1.0
         return self.margin_threshold > 1.0
 
 
@@ -95,6 +173,8 @@ def _format_errors(err: ValidationError) -> str:
             lines.append(f"unknown key '{key}' (known keys: {known})")
         elif e["type"] == "missing":
             lines.append(f"missing required key '{key}'")
+        elif e["type"] == "value_error" and not e["loc"]:
+            lines.append(str(e["ctx"]["error"]))
         else:
             lines.append(f"'{key}': {e['msg']} (got {e.get('input')!r})")
     return "invalid additional_config['trispec']: " + "; ".join(lines)

@@ -17,6 +17,7 @@ COUNTERS = {
     "escalations": "Request-steps sent to the target.",
     "proxy_completions": "Request-steps completed by the proxy alone.",
     "emitted_tokens": "Tokens output by TriSpec steps.",
+    "fuzzy_accepted_tokens": "Candidate tokens the target accepted under policy 'pyramid'.",
 }
 
 
@@ -27,13 +28,21 @@ class TriSpecStats:
     escalations: int = 0
     proxy_completions: int = 0
     emitted_tokens: int = 0
+    fuzzy_accepted_tokens: int = 0
     catchup_tokens: int = 0
     decode_request_steps: int = 0  # request-steps routed (prefill steps excluded)
     proxy_accepted_tokens: int = 0  # sum of tau_a over them
+    # Adaptive lambda: sum and count of the lambdas requests were routed with, and the
+    # would-be-trusted positions the target checked (trials) and overruled (failures).
+    lambda_sum: float = 0.0
+    lambda_count: int = 0
+    adaptive_trials: int = 0
+    adaptive_failures: int = 0
     # Seconds per phase of the step (prepare, proxy, route, target, sample_and_draft).
     times: dict[str, float] = field(default_factory=dict)
     # Per-step observations for the histograms (not accumulated).
     margins: list[float] = field(default_factory=list, repr=False)
+    lambdas: list[float] = field(default_factory=list, repr=False)  # adaptive lambda per request
     catchup_lengths: list[int] = field(default_factory=list, repr=False)
     # Per request id: [decode steps, completed by the proxy, escalated, tokens emitted].
     per_request: dict[str, list[int]] = field(default_factory=dict, repr=False)
@@ -73,7 +82,16 @@ class TriSpecStats:
         return cls(**{k: v for k, v in data.items() if k in cls.__dataclass_fields__})
 
 
-COUNTED = (*COUNTERS, "catchup_tokens", "decode_request_steps", "proxy_accepted_tokens")
+COUNTED = (
+    *COUNTERS,
+    "catchup_tokens",
+    "decode_request_steps",
+    "proxy_accepted_tokens",
+    "lambda_sum",
+    "lambda_count",
+    "adaptive_trials",
+    "adaptive_failures",
+)
 MARGIN_BUCKETS = (0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99, 1.0)
 CATCHUP_BUCKETS = (0, 1, 2, 4, 8, 16, 32, 64, 128, 256)
 STATS_KEY = "trispec"
@@ -113,6 +131,14 @@ class PrometheusCounters:
                 buckets=MARGIN_BUCKETS,
             )
         )
+        self.lambdas = per_engine(
+            histogram_cls(
+                name=PREFIX + "lambda",
+                documentation="Adaptive lambda of each routed request, per step.",
+                labelnames=labelnames,
+                buckets=MARGIN_BUCKETS,
+            )
+        )
         self.catchup = per_engine(
             histogram_cls(
                 name=PREFIX + "catchup_length",
@@ -129,5 +155,7 @@ class PrometheusCounters:
                 children[engine_idx].inc(value)
         for value in step.get("margins", ()):
             self.margins[engine_idx].observe(value)
+        for value in step.get("lambdas", ()):
+            self.lambdas[engine_idx].observe(value)
         for value in step.get("catchup_lengths", ()):
             self.catchup[engine_idx].observe(value)

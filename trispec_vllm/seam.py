@@ -274,7 +274,7 @@ def _runner_mixin():
     from vllm.v1.worker.gpu_model_runner import ExecuteModelState
 
     from trispec_vllm import proxy_runner
-    from trispec_vllm.step import StepBatch, TriSpecStep, greedy_verify
+    from trispec_vllm.step import StepBatch, TriSpecStep, greedy_verify, pyramid_tokens
 
     class TriSpecRunnerMixin:
         trispec: TriSpecStep
@@ -286,6 +286,7 @@ def _runner_mixin():
             self.trispec_proxy = None
             self._trispec_last_step = None
             self._trispec_step_batch = None
+            self._trispec_pyramid = None  # (rows mask, tokens) to apply after sampling
 
         def load_model(self, *args, **kwargs) -> None:
             super().load_model(*args, **kwargs)
@@ -322,7 +323,7 @@ def _runner_mixin():
                 raise RuntimeError("sample_tokens() must be called after execute_model()")
             t_start = time.perf_counter()
             deferred = self._update_states(scheduler_output)
-            self.trispec.watermarks.forget(self.requests.keys())
+            self.trispec.forget(self.requests.keys())
             if not scheduler_output.total_num_scheduled_tokens:
                 return EMPTY_MODEL_RUNNER_OUTPUT
             if len(self.kv_cache_config.kv_cache_groups) != 1:
@@ -393,6 +394,7 @@ def _runner_mixin():
             # 3. Target on the escalated sub-batch, from each watermark to the end.
             hidden_size = self.model_config.get_hidden_size()
             hidden_states = proxy_hidden.new_zeros((num_tokens, hidden_size))
+            proxy_logits = logits
             tb = None
             if plan.escalated_rows.size:
                 bt = self.input_batch.block_table[0]
@@ -408,11 +410,27 @@ def _runner_mixin():
                     )
                     logits = logits.clone()
                     logits[torch.from_numpy(logit_rows).to(dev)] = target_logits.to(logits.dtype)
+                    self.trispec.observe_target(
+                        batch, plan, logit_rows, target_logits.argmax(dim=-1).cpu().numpy()
+                    )
                 # Target hidden states of this step's tokens, where the target ran
                 # (prompt logprobs read them for prefilling requests).
                 src, dst = self._trispec_step_token_map(batch, tb)
                 hidden_states[dst] = target_hidden[src].to(hidden_states.dtype)
-            step = self.trispec.finish(batch, plan, tb)
+            self._trispec_pyramid = None
+            if plan.pyramid_rows is not None and plan.pyramid_rows.any():
+                tokens, decision = pyramid_tokens(
+                    self.trispec.cfg,
+                    batch,
+                    plan,
+                    proxy_logits,
+                    logits,
+                    self.input_batch.generators,
+                )
+                self._trispec_pyramid = (plan.pyramid_rows, tokens)
+            step = self.trispec.finish(
+                batch, plan, tb, decision if self._trispec_pyramid is not None else None
+            )
             t_end = time.perf_counter()
             step.add_times(
                 prepare=t_prepared - t_start,
@@ -493,6 +511,12 @@ def _runner_mixin():
                     out.sampled_token_ids,
                 )
                 out.sampled_token_ids.copy_(fixed)
+            if self._trispec_pyramid is not None:
+                rows, tokens = self._trispec_pyramid
+                self._trispec_pyramid = None
+                ids = out.sampled_token_ids
+                idx = torch.from_numpy(np.nonzero(rows)[0]).to(ids.device)
+                ids[idx] = tokens[:, : ids.shape[1]][idx.cpu()].to(ids.device, ids.dtype)
             return out
 
         def _bookkeeping_sync(self, *args, **kwargs):
@@ -535,6 +559,9 @@ def _runner_mixin():
                 trust_allowed=plain,
                 temperature=np.where(greedy, 0.0, ib.temperature_cpu[:b]).astype(np.float32),
                 plain_greedy=plain & greedy,
+                untruncated=np.array(
+                    [r not in ib.top_k_reqs and r not in ib.top_p_reqs for r in req_ids], dtype=bool
+                ),
             )
 
         def _trispec_step_token_map(self, batch, tb):

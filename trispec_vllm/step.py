@@ -18,8 +18,10 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from trispec_vllm import pyramid
+from trispec_vllm.adaptive import AdaptiveLambda
 from trispec_vllm.config import TriSpecConfig
-from trispec_vllm.kernels import top2_margins
+from trispec_vllm.kernels import divergence, point_mass_divergence, top2_margins
 from trispec_vllm.metrics import TriSpecStats
 from trispec_vllm.router import RoutingDecision, route
 from trispec_vllm.target_batch import TargetBatch, build_target_batch
@@ -44,6 +46,8 @@ class StepBatch:
     mixed_sampling: bool = False  # greedy and sampled requests share the batch
     temperature: np.ndarray | None = None  # [B] sampling temperature, 0 for greedy
     plain_greedy: np.ndarray | None = None  # [B] bool: greedy with no logits processing
+    # [B] bool: no top-k/top-p truncation (PyramidSD samples from whole distributions).
+    untruncated: np.ndarray | None = None
 
     def row_temperatures(self) -> torch.Tensor:
         """Per logits row (drafts + bonus of each request) temperature for the margins:
@@ -61,6 +65,10 @@ class StepPlan:
     sample_row_offsets: np.ndarray  # [B] first logits row of each request
     margins: np.ndarray  # proxy margins at the decoding requests' draft and bonus positions
     decoding: np.ndarray  # [B] bool: requests routed this step (not prefilling)
+    row_top1: np.ndarray | None = None  # [rows] proxy top-1 per logits row
+    row_margin: np.ndarray | None = None  # [rows] proxy margin per logits row
+    lambdas: np.ndarray | None = None  # [B] lambda each request was routed with
+    pyramid_rows: np.ndarray | None = None  # [B] bool: requests PyramidSD verifies
 
 
 class TriSpecStep:
@@ -68,6 +76,25 @@ class TriSpecStep:
         self.cfg = cfg
         self.watermarks = Watermarks()
         self.stats = TriSpecStats()
+        self.adaptive = (
+            AdaptiveLambda(
+                initial=cfg.margin_threshold,
+                target_disagreement=cfg.target_disagreement,
+                rate=cfg.adaptive_rate,
+                lo=cfg.lambda_min,
+                hi=cfg.lambda_max,
+            )
+            if cfg.adaptive_lambda
+            else None
+        )
+        self._booked = (0, 0)  # adaptive trials and failures already in the stats
+
+    def forget(self, live_req_ids) -> None:
+        """Drop the state of finished requests."""
+        live = list(live_req_ids)
+        self.watermarks.forget(live)
+        if self.adaptive is not None:
+            self.adaptive.forget(live)
 
     def plan(self, batch: StepBatch, proxy_logits: torch.Tensor) -> StepPlan:
         """Margins, watermarks and routing for every request of the batch."""
@@ -99,11 +126,19 @@ class TriSpecStep:
             skips[i] = self.watermarks.settle(req_id, int(batch.num_computed[i])).skips
         decoding = (batch.num_computed >= batch.num_prompt) & (batch.num_scheduled == n + 1)
         force = ~decoding | (skips >= self.cfg.max_skips)
-        lam = torch.where(
-            torch.from_numpy(batch.trust_allowed & decoding),
-            torch.tensor(self.cfg.margin_threshold),
-            torch.tensor(NEVER_TRUST),
-        )
+        if self.adaptive is not None:
+            base = self.adaptive.lambdas(batch.req_ids)
+        else:
+            base = np.full(b, self.cfg.margin_threshold, dtype=np.float32)
+        trusting = batch.trust_allowed & decoding
+        pyramid_rows = None
+        if self.cfg.policy == "pyramid":
+            # PyramidSD sends every window to the target; its fuzzy rule replaces
+            # the margins (requests it cannot judge get standard SD).
+            untruncated = np.ones(b, bool) if batch.untruncated is None else batch.untruncated
+            pyramid_rows = trusting & untruncated
+            trusting = np.zeros(b, dtype=bool)
+        lam = torch.from_numpy(np.where(trusting, base, NEVER_TRUST).astype(np.float32))
         decision = route(drafts, torch.from_numpy(n), top1, margin, lam, torch.from_numpy(force))
         escalated = ~decision.proxy_completes.numpy()
         if self.cfg.ride_along == "all" and escalated.any():
@@ -114,7 +149,32 @@ class TriSpecStep:
             escalated = np.ones(b, dtype=bool)
         in_step = (torch.arange(k + 1).unsqueeze(0) <= torch.from_numpy(n).unsqueeze(1)).numpy()
         step_margins = margin.numpy()[in_step & decoding[:, None]]
-        return StepPlan(decision, np.nonzero(escalated)[0], offsets, step_margins, decoding)
+        return StepPlan(
+            decision,
+            np.nonzero(escalated)[0],
+            offsets,
+            step_margins,
+            decoding,
+            row_top1=top1_flat.numpy(),
+            row_margin=margin_flat.numpy(),
+            lambdas=np.where(trusting, base, np.nan),
+            pyramid_rows=pyramid_rows,
+        )
+
+    def observe_target(
+        self, batch: StepBatch, plan: StepPlan, logit_rows: np.ndarray, target_top1: np.ndarray
+    ) -> None:
+        """Feed adaptive lambda with the proxy/target agreement at the rows the target scored."""
+        if self.adaptive is None or plan.row_top1 is None or not logit_rows.size:
+            return
+        req_of_row = np.repeat(np.arange(len(batch.req_ids)), batch.num_drafts + 1)
+        reqs = req_of_row[logit_rows]
+        agree = plan.row_top1[logit_rows] == target_top1
+        margins = plan.row_margin[logit_rows]
+        for r in np.unique(reqs):
+            if plan.decoding[r] and batch.trust_allowed[r]:
+                sel = reqs == r
+                self.adaptive.observe(batch.req_ids[r], margins[sel], agree[sel])
 
     def target_batch(
         self,
@@ -158,7 +218,13 @@ class TriSpecStep:
             return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
         return np.concatenate(logits_rows), np.concatenate(hidden_rows)
 
-    def finish(self, batch: StepBatch, plan: StepPlan, tb: TargetBatch | None) -> TriSpecStats:
+    def finish(
+        self,
+        batch: StepBatch,
+        plan: StepPlan,
+        tb: TargetBatch | None,
+        fuzzy: pyramid.PyramidDecision | None = None,
+    ) -> TriSpecStats:
         """Book the step: watermarks, skip counters and counters."""
         d = plan.decision
         step = TriSpecStats(proxy_steps=1, target_steps=int(tb is not None and tb.num_reqs > 0))
@@ -174,10 +240,24 @@ class TriSpecStep:
             step.catchup_tokens = int(catchup.sum())
             step.catchup_lengths = catchup.tolist()
         step.margins = np.round(plan.margins, 3).tolist()
+        if self.adaptive is not None and plan.lambdas is not None:
+            lam = plan.lambdas[~np.isnan(plan.lambdas)]
+            step.lambdas = np.round(lam, 3).tolist()
+            step.lambda_sum = float(lam.sum())
+            step.lambda_count = int(lam.size)
+            step.adaptive_trials = self.adaptive.total_trials - self._booked[0]
+            step.adaptive_failures = self.adaptive.total_failures - self._booked[1]
+            self._booked = (self.adaptive.total_trials, self.adaptive.total_failures)
         step.proxy_completions = int(completes.sum())
         step.decode_request_steps = int(plan.decoding.sum())
         step.proxy_accepted_tokens = int(d.tau_a.numpy()[plan.decoding].sum())
         step.escalations = int((~completes).sum())
+        if fuzzy is not None and plan.pyramid_rows is not None:
+            rows = plan.pyramid_rows
+            # Under PyramidSD the proxy's acceptance is the qualifier's.
+            step.proxy_accepted_tokens = int(fuzzy.qualifier_accepted.numpy()[rows].sum())
+            step.proxy_accepted_tokens += int(d.tau_a.numpy()[plan.decoding & ~rows].sum())
+            step.fuzzy_accepted_tokens = int(fuzzy.target_accepted.numpy()[rows].sum())
         step.per_request = {
             req_id: [1, int(completes[i]), int(not completes[i]), 0]
             for i, req_id in enumerate(batch.req_ids)
@@ -217,3 +297,106 @@ def greedy_verify(
         row += n + 1
         draft += n
     return out.to(sampled.device)
+
+
+def _uniform(n: int, generator: torch.Generator | None) -> torch.Tensor:
+    dev = generator.device if generator is not None else "cpu"
+    return torch.rand(n, generator=generator, device=dev).cpu()
+
+
+def _sample_row(
+    logits: torch.Tensor, temperature: float, generator: torch.Generator | None, exclude: int = -1
+) -> int:
+    """One token from a logits row: argmax when greedy (temperature 0), else a sample
+    from softmax(logits / T), optionally with one token removed (a residual)."""
+    x = logits.float()
+    if exclude >= 0:
+        x = x.clone()
+        x[exclude] = float("-inf")
+    if temperature <= 0:
+        return int(x.argmax())
+    probs = torch.softmax(x / temperature, dim=-1)
+    if generator is not None:
+        probs = probs.to(generator.device)
+    return int(torch.multinomial(probs, 1, generator=generator))
+
+
+def pyramid_tokens(
+    cfg: TriSpecConfig,
+    batch: StepBatch,
+    plan: StepPlan,
+    proxy_logits: torch.Tensor,
+    target_logits: torch.Tensor,
+    generators: dict[int, torch.Generator],
+) -> tuple[torch.Tensor, pyramid.PyramidDecision]:
+    """PyramidSD's tokens for every request of the batch ([B, K+1], PAD-padded).
+
+    `proxy_logits` are the qualifier's rows, `target_logits` the target's at the
+    same rows (both in vLLM's layout: each request's drafts, then its bonus
+    position). Only the rows of `plan.pyramid_rows` are meaningful; callers keep
+    vLLM's own tokens for the others. Seeded requests draw from their own
+    generator, so their tokens do not depend on batch neighbours.
+    """
+    b = len(batch.req_ids)
+    n = torch.from_numpy(batch.num_drafts.astype(np.int64))
+    k = int(n.max()) if b else 0
+    offsets = plan.sample_row_offsets
+    j = np.arange(k + 1)
+    rows = torch.from_numpy(offsets[:, None] + np.minimum(j[None, :], batch.num_drafts[:, None]))
+    temps = batch.row_temperatures().to(proxy_logits.device)
+    greedy = np.zeros(b, bool) if batch.temperature is None else batch.temperature <= 0
+    req_temp = np.where(greedy, 0.0, 1.0 if batch.temperature is None else batch.temperature)
+    drafts = torch.full((b, k), pyramid.PAD, dtype=torch.long)
+    if k:
+        cu = np.zeros(b, dtype=np.int64)
+        np.cumsum(batch.num_drafts[:-1], out=cu[1:])
+        flat = batch.draft_tokens.cpu().long()
+        idx = np.minimum(cu[:, None] + j[None, :k], max(flat.numel() - 1, 0))
+        drafts = torch.where(torch.arange(k) < n.unsqueeze(1), flat[torch.from_numpy(idx)], -1)
+
+    # Qualifier stage over the drafts: PSD_F's divergence on the raw distribution (as
+    # the target stage), PSD_A's speculative sampling on the one the request samples.
+    raw = cfg.pyramid_variant == "psd_f"
+    scale = 1.0 if raw else temps.unsqueeze(1)
+    log_q = torch.log_softmax(proxy_logits.float() / scale, dim=-1).cpu()
+    if k:
+        draft_rows = rows[:, :k]
+        q_of_draft = log_q[draft_rows, drafts.clamp(min=0)].exp()  # [B, K]
+        q_top1 = torch.from_numpy(plan.row_top1)[draft_rows]
+        if cfg.pyramid_variant == "psd_f":
+            passes = point_mass_divergence(q_of_draft, cfg.divergence) <= cfg.tau_q
+        else:  # psd_a: standard speculative verification by the qualifier
+            u = torch.stack([_uniform(k, generators.get(r)) for r in range(b)])
+            sampled_pass = u < q_of_draft
+            greedy_pass = drafts == q_top1
+            passes = torch.where(torch.from_numpy(greedy).unsqueeze(1), greedy_pass, sampled_pass)
+        a = pyramid.qualifier_accepts(drafts, n, passes)
+    else:
+        a = torch.zeros(b, dtype=torch.long)
+
+    active = plan.pyramid_rows if plan.pyramid_rows is not None else np.zeros(b, bool)
+    c = torch.zeros(b, dtype=torch.long)
+    for r in np.nonzero(active)[0]:
+        ar = int(a[r])
+        rejected = cfg.pyramid_variant == "psd_a" and ar < int(n[r]) and not greedy[r]
+        c[r] = _sample_row(
+            proxy_logits[int(rows[r, ar])],
+            float(req_temp[r]),
+            generators.get(int(r)),
+            exclude=int(drafts[r, ar]) if rejected else -1,
+        )
+
+    # Target stage: Div(P_T, Q) at every row, against tau_T. As in Fuzzy SD, on the
+    # raw distributions (temperature 1), so a threshold means the same at any temperature.
+    div = divergence(target_logits, proxy_logits, None, cfg.divergence).cpu()
+    t_pass = div[rows] <= cfg.tau_t
+    t_fail = pyramid.first_target_failure(a, t_pass)
+    t_tok = torch.zeros(b, dtype=torch.long)
+    for r in np.nonzero(active)[0]:
+        tr = int(t_fail[r])
+        if tr <= int(a[r]):
+            t_tok[r] = _sample_row(
+                target_logits[int(rows[r, tr])], float(req_temp[r]), generators.get(int(r))
+            )
+    decision = pyramid.target_verify(drafts.clamp(min=0), a, c, t_pass, t_tok)
+    return decision.tokens, decision

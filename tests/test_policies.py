@@ -1,0 +1,180 @@
+"""Policy 'pyramid' (PyramidSD fuzzy acceptance) and adaptive lambda inside vLLM.
+
+Each check picks thresholds at which the fuzzy rule's output is known exactly
+from plain greedy decoding of one model, so the test has one right answer:
+- PSD_A with proxy = target: the qualifier's exact verification plus the
+  target stage give the target's greedy output, whatever tau_T lets through;
+- PSD_F with tau_q = 0 and a tau_t every divergence passes: drafts never pass
+  the qualifier and the target keeps every qualifier token, so the output is
+  the proxy's own greedy decoding;
+- PSD_F with tau_t = 0: the target replaces the first candidate token every
+  step, so the output is the target's greedy decoding.
+Sampling: PSD_A with proxy = target samples the target's distribution
+(chi-square, fixed seeds) and seeded requests do not depend on their
+neighbours. Adaptive lambda: output stays lossless when its floor is above 1,
+and lambda moves with the proxy's observed disagreement.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from tests.test_engine import NGRAM, K, close, counters, greedy, make_llm, prompts, token_ids
+from tests.test_sampling import assert_target_distribution, sample_many
+
+pytest.importorskip("vllm")
+pytestmark = pytest.mark.vllm
+
+N_PROMPTS = 8
+
+
+def draft_spec(pair) -> dict:
+    return {"method": "draft_model", "model": pair.proxy, "num_speculative_tokens": K}
+
+
+@pytest.fixture(scope="module")
+def plain_outputs(tiny_pair):
+    """Non-speculative greedy outputs of the target, and of the proxy continuing
+    from the target's first token (a TriSpec engine samples the prefill's token
+    from the target, whatever the policy)."""
+    from tests.test_engine import MAX_TOKENS
+
+    llm = make_llm(tiny_pair)
+    outs = llm.generate(prompts(N_PROMPTS), greedy(MAX_TOKENS))
+    close(llm)
+    target = token_ids(outs)
+    llm = make_llm(dataclasses.replace(tiny_pair, target=tiny_pair.proxy))
+    seeded = [
+        {"prompt_token_ids": list(o.prompt_token_ids) + [t[0]]}
+        for o, t in zip(outs, target, strict=True)
+    ]
+    rest = token_ids(llm.generate(seeded, greedy(MAX_TOKENS - 1)))
+    close(llm)
+    return {"target": target, "proxy": [t[:1] + r for t, r in zip(target, rest, strict=True)]}
+
+
+def run(tiny_pair, spec, trispec):
+    llm = make_llm(tiny_pair, spec, trispec)
+    got = token_ids(llm.generate(prompts(N_PROMPTS), greedy()))
+    c = counters(llm)
+    close(llm)
+    return got, c
+
+
+def test_psd_a_with_proxy_equal_to_target_is_the_targets_greedy(tiny_pair, plain_outputs):
+    got, c = run(
+        tiny_pair,
+        draft_spec(tiny_pair),
+        {
+            "proxy_model": tiny_pair.target,
+            "policy": "pyramid",
+            "pyramid_variant": "psd_a",
+            "tau_t": 10.0,
+        },
+    )
+    assert got == plain_outputs["target"]
+    assert c["fuzzy_accepted_tokens"] > 0 and c["proxy_accepted_tokens"] > 0
+    assert c["proxy_completions"] == 0  # PyramidSD sends every window to the target
+
+
+def test_psd_f_without_target_veto_is_the_proxys_greedy(tiny_pair, plain_outputs):
+    got, c = run(
+        tiny_pair,
+        NGRAM,
+        {"proxy_model": tiny_pair.proxy, "policy": "pyramid", "tau_q": 0.0, "tau_t": 10.0},
+    )
+    assert got == plain_outputs["proxy"]
+    assert c["fuzzy_accepted_tokens"] > 0
+
+
+def test_psd_f_with_zero_target_threshold_is_the_targets_greedy(tiny_pair, plain_outputs):
+    got, c = run(
+        tiny_pair,
+        draft_spec(tiny_pair),
+        {"proxy_model": tiny_pair.proxy, "policy": "pyramid", "tau_q": 10.0, "tau_t": 0.0},
+    )
+    assert got == plain_outputs["target"]
+    assert c["fuzzy_accepted_tokens"] == 0
+    assert c["proxy_accepted_tokens"] > 0  # the qualifier let drafts through
+
+
+def test_adaptive_lambda_above_one_is_lossless(tiny_pair, plain_outputs):
+    got, c = run(
+        tiny_pair,
+        NGRAM,
+        {
+            "proxy_model": tiny_pair.proxy,
+            "adaptive_lambda": True,
+            "margin_threshold": 1.5,
+            "lambda_min": 1.2,
+            "lambda_max": 2.0,
+        },
+    )
+    assert got == plain_outputs["target"]
+    assert c["proxy_completions"] == 0 and c["lambda_count"] > 0
+
+
+def test_adaptive_lambda_follows_the_observed_disagreement(tiny_pair):
+    """The tiny proxy disagrees with the target often: with a 1% goal lambda must
+    rise from its start; with a 90% goal it must fall."""
+    means = {}
+    for goal in (0.01, 0.9):
+        _, c = run(
+            tiny_pair,
+            NGRAM,
+            {
+                "proxy_model": tiny_pair.proxy,
+                "adaptive_lambda": True,
+                "margin_threshold": 0.5,
+                "target_disagreement": goal,
+                "adaptive_rate": 0.05,
+                "lambda_max": 1.5,
+            },
+        )
+        assert c["adaptive_trials"] > 0
+        means[goal] = c["lambda_sum"] / c["lambda_count"]
+    assert means[0.01] > 0.5 > means[0.9], means
+
+
+def test_psd_a_with_proxy_equal_to_target_samples_the_targets_distribution(
+    soft_pair, exact_marginals
+):
+    """The qualifier's exact speculative sampling against a deterministic drafter
+    samples Q = P_T, and the target keeps it: the target's distribution."""
+    llm = make_llm(
+        soft_pair,
+        draft_spec(soft_pair),
+        {
+            "proxy_model": soft_pair.target,
+            "policy": "pyramid",
+            "pyramid_variant": "psd_a",
+            "tau_t": 10.0,
+        },
+    )
+    samples = sample_many(llm)
+    c = counters(llm)
+    close(llm)
+    assert c["fuzzy_accepted_tokens"] > 0
+    assert_target_distribution(samples, exact_marginals)
+
+
+def test_pyramid_seeded_requests_repeat_whatever_their_neighbours(tiny_pair):
+    from vllm import SamplingParams
+
+    llm = make_llm(
+        tiny_pair, draft_spec(tiny_pair), {"proxy_model": tiny_pair.proxy, "policy": "pyramid"}
+    )
+
+    def params(seed):
+        return SamplingParams(temperature=1.0, max_tokens=32, ignore_eos=True, seed=seed)
+
+    ps = prompts(6)
+    alone = token_ids(llm.generate([ps[2]], params(102)))[0]
+    crowd = token_ids(llm.generate(ps, [params(100 + i) for i in range(6)]))
+    again = token_ids(llm.generate(ps[::-1], [params(100 + i) for i in range(6)][::-1]))
+    c = counters(llm)
+    close(llm)
+    assert crowd[2] == alone and again[::-1] == crowd
+    assert c["fuzzy_accepted_tokens"] > 0
