@@ -10,7 +10,10 @@
 Configurations (pick with --configs, by key or full label): `target` (the target
 alone, no speculation), `ngram` (vLLM's ngram SD, k=3, lookup 3..2), and TriSpec
 with the same ngram drafter at lambda 0.3, 0.5, 0.7 (`tri0.3`, `tri0.5`,
-`tri0.7`) and lossless (`lossless`, lambda 1.5). Every configuration runs in
+`tri0.7`) and lossless (`lossless`, lambda 1.5), TriSpec with adaptive lambda
+(`adaptive`, start 0.5, goal 5%), and PyramidSD over the same stages: PSD_F at
+the paper's best thresholds (`psdf`, tau_q 0.4, tau_t 0.5, Jensen-Shannon),
+PSD_F at 0.1/0.1 (`psdf0.1`) and PSD_A at tau_t 0.1 (`psda`). Every configuration runs in
 this one process, one engine at a time, on the same prompts (chat template),
 same sampling parameters and max_tokens, requests submitted in groups of
 --batch; greedy unless --temperature > 0, which gives request i the seed
@@ -102,6 +105,14 @@ def configurations(proxy: str, extra_trispec: dict[str, Any] | None) -> list[Con
         section = {"proxy_model": proxy, "margin_threshold": lam, **(extra_trispec or {})}
         return Config(key, f"TriSpec ngram {name}{suffix}", ngram, section, lam)
 
+    def policy(key: str, name: str, section: dict) -> Config:
+        return Config(
+            key,
+            f"{name} (ngram drafter){suffix}",
+            ngram,
+            {"proxy_model": proxy, **section, **(extra_trispec or {})},
+        )
+
     return [
         Config(BASELINE_KEY, "target alone"),
         Config(SD_KEY, "vLLM ngram k=3", ngram),
@@ -109,6 +120,18 @@ def configurations(proxy: str, extra_trispec: dict[str, Any] | None) -> list[Con
         tri("tri0.5", "lambda=0.5", 0.5),
         tri("tri0.7", "lambda=0.7", 0.7),
         tri("lossless", "lossless", 1.5),
+        policy("adaptive", "TriSpec adaptive lambda (5% goal)", {"adaptive_lambda": True}),
+        policy("psdf", "PyramidSD PSD_F tau_q=0.4 tau_t=0.5", {"policy": "pyramid"}),
+        policy(
+            "psdf0.1",
+            "PyramidSD PSD_F tau_q=0.1 tau_t=0.1",
+            {"policy": "pyramid", "tau_q": 0.1, "tau_t": 0.1},
+        ),
+        policy(
+            "psda",
+            "PyramidSD PSD_A tau_t=0.1",
+            {"policy": "pyramid", "pyramid_variant": "psd_a", "tau_t": 0.1},
+        ),
     ]
 
 

@@ -62,6 +62,19 @@ def configurations(proxy: str, quick: bool) -> list[Config]:
         ),
         Config("TriSpec ngram lossless", ngram(3), tri(1.5), lam=1.5),
         Config("TriSpec draft_model lambda=0.5", draft(3), tri(0.5), lam=0.5),
+        Config(
+            "TriSpec ngram adaptive lambda",
+            ngram(3),
+            {"proxy_model": proxy, "adaptive_lambda": True},
+        ),
+        Config(
+            "PyramidSD PSD_F ngram 0.4/0.5", ngram(3), {"proxy_model": proxy, "policy": "pyramid"}
+        ),
+        Config(
+            "PyramidSD PSD_F ngram 0.1/0.1",
+            ngram(3),
+            {"proxy_model": proxy, "policy": "pyramid", "tau_q": 0.1, "tau_t": 0.1},
+        ),
     ]
     if quick:
         keep = {
