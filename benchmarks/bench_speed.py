@@ -179,6 +179,10 @@ def derived(row: Row, cfg: Config) -> dict:
         out["proxy_acceptance_length"] = m.get("worker:proxy_accepted_tokens", 0) / decode
         out["case_i_share"] = completions / decode
         out["escalation_rate"] = 1 - completions / decode
+    if m.get("worker:lambda_count", 0):
+        out["mean_lambda"] = m["worker:lambda_sum"] / m["worker:lambda_count"]
+        trials = m.get("worker:adaptive_trials", 0)
+        out["adaptive_failed_share"] = m["worker:adaptive_failures"] / trials if trials else None
     return out
 
 
@@ -239,7 +243,16 @@ def plots(results: list[dict], out: Path) -> None:
                 linestyle="--",
                 label=f"target steps per 100 tokens, batch {b}",
             )
-        ax1.set_xlabel("margin threshold lambda (1.5 = lossless)")
+        adaptive = [r for r in results if r.get("mean_lambda") is not None]
+        for r in adaptive:
+            ax1.scatter(
+                [r["mean_lambda"]],
+                [r["tokens_per_s"]],
+                marker="*",
+                s=120,
+                label=f"adaptive lambda (mean), batch {r['batch']}",
+            )
+        ax1.set_xlabel("margin threshold lambda (1.5 = lossless; stars: adaptive, at its mean)")
         ax1.legend(fontsize=7)
         fig.tight_layout()
         fig.savefig(out.with_name(out.stem + "_vs_lambda.png"), dpi=120)

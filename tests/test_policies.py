@@ -178,3 +178,25 @@ def test_pyramid_seeded_requests_repeat_whatever_their_neighbours(tiny_pair):
     close(llm)
     assert crowd[2] == alone and again[::-1] == crowd
     assert c["fuzzy_accepted_tokens"] > 0
+
+
+def test_steps_without_the_proxy_keep_proxy_equal_to_target_exact(tiny_pair, plain_outputs):
+    """Above max_proxy_batch the proxy sits out (standard SD on the target); when the
+    batch shrinks it catches its KV cache up. proxy = target at lambda 0.05 trusts the
+    proxy almost everywhere, so any gap in its cache would change the output."""
+    from vllm import SamplingParams
+
+    llm = make_llm(
+        tiny_pair,
+        NGRAM,
+        {"proxy_model": tiny_pair.target, "margin_threshold": 0.05, "max_proxy_batch": 3},
+    )
+    lengths = [8, 16, 24, 32, 40, 48, 56, 64]
+    params = [SamplingParams(temperature=0, max_tokens=n, ignore_eos=True) for n in lengths]
+    got = token_ids(llm.generate(prompts(N_PROMPTS), params))
+    c = counters(llm)
+    close(llm)
+    assert got == [p[:n] for p, n in zip(plain_outputs["target"], lengths, strict=True)]
+    assert c["proxy_catchup_tokens"] > 0  # the proxy did sit out, then caught up
+    assert c["proxy_steps"] < c["target_steps"] + c["proxy_completions"]
+    assert c["proxy_completions"] > 0  # and was trusted afterwards

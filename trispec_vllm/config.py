@@ -65,6 +65,14 @@ class TriSpecConfig(BaseModel):
         "target catches up later).",
     )
 
+    max_proxy_batch: int | None = Field(
+        default=None,
+        ge=1,
+        description="Skip the proxy in steps with more decoding requests than this: at large "
+        "batches the target's pass is compute-bound and the proxy pass is pure extra work, so "
+        "such steps are standard speculative decoding; the proxy catches its KV cache up when "
+        "it next runs. None (default): always run the proxy.",
+    )
     # policy "trispec" with adaptive lambda.
     adaptive_lambda: bool = Field(
         default=False,

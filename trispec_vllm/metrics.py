@@ -30,6 +30,7 @@ class TriSpecStats:
     emitted_tokens: int = 0
     fuzzy_accepted_tokens: int = 0
     catchup_tokens: int = 0
+    proxy_catchup_tokens: int = 0  # tokens the proxy caught up after skipped steps
     decode_request_steps: int = 0  # request-steps routed (prefill steps excluded)
     proxy_accepted_tokens: int = 0  # sum of tau_a over them
     # Adaptive lambda: sum and count of the lambdas requests were routed with, and the
@@ -85,6 +86,7 @@ class TriSpecStats:
 COUNTED = (
     *COUNTERS,
     "catchup_tokens",
+    "proxy_catchup_tokens",
     "decode_request_steps",
     "proxy_accepted_tokens",
     "lambda_sum",

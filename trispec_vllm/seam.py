@@ -369,31 +369,41 @@ def _runner_mixin():
             )
 
             t_prepared = time.perf_counter()
-            # 1. Proxy over every scheduled token of every request.
-            with set_forward_context(
-                attn_md,
-                self.vllm_config,
-                num_tokens=num_tokens,
-                num_tokens_across_dp=tokens_across_dp,
-                cudagraph_runtime_mode=cg_mode,
-                batch_descriptor=batch_desc,
-                slot_mapping=slot_by_layer,
-            ):
-                proxy_hidden = self.trispec_proxy(
-                    input_ids=input_ids, positions=positions, inputs_embeds=inputs_embeds
-                )
-            logits = self.trispec_proxy.compute_logits(proxy_hidden[logits_indices])
+            batch = self._trispec_batch(req_ids, num_sched, spec_meta)
+            self._trispec_step_batch = batch
+            # 1. Proxy over every scheduled token of every request (none above
+            # max_proxy_batch; from its own watermark when it skipped earlier steps).
+            logits = proxy_hidden = None
+            if not self.trispec.skip_proxy(batch):
+                proxy_wm = self.trispec.proxy_watermarks(batch)
+                if (proxy_wm < batch.num_computed).any():
+                    logits = self._trispec_proxy_catchup(batch, proxy_wm)
+                else:
+                    with set_forward_context(
+                        attn_md,
+                        self.vllm_config,
+                        num_tokens=num_tokens,
+                        num_tokens_across_dp=tokens_across_dp,
+                        cudagraph_runtime_mode=cg_mode,
+                        batch_descriptor=batch_desc,
+                        slot_mapping=slot_by_layer,
+                    ):
+                        proxy_hidden = self.trispec_proxy(
+                            input_ids=input_ids, positions=positions, inputs_embeds=inputs_embeds
+                        )
+                    logits = self.trispec_proxy.compute_logits(proxy_hidden[logits_indices])
+                self.trispec.proxy_ran(batch)
 
             t_proxy = time.perf_counter()
             # 2. Route every request on the proxy's margins.
-            batch = self._trispec_batch(req_ids, num_sched, spec_meta)
-            self._trispec_step_batch = batch
             plan = self.trispec.plan(batch, logits)
 
             t_routed = time.perf_counter()
             # 3. Target on the escalated sub-batch, from each watermark to the end.
             hidden_size = self.model_config.get_hidden_size()
-            hidden_states = proxy_hidden.new_zeros((num_tokens, hidden_size))
+            hidden_states = torch.zeros(
+                (num_tokens, hidden_size), dtype=self.model_config.dtype, device=self.device
+            )
             proxy_logits = logits
             tb = None
             if plan.escalated_rows.size:
@@ -401,14 +411,19 @@ def _runner_mixin():
                 tb = self.trispec.target_batch(
                     batch, plan, self.input_batch.token_ids_cpu, bt.get_cpu_tensor(), bt.block_size
                 )
-                target_hidden = self._trispec_target_forward(tb)
+                target_hidden = self._trispec_forward(tb, self._target_layer_names(), self.model)
                 logit_rows, hidden_rows = self.trispec.target_rows(batch, plan, tb)
                 if logit_rows.size:
-                    dev = logits.device
+                    dev = self.device
                     target_logits = self.model.compute_logits(
                         target_hidden[torch.from_numpy(hidden_rows).to(dev)]
                     )
-                    logits = logits.clone()
+                    if logits is None:  # no proxy this step: every row is the target's
+                        logits = target_logits.new_empty(
+                            (len(logits_indices), target_logits.shape[1])
+                        )
+                    else:
+                        logits = logits.clone()
                     logits[torch.from_numpy(logit_rows).to(dev)] = target_logits.to(logits.dtype)
                     self.trispec.observe_target(
                         batch, plan, logit_rows, target_logits.argmax(dim=-1).cpu().numpy()
@@ -579,7 +594,36 @@ def _runner_mixin():
                 torch.from_numpy(np.concatenate(dst)).to(dev),
             )
 
-        def _trispec_target_forward(self, tb) -> torch.Tensor:
+        def _trispec_proxy_catchup(self, batch, proxy_wm) -> torch.Tensor:
+            """The proxy over every request from its watermark (the tokens of steps it
+            skipped, then this step's), returning its logits at the sampled rows."""
+            from trispec_vllm.step import sampled_hidden_rows
+            from trispec_vllm.target_batch import build_target_batch
+
+            bt = self.input_batch.block_table[0]
+            rows = np.arange(len(batch.req_ids))
+            tb = build_target_batch(
+                rows,
+                proxy_wm,
+                batch.num_computed,
+                batch.num_scheduled,
+                self.input_batch.token_ids_cpu,
+                bt.get_cpu_tensor(),
+                bt.block_size,
+            )
+            layers = [
+                n
+                for g in self.kv_cache_config.kv_cache_groups
+                for n in g.layer_names
+                if proxy_runner.is_proxy_layer(n)
+            ]
+            hidden = self._trispec_forward(tb, layers, self.trispec_proxy)
+            self.trispec.stats.proxy_catchup_tokens += int((batch.num_computed - proxy_wm).sum())
+            idx = sampled_hidden_rows(batch, tb, np.zeros(rows.size, dtype=np.int64))
+            return self.trispec_proxy.compute_logits(hidden[torch.from_numpy(idx).to(self.device)])
+
+        def _trispec_forward(self, tb, layer_names, model) -> torch.Tensor:
+            """One model over a custom sub-batch (catch-up included), on its own layers."""
             dev = self.device
             qsl_cpu = tb.query_start_loc
             slot = tb.slot_mapping.to(dev)
@@ -597,10 +641,10 @@ def _runner_mixin():
                 positions=tb.positions.to(dev),
                 seq_lens_cpu_upper_bound=tb.seq_lens,
             )
-            target_layers = set(self._target_layer_names())
+            layers = set(layer_names)
             attn_md = {}
             for group in self.attn_groups[0]:
-                names = [n for n in group.layer_names if n in target_layers]
+                names = [n for n in group.layer_names if n in layers]
                 if names:
                     md = group.build_metadata(cm, 0)
                     attn_md.update(dict.fromkeys(names, md))
@@ -608,9 +652,9 @@ def _runner_mixin():
                 attn_md,
                 self.vllm_config,
                 num_tokens=tb.num_tokens,
-                slot_mapping=dict.fromkeys(target_layers, slot),
+                slot_mapping=dict.fromkeys(layers, slot),
             ):
-                return self.model(input_ids=tb.token_ids.to(dev), positions=tb.positions.to(dev))
+                return model(input_ids=tb.token_ids.to(dev), positions=tb.positions.to(dev))
 
     return TriSpecRunnerMixin
 

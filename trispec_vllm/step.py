@@ -69,12 +69,14 @@ class StepPlan:
     row_margin: np.ndarray | None = None  # [rows] proxy margin per logits row
     lambdas: np.ndarray | None = None  # [B] lambda each request was routed with
     pyramid_rows: np.ndarray | None = None  # [B] bool: requests PyramidSD verifies
+    proxy_ran: bool = True  # False in steps above max_proxy_batch (standard SD)
 
 
 class TriSpecStep:
     def __init__(self, cfg: TriSpecConfig) -> None:
         self.cfg = cfg
         self.watermarks = Watermarks()
+        self.proxy_marks = Watermarks()  # how far each request's proxy KV is valid
         self.stats = TriSpecStats()
         self.adaptive = (
             AdaptiveLambda(
@@ -93,20 +95,49 @@ class TriSpecStep:
         """Drop the state of finished requests."""
         live = list(live_req_ids)
         self.watermarks.forget(live)
+        self.proxy_marks.forget(live)
         if self.adaptive is not None:
             self.adaptive.forget(live)
 
-    def plan(self, batch: StepBatch, proxy_logits: torch.Tensor) -> StepPlan:
-        """Margins, watermarks and routing for every request of the batch."""
+    def skip_proxy(self, batch: StepBatch) -> bool:
+        """Whether this step runs without the proxy (more decoding requests than
+        max_proxy_batch): standard speculative decoding on the target alone."""
+        limit = self.cfg.max_proxy_batch
+        return limit is not None and int(_decoding(batch).sum()) > limit
+
+    def proxy_watermarks(self, batch: StepBatch) -> np.ndarray:
+        """[B] first position of each request the proxy has no KV for."""
+        return np.array(
+            [
+                self.proxy_marks.settle(r, int(c)).watermark
+                for r, c in zip(batch.req_ids, batch.num_computed, strict=True)
+            ],
+            dtype=np.int64,
+        )
+
+    def proxy_ran(self, batch: StepBatch) -> None:
+        """The proxy's KV now covers every scheduled token of the batch."""
+        ends = batch.num_computed + batch.num_scheduled
+        for req_id, end in zip(batch.req_ids, ends, strict=True):
+            self.proxy_marks.settle(req_id, int(end))  # register new requests
+            self.proxy_marks.target_ran(req_id, int(end))
+
+    def plan(self, batch: StepBatch, proxy_logits: torch.Tensor | None) -> StepPlan:
+        """Margins, watermarks and routing for every request of the batch
+        (proxy_logits None: a step without the proxy, every request escalated)."""
         b = len(batch.req_ids)
         n = batch.num_drafts.astype(np.int64)
         k = int(n.max()) if b else 0
         offsets = np.zeros(b, dtype=np.int64)
         np.cumsum(n[:-1] + 1, out=offsets[1:])
-        temps = batch.row_temperatures()
-        uniform = batch.temperature is None or bool((temps == 1.0).all())
-        res = top2_margins(proxy_logits, None if uniform else temps.to(proxy_logits.device))
-        top1_flat, margin_flat = res.top1_id.cpu(), res.margin.cpu()
+        if proxy_logits is None:
+            top1_flat = torch.full((int((n + 1).sum()),), -1, dtype=torch.long)
+            margin_flat = torch.zeros(int((n + 1).sum()))
+        else:
+            temps = batch.row_temperatures()
+            uniform = batch.temperature is None or bool((temps == 1.0).all())
+            res = top2_margins(proxy_logits, None if uniform else temps.to(proxy_logits.device))
+            top1_flat, margin_flat = res.top1_id.cpu(), res.margin.cpu()
         # [B, K+1] gather of each request's sampled rows (clamped past its own end).
         j = np.arange(k + 1)
         rows = torch.from_numpy(offsets[:, None] + np.minimum(j[None, :], n[:, None]))
@@ -124,15 +155,15 @@ class TriSpecStep:
         skips = np.zeros(b, dtype=np.int64)
         for i, req_id in enumerate(batch.req_ids):
             skips[i] = self.watermarks.settle(req_id, int(batch.num_computed[i])).skips
-        decoding = (batch.num_computed >= batch.num_prompt) & (batch.num_scheduled == n + 1)
-        force = ~decoding | (skips >= self.cfg.max_skips)
+        decoding = _decoding(batch)
+        force = ~decoding | (skips >= self.cfg.max_skips) | (proxy_logits is None)
         if self.adaptive is not None:
             base = self.adaptive.lambdas(batch.req_ids)
         else:
             base = np.full(b, self.cfg.margin_threshold, dtype=np.float32)
-        trusting = batch.trust_allowed & decoding
+        trusting = batch.trust_allowed & decoding & (proxy_logits is not None)
         pyramid_rows = None
-        if self.cfg.policy == "pyramid":
+        if self.cfg.policy == "pyramid" and proxy_logits is not None:
             # PyramidSD sends every window to the target; its fuzzy rule replaces
             # the margins (requests it cannot judge get standard SD).
             untruncated = np.ones(b, bool) if batch.untruncated is None else batch.untruncated
@@ -159,6 +190,7 @@ class TriSpecStep:
             row_margin=margin_flat.numpy(),
             lambdas=np.where(trusting, base, np.nan),
             pyramid_rows=pyramid_rows,
+            proxy_ran=proxy_logits is not None,
         )
 
     def observe_target(
@@ -206,17 +238,16 @@ class TriSpecStep:
         self, batch: StepBatch, plan: StepPlan, tb: TargetBatch
     ) -> tuple[np.ndarray, np.ndarray]:
         """(logits rows to take from the target, matching indices into its hidden states)."""
-        logits_rows, hidden_rows = [], []
-        trusted = plan.decision.trusted_len.numpy()
-        for i, r in enumerate(tb.rows):
-            n = int(batch.num_drafts[r])
-            first_sampled = tb.step_offsets[i] + int(batch.num_scheduled[r]) - 1 - n
-            js = np.arange(int(trusted[r]), n + 1)
-            logits_rows.append(plan.sample_row_offsets[r] + js)
-            hidden_rows.append(first_sampled + js)
-        if not logits_rows:
+        trusted = plan.decision.trusted_len.numpy()[tb.rows]
+        if not tb.rows.size:
             return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
-        return np.concatenate(logits_rows), np.concatenate(hidden_rows)
+        logits_rows = np.concatenate(
+            [
+                plan.sample_row_offsets[r] + np.arange(int(t), int(batch.num_drafts[r]) + 1)
+                for r, t in zip(tb.rows, trusted, strict=True)
+            ]
+        )
+        return logits_rows, sampled_hidden_rows(batch, tb, trusted)
 
     def finish(
         self,
@@ -227,7 +258,9 @@ class TriSpecStep:
     ) -> TriSpecStats:
         """Book the step: watermarks, skip counters and counters."""
         d = plan.decision
-        step = TriSpecStats(proxy_steps=1, target_steps=int(tb is not None and tb.num_reqs > 0))
+        step = TriSpecStats(
+            proxy_steps=int(plan.proxy_ran), target_steps=int(tb is not None and tb.num_reqs > 0)
+        )
         completes = d.proxy_completes.numpy()
         for i, req_id in enumerate(batch.req_ids):
             if completes[i]:
@@ -265,6 +298,22 @@ class TriSpecStep:
         }
         self.stats.add(step)
         return step
+
+
+def _decoding(batch: StepBatch) -> np.ndarray:
+    """[B] bool: requests decoding this step (not prefilling a prompt chunk)."""
+    return (batch.num_computed >= batch.num_prompt) & (batch.num_scheduled == batch.num_drafts + 1)
+
+
+def sampled_hidden_rows(batch: StepBatch, tb: TargetBatch, first: np.ndarray) -> np.ndarray:
+    """Indices into a catch-up pass's hidden states of each request's sampled positions
+    (drafts then bonus), from position `first[i]` on, request by request."""
+    out = []
+    for i, r in enumerate(tb.rows):
+        n = int(batch.num_drafts[r])
+        first_sampled = tb.step_offsets[i] + int(batch.num_scheduled[r]) - 1 - n
+        out.append(first_sampled + np.arange(int(first[i]), n + 1))
+    return np.concatenate(out) if out else np.zeros(0, dtype=np.int64)
 
 
 def greedy_verify(
