@@ -63,6 +63,11 @@ def configurations(proxy: str, quick: bool) -> list[Config]:
         Config("TriSpec ngram lossless", ngram(3), tri(1.5), lam=1.5),
         Config("TriSpec draft_model lambda=0.5", draft(3), tri(0.5), lam=0.5),
         Config(
+            "TriSpec ngram lambda=0.5 max_proxy_batch=4",
+            ngram(3),
+            {"proxy_model": proxy, "margin_threshold": 0.5, "max_proxy_batch": 4},
+        ),
+        Config(
             "TriSpec ngram adaptive lambda",
             ngram(3),
             {"proxy_model": proxy, "adaptive_lambda": True},
@@ -270,6 +275,11 @@ def main() -> None:
         action="store_true",
         help="run the built-in configurations eagerly too (TriSpec always is)",
     )
+    ap.add_argument(
+        "--compile-trispec",
+        action="store_true",
+        help="let TriSpec engines use torch.compile too (default: eager)",
+    )
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "4")
@@ -289,7 +299,12 @@ def main() -> None:
     rows: list[tuple[Config, Row]] = []
     for cfg in cfgs:
         for row in run_config(
-            cfg, pair.target, prompts, plan, max_tokens, args.eager or bool(cfg.trispec)
+            cfg,
+            pair.target,
+            prompts,
+            plan,
+            max_tokens,
+            args.eager or (bool(cfg.trispec) and not args.compile_trispec),
         ):
             rows.append((cfg, row))
 
