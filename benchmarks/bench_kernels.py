@@ -1,7 +1,10 @@
-"""Margin kernel vs torch softmax + topk: time and achieved memory bandwidth.
+"""TriSpec's kernels vs plain torch: time and achieved memory bandwidth.
 
 python benchmarks/bench_kernels.py [--n 256] [--vocab 151936] [--json out.json]
-On a GPU it times the Triton kernel and torch; elsewhere the torch reference only.
+Margins (fused softmax top-1/top-2) vs torch softmax + topk, and PyramidSD's
+divergence (fused JS of two logits rows) vs the torch reference; GB/s counts one
+read of the input logits. On a GPU it times the Triton kernels and torch;
+elsewhere the torch references only.
 """
 
 from __future__ import annotations
@@ -12,7 +15,7 @@ import time
 
 import torch
 
-from trispec_vllm.kernels import margins
+from trispec_vllm.kernels import divergence, margins
 
 
 def timeit(fn, device: str, iters: int) -> float:
@@ -63,6 +66,16 @@ def main() -> None:
                 iters = args.iters if device == "cuda" else max(2, args.iters // 10)
                 sec = timeit(fn, device, iters)
                 gbs = nbytes / sec / 1e9
+                rows.append(dict(n=n, dtype=str(dtype), impl=name, seconds=sec, gbps=gbs))
+                print(f"{n:>5} {str(dtype)[6:]:>9} {name:>14} {sec * 1e6:>10.1f} {gbs:>8.1f}")
+            y = torch.randn(n, args.vocab, device=device).to(dtype)
+            impls = {"torch_js": lambda x=x, y=y: divergence.divergence_reference(x, y)}
+            if device == "cuda":
+                impls["triton_js"] = lambda x=x, y=y: divergence.divergence_triton(x, y)
+            for name, fn in impls.items():
+                iters = args.iters if device == "cuda" else max(2, args.iters // 10)
+                sec = timeit(fn, device, iters)
+                gbs = 2 * nbytes / sec / 1e9
                 rows.append(dict(n=n, dtype=str(dtype), impl=name, seconds=sec, gbps=gbs))
                 print(f"{n:>5} {str(dtype)[6:]:>9} {name:>14} {sec * 1e6:>10.1f} {gbs:>8.1f}")
     if args.json:
