@@ -15,7 +15,8 @@ import time
 
 import torch
 
-from trispec_vllm.kernels import divergence, margins
+from trispec_vllm.kernels import margins
+from trispec_vllm.kernels.divergence import divergence_reference, divergence_triton
 
 
 def timeit(fn, device: str, iters: int) -> float:
@@ -69,9 +70,9 @@ def main() -> None:
                 rows.append(dict(n=n, dtype=str(dtype), impl=name, seconds=sec, gbps=gbs))
                 print(f"{n:>5} {str(dtype)[6:]:>9} {name:>14} {sec * 1e6:>10.1f} {gbs:>8.1f}")
             y = torch.randn(n, args.vocab, device=device).to(dtype)
-            impls = {"torch_js": lambda x=x, y=y: divergence.divergence_reference(x, y)}
+            impls = {"torch_js": lambda x=x, y=y: divergence_reference(x, y)}
             if device == "cuda":
-                impls["triton_js"] = lambda x=x, y=y: divergence.divergence_triton(x, y)
+                impls["triton_js"] = lambda x=x, y=y: divergence_triton(x, y)
             for name, fn in impls.items():
                 iters = args.iters if device == "cuda" else max(2, args.iters // 10)
                 sec = timeit(fn, device, iters)
