@@ -411,7 +411,26 @@ def _runner_mixin():
                 tb = self.trispec.target_batch(
                     batch, plan, self.input_batch.token_ids_cpu, bt.get_cpu_tensor(), bt.block_size
                 )
-                target_hidden = self._trispec_forward(tb, self._target_layer_names(), self.model)
+                if tb.num_reqs == num_reqs and tb.num_tokens == num_tokens:
+                    # Every request escalated with nothing to catch up: the target's batch
+                    # is vLLM's own, so it runs on vLLM's inputs and attention metadata.
+                    with set_forward_context(
+                        attn_md,
+                        self.vllm_config,
+                        num_tokens=num_tokens,
+                        num_tokens_across_dp=tokens_across_dp,
+                        cudagraph_runtime_mode=cg_mode,
+                        batch_descriptor=batch_desc,
+                        slot_mapping=slot_by_layer,
+                    ):
+                        target_hidden = self.model(
+                            input_ids=input_ids, positions=positions, inputs_embeds=inputs_embeds
+                        )
+                    self.trispec.stats.native_target_steps += 1
+                else:
+                    target_hidden = self._trispec_forward(
+                        tb, self._target_layer_names(), self.model
+                    )
                 logit_rows, hidden_rows = self.trispec.target_rows(batch, plan, tb)
                 if logit_rows.size:
                     dev = self.device
