@@ -98,6 +98,20 @@ COUNTED = (
 )
 MARGIN_BUCKETS = (0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99, 1.0)
 CATCHUP_BUCKETS = (0, 1, 2, 4, 8, 16, 32, 64, 128, 256)
+# Per-step observation lists (TriSpecStats fields) -> Prometheus histograms.
+HISTOGRAMS = {
+    "margins": (
+        "proxy_margin",
+        "Proxy top-1 minus top-2 probability at draft and bonus positions.",
+        MARGIN_BUCKETS,
+    ),
+    "lambdas": ("lambda", "Adaptive lambda of each routed request, per step.", MARGIN_BUCKETS),
+    "catchup_lengths": (
+        "catchup_length",
+        "Tokens the target caught up per escalated request-step.",
+        CATCHUP_BUCKETS,
+    ),
+}
 STATS_KEY = "trispec"
 PREFIX = "trispec:"
 
@@ -127,39 +141,20 @@ class PrometheusCounters:
             )
             for name, doc in COUNTERS.items()
         }
-        self.margins = per_engine(
-            histogram_cls(
-                name=PREFIX + "proxy_margin",
-                documentation="Proxy top-1 minus top-2 probability at draft and bonus positions.",
-                labelnames=labelnames,
-                buckets=MARGIN_BUCKETS,
+        self.histograms = {
+            key: per_engine(
+                histogram_cls(
+                    name=PREFIX + name, documentation=doc, labelnames=labelnames, buckets=buckets
+                )
             )
-        )
-        self.lambdas = per_engine(
-            histogram_cls(
-                name=PREFIX + "lambda",
-                documentation="Adaptive lambda of each routed request, per step.",
-                labelnames=labelnames,
-                buckets=MARGIN_BUCKETS,
-            )
-        )
-        self.catchup = per_engine(
-            histogram_cls(
-                name=PREFIX + "catchup_length",
-                documentation="Tokens the target caught up per escalated request-step.",
-                labelnames=labelnames,
-                buckets=CATCHUP_BUCKETS,
-            )
-        )
+            for key, (name, doc, buckets) in HISTOGRAMS.items()
+        }
 
     def observe(self, step: dict, engine_idx: int = 0) -> None:
         for name, children in self.counters.items():
             value = step.get(name, 0)
             if value:
                 children[engine_idx].inc(value)
-        for value in step.get("margins", ()):
-            self.margins[engine_idx].observe(value)
-        for value in step.get("lambdas", ()):
-            self.lambdas[engine_idx].observe(value)
-        for value in step.get("catchup_lengths", ()):
-            self.catchup[engine_idx].observe(value)
+        for key, children in self.histograms.items():
+            for value in step.get(key, ()):
+                children[engine_idx].observe(value)

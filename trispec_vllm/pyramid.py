@@ -43,12 +43,9 @@ from dataclasses import dataclass
 
 import torch
 
-PAD = -1
+from trispec_vllm.router import PAD, leading_true
 
-
-def leading_true(flags: torch.Tensor) -> torch.Tensor:
-    """Length of the run of True at the start of each row."""
-    return torch.cumprod(flags.to(torch.int64), dim=1).sum(dim=1)
+__all__ = ["PAD", "PyramidDecision", "first_target_failure", "qualifier_accepts", "target_verify"]
 
 
 @dataclass(frozen=True)

@@ -44,7 +44,7 @@ class RoutingDecision:
         return ~self.proxy_completes
 
 
-def _leading_true(flags: torch.Tensor) -> torch.Tensor:
+def leading_true(flags: torch.Tensor) -> torch.Tensor:
     """Length of the run of True at the start of each row."""
     return torch.cumprod(flags.to(torch.int64), dim=1).sum(dim=1)
 
@@ -79,10 +79,10 @@ def route(
     is_draft = pos[:k].unsqueeze(0) < n.unsqueeze(1)  # [B, K]
     in_step = pos.unsqueeze(0) <= n.unsqueeze(1)  # [B, K+1]: drafts + bonus
 
-    tau_a = _leading_true(is_draft & (draft_tokens == proxy_top1[:, :k]))
+    tau_a = leading_true(is_draft & (draft_tokens == proxy_top1[:, :k]))
     lam = torch.as_tensor(margin_threshold, dtype=proxy_margin.dtype, device=dev)
     lam = lam.unsqueeze(-1) if lam.dim() == 1 else lam
-    tau_m = _leading_true(in_step & (proxy_margin >= lam))
+    tau_m = leading_true(in_step & (proxy_margin >= lam))
 
     case_i = tau_a < tau_m
     if force_target is not None:

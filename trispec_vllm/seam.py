@@ -309,14 +309,17 @@ def _runner_mixin():
             return out
 
         def _target_layer_names(self) -> list[str]:
-            names = []
-            for group in self.kv_cache_config.kv_cache_groups:
-                names += [
-                    n
-                    for n in group.layer_names
-                    if not proxy_runner.is_proxy_layer(n) and not n.startswith("draft_model.")
-                ]
-            return names
+            return [
+                n
+                for n in self._kv_layer_names()
+                if not proxy_runner.is_proxy_layer(n) and not n.startswith("draft_model.")
+            ]
+
+        def _proxy_layer_names(self) -> list[str]:
+            return [n for n in self._kv_layer_names() if proxy_runner.is_proxy_layer(n)]
+
+        def _kv_layer_names(self) -> list[str]:
+            return [n for g in self.kv_cache_config.kv_cache_groups for n in g.layer_names]
 
         def execute_model(self, scheduler_output, intermediate_tensors=None):
             if self.execute_model_state is not None:
@@ -368,6 +371,21 @@ def _runner_mixin():
                 scheduler_output, num_tokens, None
             )
 
+            def on_vllm_batch(model) -> torch.Tensor:
+                """`model` over vLLM's own batch, inputs and attention metadata."""
+                with set_forward_context(
+                    attn_md,
+                    self.vllm_config,
+                    num_tokens=num_tokens,
+                    num_tokens_across_dp=tokens_across_dp,
+                    cudagraph_runtime_mode=cg_mode,
+                    batch_descriptor=batch_desc,
+                    slot_mapping=slot_by_layer,
+                ):
+                    return model(
+                        input_ids=input_ids, positions=positions, inputs_embeds=inputs_embeds
+                    )
+
             t_prepared = time.perf_counter()
             batch = self._trispec_batch(req_ids, num_sched, spec_meta)
             self._trispec_step_batch = batch
@@ -379,18 +397,7 @@ def _runner_mixin():
                 if (proxy_wm < batch.num_computed).any():
                     logits = self._trispec_proxy_catchup(batch, proxy_wm)
                 else:
-                    with set_forward_context(
-                        attn_md,
-                        self.vllm_config,
-                        num_tokens=num_tokens,
-                        num_tokens_across_dp=tokens_across_dp,
-                        cudagraph_runtime_mode=cg_mode,
-                        batch_descriptor=batch_desc,
-                        slot_mapping=slot_by_layer,
-                    ):
-                        proxy_hidden = self.trispec_proxy(
-                            input_ids=input_ids, positions=positions, inputs_embeds=inputs_embeds
-                        )
+                    proxy_hidden = on_vllm_batch(self.trispec_proxy)
                     logits = self.trispec_proxy.compute_logits(proxy_hidden[logits_indices])
                 self.trispec.proxy_ran(batch)
 
@@ -414,18 +421,7 @@ def _runner_mixin():
                 if tb.num_reqs == num_reqs and tb.num_tokens == num_tokens:
                     # Every request escalated with nothing to catch up: the target's batch
                     # is vLLM's own, so it runs on vLLM's inputs and attention metadata.
-                    with set_forward_context(
-                        attn_md,
-                        self.vllm_config,
-                        num_tokens=num_tokens,
-                        num_tokens_across_dp=tokens_across_dp,
-                        cudagraph_runtime_mode=cg_mode,
-                        batch_descriptor=batch_desc,
-                        slot_mapping=slot_by_layer,
-                    ):
-                        target_hidden = self.model(
-                            input_ids=input_ids, positions=positions, inputs_embeds=inputs_embeds
-                        )
+                    target_hidden = on_vllm_batch(self.model)
                     self.trispec.stats.native_target_steps += 1
                 else:
                     target_hidden = self._trispec_forward(
@@ -630,13 +626,7 @@ def _runner_mixin():
                 bt.get_cpu_tensor(),
                 bt.block_size,
             )
-            layers = [
-                n
-                for g in self.kv_cache_config.kv_cache_groups
-                for n in g.layer_names
-                if proxy_runner.is_proxy_layer(n)
-            ]
-            hidden = self._trispec_forward(tb, layers, self.trispec_proxy)
+            hidden = self._trispec_forward(tb, self._proxy_layer_names(), self.trispec_proxy)
             self.trispec.stats.proxy_catchup_tokens += int((batch.num_computed - proxy_wm).sum())
             idx = sampled_hidden_rows(batch, tb, np.zeros(rows.size, dtype=np.int64))
             return self.trispec_proxy.compute_logits(hidden[torch.from_numpy(idx).to(self.device)])

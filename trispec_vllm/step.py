@@ -65,6 +65,8 @@ class StepPlan:
     sample_row_offsets: np.ndarray  # [B] first logits row of each request
     margins: np.ndarray  # proxy margins at the decoding requests' draft and bonus positions
     decoding: np.ndarray  # [B] bool: requests routed this step (not prefilling)
+    drafts: torch.Tensor  # [B, K] drafts; entries past a request's own are arbitrary
+    rows: torch.Tensor  # [B, K+1] logits row of each draft and bonus position (clamped)
     row_top1: np.ndarray | None = None  # [rows] proxy top-1 per logits row
     row_margin: np.ndarray | None = None  # [rows] proxy margin per logits row
     lambdas: np.ndarray | None = None  # [B] lambda each request was routed with
@@ -186,6 +188,8 @@ class TriSpecStep:
             offsets,
             step_margins,
             decoding,
+            drafts,
+            rows,
             row_top1=top1_flat.numpy(),
             row_margin=margin_flat.numpy(),
             lambdas=np.where(trusting, base, np.nan),
@@ -388,20 +392,11 @@ def pyramid_tokens(
     """
     b = len(batch.req_ids)
     n = torch.from_numpy(batch.num_drafts.astype(np.int64))
-    k = int(n.max()) if b else 0
-    offsets = plan.sample_row_offsets
-    j = np.arange(k + 1)
-    rows = torch.from_numpy(offsets[:, None] + np.minimum(j[None, :], batch.num_drafts[:, None]))
+    drafts, rows = plan.drafts, plan.rows
+    k = drafts.shape[1]
     temps = batch.row_temperatures().to(proxy_logits.device)
     greedy = np.zeros(b, bool) if batch.temperature is None else batch.temperature <= 0
     req_temp = np.where(greedy, 0.0, 1.0 if batch.temperature is None else batch.temperature)
-    drafts = torch.full((b, k), pyramid.PAD, dtype=torch.long)
-    if k:
-        cu = np.zeros(b, dtype=np.int64)
-        np.cumsum(batch.num_drafts[:-1], out=cu[1:])
-        flat = batch.draft_tokens.cpu().long()
-        idx = np.minimum(cu[:, None] + j[None, :k], max(flat.numel() - 1, 0))
-        drafts = torch.where(torch.arange(k) < n.unsqueeze(1), flat[torch.from_numpy(idx)], -1)
 
     # Qualifier stage over the drafts: PSD_F's divergence on the raw distribution (as
     # the target stage), PSD_A's speculative sampling on the one the request samples.
@@ -410,7 +405,7 @@ def pyramid_tokens(
     log_q = torch.log_softmax(proxy_logits.float() / scale, dim=-1).cpu()
     if k:
         draft_rows = rows[:, :k]
-        q_of_draft = log_q[draft_rows, drafts.clamp(min=0)].exp()  # [B, K]
+        q_of_draft = log_q[draft_rows, drafts].exp()  # [B, K]
         q_top1 = torch.from_numpy(plan.row_top1)[draft_rows]
         if cfg.pyramid_variant == "psd_f":
             passes = point_mass_divergence(q_of_draft, cfg.divergence) <= cfg.tau_q
@@ -447,5 +442,5 @@ def pyramid_tokens(
             t_tok[r] = _sample_row(
                 target_logits[int(rows[r, tr])], float(req_temp[r]), generators.get(int(r))
             )
-    decision = pyramid.target_verify(drafts.clamp(min=0), a, c, t_pass, t_tok)
+    decision = pyramid.target_verify(drafts, a, c, t_pass, t_tok)
     return decision.tokens, decision
