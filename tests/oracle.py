@@ -18,7 +18,11 @@ def _top(model, ids: list[int], n_last: int):
     return logits.argmax(-1).tolist(), (top.values[:, 0] - top.values[:, 1]).tolist()
 
 
-def trispec_generate(target, proxy, drafter, prompt_ids, max_tokens, k, lam, max_skips):
+def trispec_generate(
+    target, proxy, drafter, prompt_ids, max_tokens, k, lam, max_skips, own_drafts=False
+):
+    """`own_drafts`: the proxy is the drafter (the rule of `route_own_drafts`): the
+    step completes with d_1..d_k when every draft's margin is trusted."""
     # The prompt's pass (vLLM's prefill step) always runs the target: its greedy
     # token is the first output, and drafting starts from the next step.
     first, _ = _top(target, list(prompt_ids), 1)
@@ -31,6 +35,17 @@ def trispec_generate(target, proxy, drafter, prompt_ids, max_tokens, k, lam, max
             nxt, _ = _top(drafter, tokens + drafts, 1)
             drafts.append(nxt[0])
         t, m = _top(proxy, tokens + drafts, k + 1)
+        if own_drafts:
+            tau_m = 0
+            while tau_m < k and m[tau_m] >= lam:
+                tau_m += 1
+            if tau_m == k and skips < max_skips:
+                step, skips = list(drafts), skips + 1
+            else:
+                step, skips = _verify(target, tokens, drafts, tau_m, k), 0
+            tokens += step
+            out += step
+            continue
         tau_a = 0
         while tau_a < k and drafts[tau_a] == t[tau_a]:
             tau_a += 1
@@ -41,15 +56,19 @@ def trispec_generate(target, proxy, drafter, prompt_ids, max_tokens, k, lam, max
             step = drafts[:tau_a] + [t[tau_a]]
             skips += 1
         else:
-            trusted = min(tau_a, tau_m)
-            tt, _ = _top(target, tokens + drafts, k + 1)
-            step = drafts[:trusted]
-            i = trusted
-            while i < k and drafts[i] == tt[i]:
-                step.append(drafts[i])
-                i += 1
-            step.append(tt[i])
-            skips = 0
+            step, skips = _verify(target, tokens, drafts, min(tau_a, tau_m), k), 0
         tokens += step
         out += step
     return out[:max_tokens]
+
+
+def _verify(target, tokens, drafts, trusted, k):
+    """Trusted prefix kept, then the target's greedy verification of the rest."""
+    tt, _ = _top(target, tokens + drafts, k + 1)
+    step = drafts[:trusted]
+    i = trusted
+    while i < k and drafts[i] == tt[i]:
+        step.append(drafts[i])
+        i += 1
+    step.append(tt[i])
+    return step

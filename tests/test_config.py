@@ -42,6 +42,7 @@ def test_lossless_above_one():
         ({"proxy_model": "p", "max_skips": -1}, "'max_skips'"),
         ({"proxy_model": "p", "max_skips": 2.5}, "'max_skips'"),
         ({"proxy_model": ""}, "'proxy_model'"),
+        ({"proxy_model": "p", "disable_by_batch_size": 0}, "'disable_by_batch_size'"),
         ("proxy.bin", "must be a JSON object"),
     ],
 )

@@ -130,14 +130,22 @@ def test_proxy_equal_to_target_skips_target_steps_exactly(tiny_pair, reference):
         assert metrics["trispec:" + name] == c[name], name
 
 
-def test_smaller_proxy_follows_the_reference_rules(tiny_pair):
+@pytest.mark.parametrize("proxy_copy", [False, True], ids=["proxy-is-drafter", "separate-proxy"])
+def test_smaller_proxy_follows_the_reference_rules(tiny_pair, tmp_path, proxy_copy):
+    """Draft model = proxy checkpoint: the drafter's own margins route (one copy loaded,
+    `route_own_drafts`); a copy of it as the proxy: the proxy pass and the paper's rule."""
+    import shutil
+
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from tests.oracle import trispec_generate
 
+    proxy_path = tiny_pair.proxy
+    if proxy_copy:
+        proxy_path = str(shutil.copytree(tiny_pair.proxy, tmp_path / "proxy"))
     spec = {"method": "draft_model", "model": tiny_pair.proxy, "num_speculative_tokens": K}
-    cfg = {"proxy_model": tiny_pair.proxy, "margin_threshold": 0.5, "max_skips": 4}
+    cfg = {"proxy_model": proxy_path, "margin_threshold": 0.5, "max_skips": 4}
     llm = make_llm(tiny_pair, spec, cfg)
     ps = prompts(6)
     got = token_ids(llm.generate(ps, greedy(32)))
@@ -151,8 +159,25 @@ def test_smaller_proxy_follows_the_reference_rules(tiny_pair):
     proxy = AutoModelForCausalLM.from_pretrained(tiny_pair.proxy).eval()
     for p, g in zip(ps, got, strict=True):
         ids = tok(p)["input_ids"]
-        want = trispec_generate(target, proxy, proxy, ids, 32, K, 0.5, 4)
+        want = trispec_generate(target, proxy, proxy, ids, 32, K, 0.5, 4, not proxy_copy)
         assert g == want
+
+
+def test_target_as_drafter_and_proxy_skips_target_steps_exactly(tiny_pair, reference):
+    """Proxy = drafter = target at lambda 0.05: the drafter's trusted drafts are the
+    target's own greedy tokens, so the output must equal plain greedy decoding while
+    most steps skip the target (catch-up, and the no-bonus emission, exact)."""
+    spec = {"method": "draft_model", "model": tiny_pair.target, "num_speculative_tokens": K}
+    llm = make_llm(tiny_pair, spec, {"proxy_model": tiny_pair.target, "margin_threshold": 0.05})
+    ps = prompts()
+    got = []
+    for i in range(0, 16, 2):  # small batches: whole steps can skip the target
+        got += token_ids(llm.generate(ps[i : i + 2], greedy()))
+    c = counters(llm)
+    close(llm)
+    assert got == reference
+    assert c["proxy_completions"] > 0 and c["catchup_tokens"] > 0
+    assert c["target_steps"] < 0.8 * c["proxy_steps"], c
 
 
 def test_preemption_keeps_lossless_output(tiny_pair, reference, monkeypatch):
@@ -214,6 +239,11 @@ def test_unsupported_drafter_is_refused_before_weights_load(tiny_pair):
     with pytest.raises(TriSpecConfigError, match="'eagle3' is not supported"):
         validate_engine_config(TriSpecConfig(proxy_model=tiny_pair.proxy), Cfg())
     assert os.path.isdir(tiny_pair.proxy)
+    # A drafter with its own KV cache cannot skip steps: disable_by_batch_size refused.
+    Spec.method = "draft_model"
+    cfg = TriSpecConfig(proxy_model=tiny_pair.proxy, disable_by_batch_size=8)
+    with pytest.raises(TriSpecConfigError, match="disable_by_batch_size works with the ngram"):
+        validate_engine_config(cfg, Cfg())
 
 
 @pytest.fixture(scope="module")

@@ -173,3 +173,41 @@ def test_empty_batch_and_zero_k():
     )
     assert dec.proxy_completes.tolist() == [True, False]
     assert dec.emitted.tolist() == [[3], [PAD]]
+
+
+def test_own_drafts_complete_only_when_every_draft_is_trusted():
+    from trispec_vllm.router import route_own_drafts
+
+    drafts = torch.tensor([[5, 6, 7], [5, 6, 7], [5, 6, 7], [0, 0, 0], [5, 6, 0]])
+    n = torch.tensor([3, 3, 3, 0, 2])
+    inf = float("inf")
+    margin = torch.tensor(
+        [
+            [0.9, 0.8, 0.7],  # all trusted: completes with d_1..d_3, no bonus
+            [0.9, 0.2, 0.7],  # second draft unsure: d_1 trusted, target verifies the rest
+            [0.9, 0.8, -inf],  # unknown third draft: never trusted
+            [0.9, 0.9, 0.9],  # no drafts: always the target
+            [0.6, 0.6, 0.0],  # two drafts, both trusted (the third slot is not a draft)
+        ]
+    )
+    d = route_own_drafts(drafts, n, margin, 0.5)
+    assert d.proxy_completes.tolist() == [True, False, False, False, True]
+    assert d.num_emitted.tolist() == [3, 0, 0, 0, 2]
+    assert d.emitted.tolist()[0] == [5, 6, 7, PAD]
+    assert d.emitted.tolist()[4] == [5, 6, PAD, PAD]
+    assert d.trusted_len.tolist() == [0, 1, 2, 0, 0]
+    assert d.num_target_drafts.tolist() == [0, 2, 1, 0, 0]
+    assert d.target_drafts.tolist()[1] == [6, 7, PAD]
+
+
+def test_own_drafts_lossless_and_forced():
+    from trispec_vllm.router import route_own_drafts
+
+    drafts = torch.tensor([[5, 6, 7]])
+    n = torch.tensor([3])
+    margin = torch.tensor([[1.0, 1.0, 1.0]])
+    lossless = route_own_drafts(drafts, n, margin, 1.5)
+    assert not lossless.proxy_completes.any() and lossless.trusted_len.tolist() == [0]
+    forced = route_own_drafts(drafts, n, margin, 0.5, torch.tensor([True]))
+    assert not forced.proxy_completes.any()
+    assert forced.trusted_len.tolist() == [3] and forced.num_target_drafts.tolist() == [0]

@@ -73,6 +73,16 @@ class TriSpecConfig(BaseModel):
         "such steps are standard speculative decoding; the proxy catches its KV cache up when "
         "it next runs. None (default): always run the proxy.",
     )
+    disable_by_batch_size: int | None = Field(
+        default=None,
+        ge=1,
+        description="Steps with at least this many running requests decode without "
+        "speculation: the drafter proposes nothing, the proxy does not run and the step is "
+        "vLLM's own (as vLLM V0's speculative_disable_by_batch_size did). On few cores a "
+        "large batch is compute-bound, so drafts and proxy passes only add work. The proxy "
+        "and the target catch their KV caches up when the batch shrinks again. Drafters "
+        "with a KV cache of their own (draft_model) are refused. None (default): never.",
+    )
     # policy "trispec" with adaptive lambda.
     adaptive_lambda: bool = Field(
         default=False,

@@ -32,6 +32,7 @@ class TriSpecStats:
     catchup_tokens: int = 0
     proxy_catchup_tokens: int = 0  # tokens the proxy caught up after skipped steps
     native_target_steps: int = 0  # target passes run on vLLM's own batch (no sub-batch)
+    plain_steps: int = 0  # steps vLLM ran on its own (speculation disabled by batch size)
     decode_request_steps: int = 0  # request-steps routed (prefill steps excluded)
     proxy_accepted_tokens: int = 0  # sum of tau_a over them
     # Adaptive lambda: sum and count of the lambdas requests were routed with, and the
@@ -89,6 +90,7 @@ COUNTED = (
     "catchup_tokens",
     "proxy_catchup_tokens",
     "native_target_steps",
+    "plain_steps",
     "decode_request_steps",
     "proxy_accepted_tokens",
     "lambda_sum",

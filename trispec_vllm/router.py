@@ -114,3 +114,48 @@ def route(
         target_drafts=target_drafts.long(),
         num_target_drafts=num_target,
     )
+
+
+def route_own_drafts(
+    draft_tokens: torch.Tensor,
+    num_drafts: torch.Tensor,
+    draft_margin: torch.Tensor,
+    margin_threshold: float | torch.Tensor,
+    force_target: torch.Tensor | None = None,
+) -> RoutingDecision:
+    """The rule when the proxy is the drafter itself (vLLM's greedy `draft_model`).
+
+    The drafts are the proxy's own top-1 tokens, so tau_a = n, and the proxy's
+    margins at the draft positions come free with the drafting passes; there is
+    no proxy row at the bonus position. A request with n >= 1 drafts that are all
+    trusted (margin >= lambda) completes without the target and emits d_1..d_n
+    (no bonus token); otherwise it takes Case II with the trusted prefix. A
+    request with no drafts always goes to the target.
+
+    Args:
+        draft_margin: [B, K] the drafter's top-1 minus top-2 probability at each
+            draft; -inf where unknown (such a draft is never trusted).
+    """
+    b, k = draft_tokens.shape
+    dev = draft_tokens.device
+    n = num_drafts.to(device=dev, dtype=torch.int64)
+    top1 = torch.cat([draft_tokens.long(), draft_tokens.new_full((b, 1), PAD).long()], dim=1)
+    # The bonus position is "trusted" exactly when a request has drafts, so that
+    # tau_m = n + 1 (Case I with tau_a = n) means: every draft trusted.
+    bonus = torch.where(n >= 1, float("inf"), float("-inf")).to(draft_margin.dtype)
+    margin = torch.cat([draft_margin, bonus.unsqueeze(1)], dim=1)
+    margin = margin.scatter(1, n.unsqueeze(1), bonus.unsqueeze(1))  # bonus sits at column n
+    top1 = top1.scatter(1, n.unsqueeze(1), torch.full_like(n, PAD).unsqueeze(1))
+    d = route(draft_tokens, n, top1, margin, margin_threshold, force_target)
+    pos = torch.arange(k + 1, device=dev)
+    keep = d.proxy_completes.unsqueeze(1) & (pos.unsqueeze(0) < n.unsqueeze(1))
+    return RoutingDecision(
+        tau_a=d.tau_a,
+        tau_m=torch.minimum(d.tau_m, n),
+        proxy_completes=d.proxy_completes,
+        emitted=torch.where(keep, top1, PAD),
+        num_emitted=torch.where(d.proxy_completes, n, 0),
+        trusted_len=d.trusted_len,
+        target_drafts=d.target_drafts,
+        num_target_drafts=d.num_target_drafts,
+    )

@@ -189,6 +189,11 @@ def validate_engine_config(cfg: TriSpecConfig, vllm_config: VllmConfig) -> None:
             f"use one of {', '.join(SUPPORTED_DRAFTERS)} (EAGLE-style drafters need the "
             "proxy adapter, which is not built yet)"
         )
+    if cfg.disable_by_batch_size is not None and spec.method != "ngram":
+        raise TriSpecConfigError(
+            f"disable_by_batch_size works with the ngram drafter only (got '{spec.method}': "
+            "a drafter with its own KV cache would miss the steps it skips)"
+        )
     check_proxy_vocab(cfg.proxy_model, vllm_config.model_config.get_vocab_size())
 
 
@@ -287,13 +292,45 @@ def _runner_mixin():
             self._trispec_last_step = None
             self._trispec_step_batch = None
             self._trispec_pyramid = None  # (rows mask, tokens) to apply after sampling
+            # The proxy is the draft model itself: its drafting passes give the margins.
+            self.trispec_fused = proxy_is_drafter(cfg, self.vllm_config.speculative_config)
+            self._trispec_recording: list[torch.Tensor] | None = None
+            self._trispec_own = None  # (req ids, [R, K, V] drafter logits) of the last proposal
 
         def load_model(self, *args, **kwargs) -> None:
             super().load_model(*args, **kwargs)
+            if self.trispec_fused and self._trispec_record_drafter():
+                logger.info(
+                    "TriSpec: the proxy is the draft model (%s): its drafting passes give the "
+                    "margins, so it is loaded once and needs no pass of its own",
+                    self.trispec.cfg.proxy_model,
+                )
+                return
+            self.trispec_fused = False
             logger.info("TriSpec: loading proxy %s", self.trispec.cfg.proxy_model)
             self.trispec_proxy = proxy_runner.load_proxy(
                 self.vllm_config, self.trispec.cfg.proxy_model
             )
+
+        def _trispec_record_drafter(self) -> bool:
+            """Make vLLM's greedy draft-model drafter keep the logits of its drafting
+            passes (it computes them to take the argmax, then drops them)."""
+            drafter = getattr(self, "drafter", None)
+            if drafter is None or not hasattr(drafter, "_greedy_sample"):
+                return False
+            if getattr(drafter, "use_local_argmax_reduction", False) or getattr(
+                drafter, "use_heterogeneous_vocab", False
+            ):
+                return False
+
+            def greedy_sample(hidden_states: torch.Tensor) -> torch.Tensor:
+                logits = drafter.model.compute_logits(hidden_states)
+                if self._trispec_recording is not None:
+                    self._trispec_recording.append(logits)
+                return logits.argmax(dim=-1)
+
+            drafter._greedy_sample = greedy_sample
+            return True
 
         @torch.inference_mode()
         def _dummy_run(self, num_tokens, *args, **kwargs):
@@ -337,6 +374,10 @@ def _runner_mixin():
             num_sched = np.array(
                 [scheduler_output.num_scheduled_tokens[r] for r in req_ids], dtype=np.int32
             )
+            if self._trispec_plain_step(scheduler_output, req_ids, num_sched):
+                return self._trispec_vllm_step(
+                    scheduler_output, intermediate_tensors, deferred, req_ids, num_sched, t_start
+                )
             num_tokens = scheduler_output.total_num_scheduled_tokens
             logits_indices, spec_meta, max_sampled = self._prepare_inputs(
                 scheduler_output, num_sched
@@ -391,8 +432,10 @@ def _runner_mixin():
             self._trispec_step_batch = batch
             # 1. Proxy over every scheduled token of every request (none above
             # max_proxy_batch; from its own watermark when it skipped earlier steps).
-            logits = proxy_hidden = None
-            if not self.trispec.skip_proxy(batch):
+            logits = proxy_hidden = own_known = None
+            if self.trispec_fused:
+                logits, own_known = self._trispec_own_rows(batch)
+            elif not self.trispec.skip_proxy(batch):
                 proxy_wm = self.trispec.proxy_watermarks(batch)
                 if (proxy_wm < batch.num_computed).any():
                     logits = self._trispec_proxy_catchup(batch, proxy_wm)
@@ -403,7 +446,9 @@ def _runner_mixin():
 
             t_proxy = time.perf_counter()
             # 2. Route every request on the proxy's margins.
-            plan = self.trispec.plan(batch, logits)
+            plan = self.trispec.plan(batch, logits, own_drafts=own_known)
+            if own_known is not None:
+                reject_last_draft(spec_meta, batch, plan)
 
             t_routed = time.perf_counter()
             # 3. Target on the escalated sub-batch, from each watermark to the end.
@@ -487,6 +532,87 @@ def _runner_mixin():
             if deferred:
                 deferred()
             return None
+
+        def _trispec_plain_step(self, scheduler_output, req_ids, num_sched) -> bool:
+            """Whether this step is plain decoding, run by vLLM's own code: a batch at
+            `disable_by_batch_size` or above, no drafts scheduled, and nothing for the
+            target to catch up."""
+            if not self.trispec.speculation_disabled(len(req_ids)):
+                return False
+            if scheduler_output.scheduled_spec_decode_tokens:
+                return False
+            computed = self.input_batch.num_computed_tokens_cpu[: len(req_ids)]
+            return self.trispec.target_up_to_date(req_ids, computed)
+
+        def _trispec_vllm_step(
+            self, scheduler_output, intermediate_tensors, deferred, req_ids, num_sched, t_start
+        ):
+            """vLLM's own execute_model over the already-updated batch; the target's
+            watermarks advance, the proxy's stay (it catches up when it next runs)."""
+            self._update_states = lambda _: deferred  # the batch is already updated
+            try:
+                out = super().execute_model(scheduler_output, intermediate_tensors)
+            finally:
+                del self._update_states
+            self._trispec_step_batch = None
+            self._trispec_pyramid = None
+            computed = self.input_batch.num_computed_tokens_cpu[: len(req_ids)]
+            self._trispec_last_step = self.trispec.plain_step(
+                req_ids, computed, num_sched, time.perf_counter() - t_start
+            )
+            return out
+
+        def propose_draft_token_ids(self, scheduler_output, *args, **kwargs):
+            """vLLM's drafter, except in batches where speculation is disabled; when the
+            proxy is the drafter, its logits at each draft are kept for the next step."""
+            num_reqs = self.input_batch.num_reqs
+            if self.trispec.speculation_disabled(num_reqs):
+                return [[] for _ in range(num_reqs)]
+            if not self.trispec_fused:
+                return super().propose_draft_token_ids(scheduler_output, *args, **kwargs)
+            self._trispec_recording = []
+            try:
+                out = super().propose_draft_token_ids(scheduler_output, *args, **kwargs)
+                passes = self._trispec_recording
+            finally:
+                self._trispec_recording = None
+            self._trispec_own = None
+            if passes and all(p.shape[0] >= num_reqs for p in passes):
+                own = torch.stack([p[:num_reqs] for p in passes], dim=1)  # [R, K, V]
+                self._trispec_own = (list(self.input_batch.req_ids), own)
+            return out
+
+        def _trispec_own_rows(self, batch):
+            """The proxy's logits rows of this step from the drafter's last proposal
+            (draft positions; bonus rows are zeros and never trusted), and [B] whether
+            a request's drafts came from that proposal."""
+            b = len(batch.req_ids)
+            n = batch.num_drafts
+            offsets = np.zeros(b, dtype=np.int64)
+            np.cumsum(n[:-1] + 1, out=offsets[1:])
+            known = np.zeros(b, dtype=bool)
+            rec, self._trispec_own = self._trispec_own, None
+            vocab = self.model_config.get_vocab_size()
+            if rec is None:
+                return torch.zeros((int((n + 1).sum()), vocab), device=self.device), known
+            rec_ids, own = rec
+            where = {r: i for i, r in enumerate(rec_ids)}
+            src_req, src_pos, dst = [], [], []
+            for i, req_id in enumerate(batch.req_ids):
+                j = where.get(req_id)
+                if j is None or not 0 < n[i] <= own.shape[1]:
+                    continue
+                known[i] = True
+                src_req += [j] * int(n[i])
+                src_pos += range(int(n[i]))
+                dst += range(int(offsets[i]), int(offsets[i] + n[i]))
+            rows = own.new_zeros((int((n + 1).sum()), own.shape[2]))
+            if dst:
+                dev = own.device
+                rows[torch.tensor(dst, device=dev)] = own[
+                    torch.tensor(src_req, device=dev), torch.tensor(src_pos, device=dev)
+                ]
+            return rows, known
 
         def sample_tokens(self, grammar_output):
             t0 = time.perf_counter()
@@ -666,6 +792,35 @@ def _runner_mixin():
                 return model(input_ids=tb.token_ids.to(dev), positions=tb.positions.to(dev))
 
     return TriSpecRunnerMixin
+
+
+def proxy_is_drafter(cfg: TriSpecConfig, spec) -> bool:
+    """Whether the proxy is vLLM's greedy draft model itself (same checkpoint): then
+    the drafter's own passes give the proxy's verdict and no second copy is loaded."""
+    if spec is None or spec.method != "draft_model" or spec.model is None:
+        return False
+    if cfg.policy != "trispec" or cfg.max_proxy_batch is not None:
+        return False
+    if getattr(spec, "draft_sample_method", "greedy") != "greedy":
+        return False
+    return Path(spec.model).expanduser().resolve() == Path(cfg.proxy_model).expanduser().resolve()
+
+
+def reject_last_draft(spec_meta, batch, plan) -> None:
+    """Requests the drafter-proxy completes emit d_1..d_n and no bonus token: marking
+    draft n as rejected (-1, never an argmax) makes vLLM's rejection sampler emit the
+    argmax of its row, which is d_n, and stop there."""
+    done = np.nonzero(plan.decision.proxy_completes.numpy())[0]
+    if not done.size or spec_meta is None:
+        return
+    n = batch.num_drafts
+    starts = np.zeros(len(n), dtype=np.int64)
+    np.cumsum(n[:-1], out=starts[1:])
+    idx = torch.from_numpy(starts[done] + n[done] - 1)
+    ids = spec_meta.draft_token_ids  # also batch.draft_tokens (the same tensor)
+    ids[idx.to(ids.device)] = -1
+    if batch.draft_tokens is not ids:
+        batch.draft_tokens[idx.to(batch.draft_tokens.device)] = -1
 
 
 def expand_batch_to_tokens(

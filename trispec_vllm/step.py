@@ -23,7 +23,7 @@ from trispec_vllm.adaptive import AdaptiveLambda
 from trispec_vllm.config import TriSpecConfig
 from trispec_vllm.kernels import divergence, point_mass_divergence, top2_margins
 from trispec_vllm.metrics import TriSpecStats
-from trispec_vllm.router import RoutingDecision, route
+from trispec_vllm.router import RoutingDecision, route, route_own_drafts
 from trispec_vllm.target_batch import TargetBatch, build_target_batch
 from trispec_vllm.watermarks import Watermarks
 
@@ -103,9 +103,37 @@ class TriSpecStep:
 
     def skip_proxy(self, batch: StepBatch) -> bool:
         """Whether this step runs without the proxy (more decoding requests than
-        max_proxy_batch): standard speculative decoding on the target alone."""
+        max_proxy_batch, or speculation disabled at this batch size): standard
+        speculative decoding on the target alone."""
+        if self.speculation_disabled(len(batch.req_ids)):
+            return True
         limit = self.cfg.max_proxy_batch
         return limit is not None and int(_decoding(batch).sum()) > limit
+
+    def speculation_disabled(self, num_reqs: int) -> bool:
+        """Batches of at least disable_by_batch_size requests decode without speculation."""
+        limit = self.cfg.disable_by_batch_size
+        return limit is not None and num_reqs >= limit
+
+    def target_up_to_date(self, req_ids: list[str], num_computed: np.ndarray) -> bool:
+        """Whether the target's KV covers every computed token of every request."""
+        return all(
+            self.watermarks.settle(r, int(c)).watermark == int(c)
+            for r, c in zip(req_ids, num_computed, strict=True)
+        )
+
+    def plain_step(
+        self, req_ids: list[str], num_computed: np.ndarray, num_scheduled: np.ndarray, secs: float
+    ) -> TriSpecStats:
+        """Book a step vLLM ran on its own (no drafts, no proxy): the target's KV now
+        covers every scheduled token; the proxy's watermarks stay where they were."""
+        ends = num_computed.astype(np.int64) + num_scheduled
+        for req_id, end in zip(req_ids, ends, strict=True):
+            self.watermarks.target_ran(req_id, int(end))
+        step = TriSpecStats(target_steps=1, native_target_steps=1, plain_steps=1)
+        step.add_times(plain=secs)
+        self.stats.add(step)
+        return step
 
     def proxy_watermarks(self, batch: StepBatch) -> np.ndarray:
         """[B] first position of each request the proxy has no KV for."""
@@ -124,9 +152,18 @@ class TriSpecStep:
             self.proxy_marks.settle(req_id, int(end))  # register new requests
             self.proxy_marks.target_ran(req_id, int(end))
 
-    def plan(self, batch: StepBatch, proxy_logits: torch.Tensor | None) -> StepPlan:
+    def plan(
+        self,
+        batch: StepBatch,
+        proxy_logits: torch.Tensor | None,
+        own_drafts: np.ndarray | None = None,
+    ) -> StepPlan:
         """Margins, watermarks and routing for every request of the batch
-        (proxy_logits None: a step without the proxy, every request escalated)."""
+        (proxy_logits None: a step without the proxy, every request escalated).
+
+        `own_drafts` ([B] bool) means the proxy is the drafter: `proxy_logits` hold
+        the drafter's rows at the draft positions of the requests marked True (bonus
+        rows are blank), and the rule is `route_own_drafts`."""
         b = len(batch.req_ids)
         n = batch.num_drafts.astype(np.int64)
         k = int(n.max()) if b else 0
@@ -140,6 +177,12 @@ class TriSpecStep:
             uniform = batch.temperature is None or bool((temps == 1.0).all())
             res = top2_margins(proxy_logits, None if uniform else temps.to(proxy_logits.device))
             top1_flat, margin_flat = res.top1_id.cpu(), res.margin.cpu()
+            if own_drafts is not None:
+                # Blank rows (bonus positions, requests without a proposal): no verdict.
+                blank = np.repeat(~own_drafts, n + 1)
+                blank[offsets + n] = True
+                top1_flat[torch.from_numpy(blank)] = -1
+                margin_flat[torch.from_numpy(blank)] = 0.0
         # [B, K+1] gather of each request's sampled rows (clamped past its own end).
         j = np.arange(k + 1)
         rows = torch.from_numpy(offsets[:, None] + np.minimum(j[None, :], n[:, None]))
@@ -171,14 +214,26 @@ class TriSpecStep:
             untruncated = np.ones(b, bool) if batch.untruncated is None else batch.untruncated
             pyramid_rows = trusting & untruncated
             trusting = np.zeros(b, dtype=bool)
+        if own_drafts is not None:
+            # Greedy requests only: a sampled request's drafts are argmax tokens, not
+            # samples of the proxy, so the proxy cannot complete its step.
+            trusting &= batch.temperature == 0 if batch.temperature is not None else True
+            own = torch.from_numpy(own_drafts).unsqueeze(1) & (top1[:, :k] == drafts)
+            own_margin = torch.where(own, margin[:, :k], float("-inf"))
+
+            def rule(lam, force):
+                return route_own_drafts(drafts, torch.from_numpy(n), own_margin, lam, force)
+        else:
+
+            def rule(lam, force):
+                return route(drafts, torch.from_numpy(n), top1, margin, lam, force)
+
         lam = torch.from_numpy(np.where(trusting, base, NEVER_TRUST).astype(np.float32))
-        decision = route(drafts, torch.from_numpy(n), top1, margin, lam, torch.from_numpy(force))
+        decision = rule(lam, torch.from_numpy(force))
         escalated = ~decision.proxy_completes.numpy()
         if self.cfg.ride_along == "all" and escalated.any():
             # The target runs anyway: let every request ride along, trusted prefix kept.
-            decision = route(
-                drafts, torch.from_numpy(n), top1, margin, lam, torch.ones(b, dtype=torch.bool)
-            )
+            decision = rule(lam, torch.ones(b, dtype=torch.bool))
             escalated = np.ones(b, dtype=bool)
         in_step = (torch.arange(k + 1).unsqueeze(0) <= torch.from_numpy(n).unsqueeze(1)).numpy()
         step_margins = margin.numpy()[in_step & decoding[:, None]]
@@ -204,6 +259,8 @@ class TriSpecStep:
         if self.adaptive is None or plan.row_top1 is None or not logit_rows.size:
             return
         req_of_row = np.repeat(np.arange(len(batch.req_ids)), batch.num_drafts + 1)
+        seen = plan.row_top1[logit_rows] >= 0  # rows the proxy gave a verdict on
+        logit_rows, target_top1 = logit_rows[seen], target_top1[seen]
         reqs = req_of_row[logit_rows]
         agree = plan.row_top1[logit_rows] == target_top1
         margins = plan.row_margin[logit_rows]
