@@ -61,7 +61,17 @@ def configurations(proxy: str, quick: bool) -> list[Config]:
             for lam in (0.3, 0.5, 0.7)
         ),
         Config("TriSpec ngram lossless", ngram(3), tri(1.5), lam=1.5),
-        Config("TriSpec draft_model lambda=0.5", draft(3), tri(0.5), lam=0.5),
+        # The proxy is the draft model (same checkpoint): its drafting passes route.
+        *(
+            Config(f"TriSpec draft_model lambda={lam}", draft(3), tri(lam), lam=lam)
+            for lam in (0.3, 0.5, 0.7)
+        ),
+        Config("TriSpec draft_model k=5 lambda=0.5", draft(5), tri(0.5)),
+        Config(
+            "TriSpec ngram lambda=0.5 disable_by_batch_size=16",
+            ngram(3),
+            {"proxy_model": proxy, "margin_threshold": 0.5, "disable_by_batch_size": 16},
+        ),
         Config(
             "TriSpec ngram lambda=0.5 max_proxy_batch=4",
             ngram(3),
@@ -230,23 +240,34 @@ def plots(results: list[dict], out: Path) -> None:
     fig.savefig(out.with_name(out.stem + "_vs_batch.png"), dpi=120)
     plt.close(fig)
 
-    tri = [r for r in results if r.get("lam") is not None and "ngram" in r["config"]]
-    if tri:
+    lines = {
+        (drafter, b): sorted(
+            (
+                r
+                for r in results
+                if r.get("lam") is not None and drafter in r["config"] and r["batch"] == b
+            ),
+            key=lambda r: r["lam"],
+        )
+        for drafter in ("ngram", "draft_model")
+        for b in sorted({r["batch"] for r in results})
+    }
+    lines = {key: rs for key, rs in lines.items() if rs}
+    if lines:
         fig, ax1 = plt.subplots(figsize=(7, 4))
-        for b in sorted({r["batch"] for r in tri}):
-            rs = sorted((r for r in tri if r["batch"] == b), key=lambda r: r["lam"])
+        for (drafter, b), rs in lines.items():
             ax1.plot(
                 [r["lam"] for r in rs],
                 [r["tokens_per_s"] for r in rs],
                 marker="o",
-                label=f"tok/s, batch {b}",
+                label=f"{drafter}: tok/s, batch {b}",
             )
             ax1.plot(
                 [r["lam"] for r in rs],
                 [100 * r["target_steps_per_token"] for r in rs],
                 marker="x",
                 linestyle="--",
-                label=f"target steps per 100 tokens, batch {b}",
+                label=f"{drafter}: target steps per 100 tokens, batch {b}",
             )
         adaptive = [r for r in results if r.get("mean_lambda") is not None]
         for r in adaptive:
@@ -273,12 +294,7 @@ def main() -> None:
     ap.add_argument(
         "--eager",
         action="store_true",
-        help="run the built-in configurations eagerly too (TriSpec always is)",
-    )
-    ap.add_argument(
-        "--compile-trispec",
-        action="store_true",
-        help="let TriSpec engines use torch.compile too (default: eager)",
+        help="run every configuration eagerly (default: vLLM's torch.compile for all)",
     )
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
@@ -304,7 +320,7 @@ def main() -> None:
             prompts,
             plan,
             max_tokens,
-            args.eager or (bool(cfg.trispec) and not args.compile_trispec),
+            args.eager,
         ):
             rows.append((cfg, row))
 
