@@ -10,7 +10,8 @@
 Configurations (pick with --configs, by key or full label): `target` (the target
 alone, no speculation), `ngram` (vLLM's ngram SD, k=3, lookup 3..2), and TriSpec
 with the same ngram drafter at lambda 0.3, 0.5, 0.7 (`tri0.3`, `tri0.5`,
-`tri0.7`) and lossless (`lossless`, lambda 1.5), TriSpec with adaptive lambda
+`tri0.7`) and lossless (`lossless`, lambda 1.5), TriSpec with the 0.5B as both
+draft model (k=3) and proxy at lambda 0.5 (`tridm0.5`), TriSpec with adaptive lambda
 (`adaptive`, start 0.5, goal 5%), and PyramidSD over the same stages: PSD_F at
 the paper's best thresholds (`psdf`, tau_q 0.4, tau_t 0.5, Jensen-Shannon),
 PSD_F at 0.1/0.1 (`psdf0.1`) and PSD_A at tau_t 0.1 (`psda`). Every configuration runs in
@@ -113,6 +114,7 @@ def configurations(proxy: str, extra_trispec: dict[str, Any] | None) -> list[Con
             {"proxy_model": proxy, **section, **(extra_trispec or {})},
         )
 
+    draft = {"method": "draft_model", "model": proxy, "num_speculative_tokens": 3}
     return [
         Config(BASELINE_KEY, "target alone"),
         Config(SD_KEY, "vLLM ngram k=3", ngram),
@@ -120,6 +122,13 @@ def configurations(proxy: str, extra_trispec: dict[str, Any] | None) -> list[Con
         tri("tri0.5", "lambda=0.5", 0.5),
         tri("tri0.7", "lambda=0.7", 0.7),
         tri("lossless", "lossless", 1.5),
+        Config(
+            "tridm0.5",
+            f"TriSpec draft_model lambda=0.5 (proxy = drafter){suffix}",
+            draft,
+            {"proxy_model": proxy, "margin_threshold": 0.5, **(extra_trispec or {})},
+            0.5,
+        ),
         policy("adaptive", "TriSpec adaptive lambda (5% goal)", {"adaptive_lambda": True}),
         policy("psdf", "PyramidSD PSD_F tau_q=0.4 tau_t=0.5", {"policy": "pyramid"}),
         policy(

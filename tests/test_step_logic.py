@@ -123,3 +123,20 @@ def test_cpu_expand_fix_matches_vllms_documented_semantics():
     assert out.tolist() == [0.5, 0.5, 1.0, 1.0, 1.0, 2.0]
     assert out.dtype == torch.float32
     assert expand_batch_to_tokens(torch.tensor([3, 4]), torch.tensor([0, 2]), 2).tolist() == [4, 4]
+
+
+def test_plain_steps_need_a_full_batch_and_a_caught_up_target():
+    step = TriSpecStep(TriSpecConfig(proxy_model="p", disable_by_batch_size=2))
+    assert not step.speculation_disabled(1) and step.speculation_disabled(2)
+    ids, computed = ["a", "b"], np.array([5, 7])
+    assert not step.target_up_to_date(ids, computed)  # new requests: no target KV yet
+    step.plain_step(ids, np.array([0, 0]), np.array([5, 7]), 0.1)  # vLLM ran the prompts
+    assert step.target_up_to_date(ids, computed)
+    assert step.stats.plain_steps == 1 and step.stats.target_steps == 1
+    # The proxy sat out: its watermark is still 0, so it catches up when it next runs.
+    assert step.proxy_watermarks(step_batch([0, 0], [], computed=(5, 7))).tolist() == [0, 0]
+    step.watermarks.proxy_completed("a")
+    assert not step.target_up_to_date(ids, np.array([8, 7]))  # "a" moved on without it
+    assert step.skip_proxy(step_batch([0, 0], [], computed=(5, 7)))
+    off = TriSpecStep(TriSpecConfig(proxy_model="p"))
+    assert not off.speculation_disabled(10**6)

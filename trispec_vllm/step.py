@@ -117,10 +117,11 @@ class TriSpecStep:
 
     def target_up_to_date(self, req_ids: list[str], num_computed: np.ndarray) -> bool:
         """Whether the target's KV covers every computed token of every request."""
-        return all(
-            self.watermarks.settle(r, int(c)).watermark == int(c)
-            for r, c in zip(req_ids, num_computed, strict=True)
-        )
+        computed = [int(c) for c in num_computed]
+        marks = [
+            self.watermarks.settle(r, c).watermark for r, c in zip(req_ids, computed, strict=True)
+        ]
+        return marks == computed
 
     def plain_step(
         self, req_ids: list[str], num_computed: np.ndarray, num_scheduled: np.ndarray, secs: float
@@ -128,7 +129,8 @@ class TriSpecStep:
         """Book a step vLLM ran on its own (no drafts, no proxy): the target's KV now
         covers every scheduled token; the proxy's watermarks stay where they were."""
         ends = num_computed.astype(np.int64) + num_scheduled
-        for req_id, end in zip(req_ids, ends, strict=True):
+        for req_id, c, end in zip(req_ids, num_computed, ends, strict=True):
+            self.watermarks.settle(req_id, int(c))
             self.watermarks.target_ran(req_id, int(end))
         step = TriSpecStats(target_steps=1, native_target_steps=1, plain_steps=1)
         step.add_times(plain=secs)
