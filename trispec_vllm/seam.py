@@ -549,6 +549,7 @@ def _runner_mixin():
         ):
             """vLLM's own execute_model over the already-updated batch; the target's
             watermarks advance, the proxy's stay (it catches up when it next runs)."""
+            computed = self.input_batch.num_computed_tokens_cpu[: len(req_ids)].copy()
             self._update_states = lambda _: deferred  # the batch is already updated
             try:
                 out = super().execute_model(scheduler_output, intermediate_tensors)
@@ -556,7 +557,6 @@ def _runner_mixin():
                 del self._update_states
             self._trispec_step_batch = None
             self._trispec_pyramid = None
-            computed = self.input_batch.num_computed_tokens_cpu[: len(req_ids)]
             self._trispec_last_step = self.trispec.plain_step(
                 req_ids, computed, num_sched, time.perf_counter() - t_start
             )
