@@ -482,8 +482,9 @@ def _runner_mixin():
                         logits = target_logits.new_empty(
                             (len(logits_indices), target_logits.shape[1])
                         )
-                    else:
-                        logits = logits.clone()
+                    else:  # never narrow the target's rows to the proxy's dtype
+                        wide = torch.promote_types(logits.dtype, target_logits.dtype)
+                        logits = logits.to(wide, copy=True)
                     logits[torch.from_numpy(logit_rows).to(dev)] = target_logits.to(logits.dtype)
                     self.trispec.observe_target(
                         batch, plan, logit_rows, target_logits.argmax(dim=-1).cpu().numpy()
