@@ -83,3 +83,27 @@ def test_worker_and_runner_classes_build_for_cpu_and_gpu():
     assert issubclass(seam._cpu_runner_cls(), CPUModelRunner)
     assert issubclass(seam._gpu_runner_cls(), GPUModelRunner)
     assert seam.WORKER_CPU.rsplit(".", 1)[1] == cpu.__name__
+
+
+def test_proxy_is_drafter_only_for_the_same_greedy_draft_model(tmp_path):
+    from types import SimpleNamespace
+
+    from trispec_vllm.config import TriSpecConfig
+    from trispec_vllm.seam import proxy_is_drafter
+
+    (tmp_path / "m").mkdir()
+    (tmp_path / "link").symlink_to(tmp_path / "m")
+    cfg = TriSpecConfig(proxy_model=str(tmp_path / "m"))
+
+    def spec(**kw):
+        return SimpleNamespace(**{"method": "draft_model", "model": str(tmp_path / "link"), **kw})
+
+    assert proxy_is_drafter(cfg, spec())  # same checkpoint, through a symlink
+    assert not proxy_is_drafter(cfg, spec(model=str(tmp_path)))  # another model
+    assert not proxy_is_drafter(cfg, spec(method="ngram", model=None))
+    assert not proxy_is_drafter(cfg, spec(draft_sample_method="probabilistic"))
+    assert not proxy_is_drafter(cfg, None)
+    capped = TriSpecConfig(proxy_model=str(tmp_path / "m"), max_proxy_batch=2)
+    assert not proxy_is_drafter(capped, spec())
+    pyramid = TriSpecConfig(proxy_model=str(tmp_path / "m"), policy="pyramid")
+    assert not proxy_is_drafter(pyramid, spec())
