@@ -108,7 +108,7 @@ def run(margin_threshold: float = 0.5, max_tokens: int | None = None, tiny: bool
     tri = {"proxy_model": proxy, "margin_threshold": margin_threshold}
     runs = [
         ("vLLM ngram speculative decoding", spec, None),
-        ("vLLM draft_model speculative decoding (proxy as drafter)", draft, None),
+        ("vLLM draft_model speculative decoding (the proxy model drafts)", draft, None),
         (f"TriSpec ngram -> proxy -> target, lambda={margin_threshold}", spec, tri),
         (f"TriSpec proxy as drafter -> target, lambda={margin_threshold}", draft, tri),
     ]
