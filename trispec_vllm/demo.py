@@ -118,9 +118,9 @@ def run(margin_threshold: float = 0.5, max_tokens: int | None = None, tiny: bool
         for o in outs:
             text = o.outputs[0].text.strip().replace("\n", "\n    ")
             print(f"  -> {text[:400]}")
-    print(f"\n{'configuration':<58} {'tok/s':>7} {'target steps/token':>19}")
+    print(f"\n{'configuration':<64} {'tok/s':>7} {'target steps/token':>19}")
     for label, _, tps, tsteps in results:
-        print(f"{label:<58} {tps:>7.2f} {tsteps:>19.3f}")
+        print(f"{label:<64} {tps:>7.2f} {tsteps:>19.3f}")
     best_sd = max(results[:2], key=lambda r: r[2])
     for label, outs, tps, _ in results[2:]:
         same = sum(
