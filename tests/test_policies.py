@@ -180,23 +180,27 @@ def test_pyramid_seeded_requests_repeat_whatever_their_neighbours(tiny_pair):
     assert c["fuzzy_accepted_tokens"] > 0
 
 
-def test_steps_without_the_proxy_keep_proxy_equal_to_target_exact(tiny_pair, plain_outputs):
-    """Above max_proxy_batch the proxy sits out (standard SD on the target); when the
-    batch shrinks it catches its KV cache up. proxy = target at lambda 0.05 trusts the
-    proxy almost everywhere, so any gap in its cache would change the output."""
+def run_shrinking_batch(tiny_pair, plain_outputs, trispec: dict) -> dict:
+    """8 requests of 8..64 tokens (the batch shrinks as they finish), proxy = target at
+    lambda 0.05 plus `trispec`; checks the output equals plain greedy, returns counters."""
     from vllm import SamplingParams
 
-    llm = make_llm(
-        tiny_pair,
-        NGRAM,
-        {"proxy_model": tiny_pair.target, "margin_threshold": 0.05, "max_proxy_batch": 3},
-    )
+    section = {"proxy_model": tiny_pair.target, "margin_threshold": 0.05, **trispec}
+    llm = make_llm(tiny_pair, NGRAM, section)
     lengths = [8, 16, 24, 32, 40, 48, 56, 64]
     params = [SamplingParams(temperature=0, max_tokens=n, ignore_eos=True) for n in lengths]
     got = token_ids(llm.generate(prompts(N_PROMPTS), params))
     c = counters(llm)
     close(llm)
     assert got == [p[:n] for p, n in zip(plain_outputs["target"], lengths, strict=True)]
+    return c
+
+
+def test_steps_without_the_proxy_keep_proxy_equal_to_target_exact(tiny_pair, plain_outputs):
+    """Above max_proxy_batch the proxy sits out (standard SD on the target); when the
+    batch shrinks it catches its KV cache up. proxy = target at lambda 0.05 trusts the
+    proxy almost everywhere, so any gap in its cache would change the output."""
+    c = run_shrinking_batch(tiny_pair, plain_outputs, {"max_proxy_batch": 3})
     assert c["proxy_catchup_tokens"] > 0  # the proxy did sit out, then caught up
     assert c["proxy_steps"] < c["target_steps"] + c["proxy_completions"]
     assert c["proxy_completions"] > 0  # and was trusted afterwards
@@ -209,19 +213,7 @@ def test_batches_with_speculation_disabled_keep_proxy_equal_to_target_exact(
     (no drafts, no proxy); as requests finish the batch shrinks, the proxy catches its
     KV up and is trusted again. Proxy = target at lambda 0.05: any gap in either
     model's cache would change the output."""
-    from vllm import SamplingParams
-
-    llm = make_llm(
-        tiny_pair,
-        NGRAM,
-        {"proxy_model": tiny_pair.target, "margin_threshold": 0.05, "disable_by_batch_size": 4},
-    )
-    lengths = [8, 16, 24, 32, 40, 48, 56, 64]
-    params = [SamplingParams(temperature=0, max_tokens=n, ignore_eos=True) for n in lengths]
-    got = token_ids(llm.generate(prompts(N_PROMPTS), params))
-    c = counters(llm)
-    close(llm)
-    assert got == [p[:n] for p, n in zip(plain_outputs["target"], lengths, strict=True)]
+    c = run_shrinking_batch(tiny_pair, plain_outputs, {"disable_by_batch_size": 4})
     assert c["plain_steps"] > 0  # vLLM's own steps while 4+ requests ran
     assert c["proxy_catchup_tokens"] > 0  # then the proxy caught up
     assert c["proxy_completions"] > 0  # and was trusted

@@ -589,8 +589,7 @@ def _runner_mixin():
             a request's drafts came from that proposal."""
             b = len(batch.req_ids)
             n = batch.num_drafts
-            offsets = np.zeros(b, dtype=np.int64)
-            np.cumsum(n[:-1] + 1, out=offsets[1:])
+            offsets = batch.row_offsets()
             known = np.zeros(b, dtype=bool)
             rec, self._trispec_own = self._trispec_own, None
             vocab = self.model_config.get_vocab_size()
@@ -814,14 +813,9 @@ def reject_last_draft(spec_meta, batch, plan) -> None:
     done = np.nonzero(plan.decision.proxy_completes.numpy())[0]
     if not done.size or spec_meta is None:
         return
-    n = batch.num_drafts
-    starts = np.zeros(len(n), dtype=np.int64)
-    np.cumsum(n[:-1], out=starts[1:])
-    idx = torch.from_numpy(starts[done] + n[done] - 1)
-    ids = spec_meta.draft_token_ids  # also batch.draft_tokens (the same tensor)
+    idx = torch.from_numpy(batch.draft_offsets()[done] + batch.num_drafts[done] - 1)
+    ids = spec_meta.draft_token_ids  # batch.draft_tokens is this same tensor
     ids[idx.to(ids.device)] = -1
-    if batch.draft_tokens is not ids:
-        batch.draft_tokens[idx.to(batch.draft_tokens.device)] = -1
 
 
 def expand_batch_to_tokens(

@@ -49,6 +49,14 @@ class StepBatch:
     # [B] bool: no top-k/top-p truncation (PyramidSD samples from whole distributions).
     untruncated: np.ndarray | None = None
 
+    def row_offsets(self) -> np.ndarray:
+        """[B] first logits row of each request (its drafts, then its bonus row)."""
+        return _starts(self.num_drafts.astype(np.int64) + 1)
+
+    def draft_offsets(self) -> np.ndarray:
+        """[B] index of each request's first draft in the flat `draft_tokens`."""
+        return _starts(self.num_drafts.astype(np.int64))
+
     def row_temperatures(self) -> torch.Tensor:
         """Per logits row (drafts + bonus of each request) temperature for the margins:
         sampled requests are judged on the distribution they sample from, greedy ones on
@@ -169,8 +177,7 @@ class TriSpecStep:
         b = len(batch.req_ids)
         n = batch.num_drafts.astype(np.int64)
         k = int(n.max()) if b else 0
-        offsets = np.zeros(b, dtype=np.int64)
-        np.cumsum(n[:-1] + 1, out=offsets[1:])
+        offsets = batch.row_offsets()
         if proxy_logits is None:
             top1_flat = torch.full((int((n + 1).sum()),), -1, dtype=torch.long)
             margin_flat = torch.zeros(int((n + 1).sum()))
@@ -192,11 +199,9 @@ class TriSpecStep:
         margin = margin_flat[rows]
         drafts = torch.zeros((b, k), dtype=torch.long)
         if k:
-            cu = np.zeros(b, dtype=np.int64)
-            np.cumsum(n[:-1], out=cu[1:])
             flat = batch.draft_tokens.cpu().long()
             # Entries past a request's own drafts are ignored by the router.
-            idx = np.minimum(cu[:, None] + j[None, :k], flat.numel() - 1)
+            idx = np.minimum(batch.draft_offsets()[:, None] + j[None, :k], flat.numel() - 1)
             drafts = flat[torch.from_numpy(idx)]
 
         skips = np.zeros(b, dtype=np.int64)
@@ -361,6 +366,13 @@ class TriSpecStep:
         }
         self.stats.add(step)
         return step
+
+
+def _starts(counts: np.ndarray) -> np.ndarray:
+    """Exclusive prefix sum: where each of consecutive runs of `counts` begins."""
+    out = np.zeros(len(counts), dtype=np.int64)
+    np.cumsum(counts[:-1], out=out[1:])
+    return out
 
 
 def _decoding(batch: StepBatch) -> np.ndarray:
