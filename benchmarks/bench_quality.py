@@ -308,7 +308,7 @@ def run_config(cfg: Config, target: str, he_prompts, mt_prompts, args) -> dict:
         max_model_len=2048,
         seed=0,
         disable_log_stats=False,
-        enforce_eager=not args.compile or bool(cfg.trispec),
+        enforce_eager=not args.compile,
         # TriSpec switches prefix caching off; so do the references, so that every
         # configuration prefills the same way (cached KV from another batch shape can
         # flip bf16 near-ties).
@@ -385,6 +385,26 @@ def agreement(base: list[dict], other: list[dict]) -> dict:
     }
 
 
+def problem_rates(result: dict) -> dict[str, float]:
+    """Each problem's share of passing answers (one answer per seed)."""
+    runs: dict[str, list[bool]] = {}
+    for o in result["humaneval"]:
+        runs.setdefault(o["task_id"], []).append(o["passed"])
+    return {t: sum(v) / len(v) for t, v in runs.items()}
+
+
+def paired_delta(base: dict, other: dict) -> tuple[float, float | None]:
+    """pass@1 difference in points and its standard error, paired by problem: the
+    problems are the same, so only the answers' own noise counts."""
+    a, b = problem_rates(base), problem_rates(other)
+    d = [100 * (b[t] - a[t]) for t in a]
+    mean = sum(d) / len(d)
+    if len(d) < 2:
+        return mean, None
+    var = sum((x - mean) ** 2 for x in d) / (len(d) - 1)
+    return mean, (var / len(d)) ** 0.5
+
+
 def score(result: dict, problems: list[dict]) -> None:
     """Fill in pass@1 (runs the tests) and the mean MT-Bench answer length."""
     kinds, completions = [], []
@@ -418,7 +438,7 @@ def compare(result: dict, refs: dict[str, dict]) -> None:
     TriSpec is compared with both (lossless TriSpec should equal ngram SD)."""
     base = refs.get(BASELINE_KEY)
     if base is not None and result is not base:
-        result["delta_points"] = 100 * (result["pass_at_1"] - base["pass_at_1"])
+        result["delta_points"], result["delta_se"] = paired_delta(base, result)
         result["mtbench_agreement"] = agreement(base["mtbench"], result["mtbench"])
         result["humaneval_agreement"] = agreement(base["humaneval"], result["humaneval"])
     sd = refs.get(SD_KEY)
@@ -429,7 +449,8 @@ def compare(result: dict, refs: dict[str, dict]) -> None:
 
 def table(results: list[dict]) -> str:
     lines = [
-        "| configuration | HumanEval pass@1 | vs target (points) | MT-Bench identical to target "
+        "| configuration | HumanEval pass@1 | vs target (points, 95% CI) "
+        "| MT-Bench identical to target "
         "| first divergence: mean position (answers) | MT-Bench identical to ngram SD "
         "| first divergence vs ngram SD | MT-Bench mean length | target steps/token | tok/s |",
         "|---|---|---|---|---|---|---|---|---|---|",
@@ -439,7 +460,16 @@ def table(results: list[dict]) -> str:
         return "-" if v is None else fmt.format(v)
 
     def ident(ag: dict | None) -> str:
-        return f"{ag['identical_share']:.0%} ({ag['identical']}/{ag['total']})" if ag else "-"
+        if not ag or not ag["total"]:
+            return "-"
+        return f"{ag['identical_share']:.0%} ({ag['identical']}/{ag['total']})"
+
+    def delta(r: dict) -> str:
+        if r.get("delta_points") is None:
+            return "-"
+        se = r.get("delta_se")
+        ci = f" +- {1.96 * se:.1f}" if se else ""
+        return f"{r['delta_points']:+.1f}{ci}"
 
     def div(ag: dict | None) -> str:
         if not ag:
@@ -451,7 +481,7 @@ def table(results: list[dict]) -> str:
         label = r["config"] + (" (earlier run)" if "reused_from" in r else "")
         lines.append(
             f"| {label} | {r['pass_at_1']:.1%} ({r['pass']}/{len(r['humaneval'])}) | "
-            f"{f(r.get('delta_points'), '{:+.1f}')} | {ident(ag)} | {div(ag)} | "
+            f"{delta(r)} | {ident(ag)} | {div(ag)} | "
             f"{ident(sd)} | {div(sd)} | {f(r.get('mtbench_mean_length'), '{:.1f}')} | "
             f"{f(r.get('target_steps_per_token'), '{:.3f}')} | {f(r.get('tokens_per_s'))} |"
         )
@@ -461,8 +491,9 @@ def table(results: list[dict]) -> str:
 def load_references(path: Path, settings: dict) -> dict[str, dict]:
     """The target-alone and ngram-SD results of an earlier run with the same settings."""
     data = json.loads(path.read_text())
-    for k in ("task_ids", "mtbench_n", "max_tokens", "temperature", "seed", "humaneval_stop"):
-        if data["settings"].get(k) != settings.get(k):
+    keys = ("task_ids", "samples", "mtbench_n", "max_tokens", "temperature", "seed")
+    for k in (*keys, "humaneval_stop"):
+        if data["settings"].get(k, 1 if k == "samples" else None) != settings.get(k):
             raise SystemExit(f"--baseline {path}: {k} differs from this run's")
     refs = {r["key"]: r for r in data["results"] if r["key"] in (BASELINE_KEY, SD_KEY)}
     if BASELINE_KEY not in refs:
@@ -510,7 +541,13 @@ def main() -> None:
         "--extra-trispec", type=json.loads, default=None, help="JSON merged into `trispec`"
     )
     ap.add_argument("--batch", type=int, default=8, help="requests submitted together")
-    ap.add_argument("--compile", action="store_true", help="torch.compile the non-TriSpec engines")
+    ap.add_argument("--compile", action="store_true", help="torch.compile every engine")
+    ap.add_argument(
+        "--samples",
+        type=int,
+        default=1,
+        help="answers per HumanEval problem (temperature > 0: each its own seed)",
+    )
     ap.add_argument(
         "--no-code-stop",
         action="store_true",
@@ -524,7 +561,10 @@ def main() -> None:
     if args.temperature > 0 and args.seed is None:
         args.seed = 0
     n_he = args.problems or (8 if args.quick else 164 if args.full else 40)
-    n_mt = args.mtbench or (4 if args.quick else 80 if args.full else 16)
+    n_mt = 4 if args.quick else 80 if args.full else 16
+    n_mt = n_mt if args.mtbench is None else args.mtbench
+    if args.samples < 1 or (args.samples > 1 and args.temperature <= 0):
+        ap.error("--samples N needs N >= 1, and N > 1 only with --temperature > 0")
     args.max_tokens = args.max_tokens or (128 if args.quick else 384)
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "4")
     sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -537,6 +577,9 @@ def main() -> None:
         problems = quick_problems(n_he)
     else:
         problems = humaneval_subset(min(n_he, 164))
+    # Sample s of problem j is request s * len(problems) + j: its own seed, the same
+    # in every configuration.
+    problems = problems * args.samples
     he_prompts = [humaneval_chat(p) for p in problems]
     mt_prompts = [[{"role": "user", "content": q}] for q in mtbench_first_turns(n_mt)]
     cfgs = configurations(pair.proxy, args.extra_trispec)
@@ -546,7 +589,8 @@ def main() -> None:
             ap.error(f"unknown configs {sorted(unknown)}; keys: {[c.key for c in cfgs]}")
         cfgs = [c for c in cfgs if c.key in args.configs or c.label in args.configs]
     settings = {
-        "task_ids": [p["task_id"] for p in problems],
+        "task_ids": [p["task_id"] for p in problems[: len(problems) // args.samples]],
+        "samples": args.samples,
         "mtbench_n": n_mt,
         "max_tokens": args.max_tokens,
         "temperature": args.temperature,

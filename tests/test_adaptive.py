@@ -55,3 +55,26 @@ def test_forget_drops_finished_requests_but_keeps_totals():
 def test_initial_lambda_outside_the_bounds_is_refused():
     with pytest.raises(ValueError, match="outside"):
         AdaptiveLambda(initial=1.5, lo=0.0, hi=1.0)
+
+
+def test_learned_start_carries_the_threshold_to_new_requests():
+    # Same setting as the settling test: the pooled trials of earlier requests move
+    # the start, so a request arriving later begins near 0.553 instead of 0.9.
+    ctrl = AdaptiveLambda(
+        initial=0.9, target_disagreement=0.05, rate=0.01, lo=0.0, hi=1.0, learn_start=True
+    )
+    for i in range(8):
+        simulate(ctrl, f"r{i}", lambda m: 0.5 * (1 - m), steps=500, seed=i)
+    assert ctrl.start == pytest.approx(1 - 0.2**0.5, abs=0.08)
+    assert ctrl.lambdas(["late"])[0] == pytest.approx(ctrl.start)
+    fixed = AdaptiveLambda(initial=0.9, target_disagreement=0.05, rate=0.01, lo=0.0, hi=1.0)
+    simulate(fixed, "r0", lambda m: 0.5 * (1 - m), steps=500)
+    assert fixed.lambdas(["late"])[0] == pytest.approx(0.9)
+
+
+def test_a_request_keeps_the_start_it_was_first_routed_with():
+    ctrl = AdaptiveLambda(initial=0.5, rate=0.05, lo=0.0, hi=1.0, learn_start=True)
+    assert ctrl.lambdas(["a"])[0] == pytest.approx(0.5)
+    ctrl.observe("b", np.full(10, 0.9), np.zeros(10, bool))  # b fails: the start rises
+    assert ctrl.start > 0.5
+    assert ctrl.lambdas(["a"])[0] == pytest.approx(0.5)

@@ -112,6 +112,8 @@ def test_policy_keys():
         ({"policy": "pyramid", "pyramid_variant": "psd_a", "tau_q": 0.1}, "PSD_A has no tau_q"),
         ({"policy": "pyramid", "divergence": "hellinger"}, "'divergence': Input should be"),
         ({"lambda_min": 0.1}, "need adaptive_lambda: true"),
+        ({"adaptive_start": "fixed"}, "need adaptive_lambda: true"),
+        ({"adaptive_lambda": True, "adaptive_start": "global"}, "'adaptive_start': Input"),
         ({"adaptive_lambda": True, "margin_threshold": 0.01}, "must lie in [lambda_min"),
         ({"policy": "medusa"}, "'policy': Input should be 'trispec' or 'pyramid'"),
     ],

@@ -16,6 +16,13 @@ wrong are trusted less, those it gets right more, and a request whose lambda
 is too high to trust anything still drifts down and is probed again. Bounded
 by [lo, hi]; hi above 1 lets a request fall back to lossless speculative
 decoding.
+
+One step moves lambda down by only rate * target_disagreement (0.001 at the
+defaults), so a single answer of a few hundred tokens barely leaves its start.
+With `learn_start` the controller also keeps an engine-wide lambda, moved by
+every trial of every request with the same rule, and a new request starts
+there instead of at `initial`: a server learns the threshold over its first
+requests and each request then only corrects for its own content.
 No vLLM import: unit-tested on its own.
 """
 
@@ -34,31 +41,39 @@ class AdaptiveLambda:
     rate: float = 0.02
     lo: float = 0.05
     hi: float = 1.0
+    learn_start: bool = False
     _lam: dict[str, float] = field(default_factory=dict)
     _trials: dict[str, int] = field(default_factory=dict)
     _failures: dict[str, int] = field(default_factory=dict)
     total_trials: int = 0  # over all requests, finished ones included
     total_failures: int = 0
+    start: float = field(init=False)  # where new requests begin
 
     def __post_init__(self) -> None:
         if not self.lo <= self.initial <= self.hi:
             raise ValueError(f"initial lambda {self.initial} outside [{self.lo}, {self.hi}]")
+        self.start = self.initial
 
     def lambdas(self, req_ids: Iterable[str]) -> np.ndarray:
-        """Current lambda of each request (the initial value for new ones)."""
-        return np.array([self._lam.get(r, self.initial) for r in req_ids], dtype=np.float32)
+        """Current lambda of each request; a new one is pinned at `start`."""
+        return np.array([self._lam.setdefault(r, self.start) for r in req_ids], dtype=np.float32)
+
+    def _step(self, lam: float, failed: int) -> float:
+        lam += self.rate * (failed - self.target_disagreement)
+        return min(self.hi, max(self.lo, lam))
 
     def observe(self, req_id: str, margins: np.ndarray, agree: np.ndarray) -> float:
         """Update one request from the positions the target checked this step."""
-        lam = self._lam.get(req_id, self.initial)
+        lam = self._lam.get(req_id, self.start)
         for m, ok in zip(np.asarray(margins).tolist(), np.asarray(agree).tolist(), strict=True):
             failed = int(m >= lam and not ok)
             self._trials[req_id] = self._trials.get(req_id, 0) + 1
             self._failures[req_id] = self._failures.get(req_id, 0) + failed
             self.total_trials += 1
             self.total_failures += failed
-            lam += self.rate * (failed - self.target_disagreement)
-            lam = min(self.hi, max(self.lo, lam))
+            lam = self._step(lam, failed)
+            if self.learn_start:
+                self.start = self._step(self.start, failed)
         self._lam[req_id] = lam
         return lam
 

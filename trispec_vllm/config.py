@@ -104,6 +104,12 @@ class TriSpecConfig(BaseModel):
         le=2.0,
         description="Highest adaptive lambda (above 1 lets a request fall back to lossless).",
     )
+    adaptive_start: Literal["learned", "fixed"] = Field(
+        default="learned",
+        description="Where a new request's lambda starts: 'learned', at an engine-wide "
+        "lambda that every request's trials move with the same rule (a server settles "
+        "over its first requests); 'fixed', at margin_threshold.",
+    )
     # policy "pyramid".
     pyramid_variant: Literal["psd_f", "psd_a"] = Field(
         default="psd_f",
@@ -126,6 +132,7 @@ class TriSpecConfig(BaseModel):
             "adaptive_rate",
             "lambda_min",
             "lambda_max",
+            "adaptive_start",
         }
         if self.policy == "trispec" and given & pyramid_keys:
             keys = ", ".join(sorted(given & pyramid_keys))
@@ -137,8 +144,8 @@ class TriSpecConfig(BaseModel):
             raise ValueError("tau_q applies to pyramid_variant 'psd_f' only (PSD_A has no tau_q)")
         if given & (adaptive_keys - {"adaptive_lambda"}) and not self.adaptive_lambda:
             raise ValueError(
-                "target_disagreement, adaptive_rate, lambda_min and lambda_max need "
-                "adaptive_lambda: true"
+                "target_disagreement, adaptive_rate, adaptive_start, lambda_min and "
+                "lambda_max need adaptive_lambda: true"
             )
         if self.adaptive_lambda:
             if self.lambda_min > self.lambda_max:

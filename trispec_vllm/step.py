@@ -95,6 +95,7 @@ class TriSpecStep:
                 rate=cfg.adaptive_rate,
                 lo=cfg.lambda_min,
                 hi=cfg.lambda_max,
+                learn_start=cfg.adaptive_start == "learned",
             )
             if cfg.adaptive_lambda
             else None
