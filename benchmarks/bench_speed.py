@@ -58,7 +58,7 @@ def configurations(proxy: str, quick: bool) -> list[Config]:
         Config("vLLM draft_model k=5", draft(5), builtin_sd=True),
         *(
             Config(f"TriSpec ngram lambda={lam}", ngram(3), tri(lam), lam=lam)
-            for lam in (0.3, 0.5, 0.7)
+            for lam in (0.2, 0.3, 0.4, 0.5, 0.6, 0.7)
         ),
         Config("TriSpec ngram lossless", ngram(3), tri(1.5), lam=1.5),
         # The proxy is the draft model (same checkpoint): its drafting passes route.
@@ -81,6 +81,19 @@ def configurations(proxy: str, quick: bool) -> list[Config]:
             "TriSpec ngram adaptive lambda",
             ngram(3),
             {"proxy_model": proxy, "adaptive_lambda": True},
+        ),
+        *(
+            Config(
+                f"TriSpec ngram adaptive lambda goal={goal:.0%} start={start}",
+                ngram(3),
+                {
+                    "proxy_model": proxy,
+                    "adaptive_lambda": True,
+                    "target_disagreement": goal,
+                    "adaptive_start": start,
+                },
+            )
+            for goal, start in ((0.05, "fixed"), (0.02, "learned"), (0.1, "learned"))
         ),
         Config(
             "PyramidSD PSD_F ngram 0.4/0.5", ngram(3), {"proxy_model": proxy, "policy": "pyramid"}
@@ -170,6 +183,8 @@ def run_config(cfg: Config, target: str, prompts, batches, max_tokens, eager) ->
         seconds = time.perf_counter() - t0
         after = snapshot(llm)
         delta = {k: after[k] - before.get(k, 0) for k in after}
+        if "worker:adaptive_start_lambda" in after:  # a level, not a count
+            delta["worker:adaptive_start_lambda"] = after["worker:adaptive_start_lambda"]
         rows.append(Row(cfg.label, b, tokens, seconds, delta))
         print(f"  {cfg.label:<32} batch {b:>2}: {tokens / seconds:6.2f} tok/s", flush=True)
     llm.llm_engine.engine_core.shutdown()
@@ -198,14 +213,16 @@ def derived(row: Row, cfg: Config) -> dict:
         out["mean_lambda"] = m["worker:lambda_sum"] / m["worker:lambda_count"]
         trials = m.get("worker:adaptive_trials", 0)
         out["adaptive_failed_share"] = m["worker:adaptive_failures"] / trials if trials else None
+        out["start_lambda_after"] = m.get("worker:adaptive_start_lambda")
     return out
 
 
 def table(results: list[dict], batches: list[int]) -> str:
     lines = [
         "| configuration | batch | tok/s | vs no spec | vs best SD | target steps/token "
-        "| accepted len | proxy acc. len | escalation | Case I |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| accepted len | proxy acc. len | escalation | Case I | mean lambda "
+        "| start lambda after | failed trials |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
 
     def f(v, fmt="{:.2f}"):
@@ -217,7 +234,9 @@ def table(results: list[dict], batches: list[int]) -> str:
             f"{f(r.get('vs_no_spec'))}x | {f(r.get('vs_best_sd'))}x | "
             f"{f(r.get('target_steps_per_token'), '{:.3f}')} | "
             f"{f(r.get('mean_accepted_length'))} | {f(r.get('proxy_acceptance_length'))} | "
-            f"{f(r.get('escalation_rate'), '{:.0%}')} | {f(r.get('case_i_share'), '{:.0%}')} |"
+            f"{f(r.get('escalation_rate'), '{:.0%}')} | {f(r.get('case_i_share'), '{:.0%}')} | "
+            f"{f(r.get('mean_lambda'), '{:.3f}')} | {f(r.get('start_lambda_after'), '{:.3f}')} | "
+            f"{f(r.get('adaptive_failed_share'), '{:.1%}')} |"
         )
     return "\n".join(lines)
 
@@ -271,14 +290,25 @@ def plots(results: list[dict], out: Path) -> None:
             )
         adaptive = [r for r in results if r.get("mean_lambda") is not None]
         for r in adaptive:
-            ax1.scatter(
+            name = r["config"].removeprefix("TriSpec ngram ").removeprefix("TriSpec ")
+            dots = ax1.scatter(
                 [r["mean_lambda"]],
                 [r["tokens_per_s"]],
                 marker="*",
                 s=120,
-                label=f"adaptive lambda (mean), batch {r['batch']}",
+                label=f"{name}: tok/s at its mean lambda, batch {r['batch']}",
             )
-        ax1.set_xlabel("margin threshold lambda (1.5 = lossless; stars: adaptive, at its mean)")
+            if r.get("start_lambda_after") is not None:
+                ax1.annotate(
+                    "",
+                    xy=(r["start_lambda_after"], r["tokens_per_s"]),
+                    xytext=(r["mean_lambda"], r["tokens_per_s"]),
+                    arrowprops={"arrowstyle": "->", "color": dots.get_facecolor()[0]},
+                )
+        ax1.set_xlabel(
+            "margin threshold lambda (1.5 = lossless; stars: adaptive at its mean, "
+            "arrow: to its engine-wide start at the end)"
+        )
         ax1.legend(fontsize=7)
         fig.tight_layout()
         fig.savefig(out.with_name(out.stem + "_vs_lambda.png"), dpi=120)

@@ -19,7 +19,7 @@ import logging
 import os
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -869,8 +869,13 @@ def _gpu_runner_cls():
     return TriSpecGPUModelRunner
 
 
-def _trispec_counters(worker) -> dict[str, int]:
-    return worker.model_runner.trispec.stats.as_dict()
+def _trispec_counters(worker) -> dict[str, Any]:
+    """The worker's running totals, and adaptive lambda's engine-wide start (a level)."""
+    step = worker.model_runner.trispec
+    out = step.stats.as_dict()
+    if step.adaptive is not None:
+        out["adaptive_start_lambda"] = step.adaptive.start
+    return out
 
 
 def _cpu_worker_cls():
@@ -889,7 +894,7 @@ def _cpu_worker_cls():
             with mock.patch.object(cpu_worker, "CPUModelRunner", _cpu_runner_cls()):
                 super().init_device()
 
-        def trispec_counters(self) -> dict[str, int]:
+        def trispec_counters(self) -> dict[str, Any]:
             return _trispec_counters(self)
 
     return TriSpecCPUWorker
@@ -908,7 +913,7 @@ def _gpu_worker_cls():
         def _make_model_runner(self):
             return _gpu_runner_cls()(self.vllm_config, self.device)
 
-        def trispec_counters(self) -> dict[str, int]:
+        def trispec_counters(self) -> dict[str, Any]:
             return _trispec_counters(self)
 
     return TriSpecGPUWorker
