@@ -313,6 +313,10 @@ def run_config(cfg: Config, target: str, he_prompts, mt_prompts, args) -> dict:
         # configuration prefills the same way (cached KV from another batch shape can
         # flip bf16 near-ties).
         enable_prefix_caching=False,
+        # Seeded sampling: stock vLLM 0.32 rewinds a request's generator after a
+        # partial (chunked) prefill with set_offset, which CPU generators do not
+        # have; whole prefills never rewind.
+        enable_chunked_prefill=args.temperature <= 0,
         **kwargs,
     )
     load_s = time.perf_counter() - t_load

@@ -61,6 +61,7 @@ def configurations(proxy: str, quick: bool) -> list[Config]:
             for lam in (0.2, 0.3, 0.4, 0.5, 0.6, 0.7)
         ),
         Config("TriSpec ngram lossless", ngram(3), tri(1.5), lam=1.5),
+        Config("TriSpec ngram k=5 lambda=0.5", ngram(5), tri(0.5)),
         # The proxy is the draft model (same checkpoint): its drafting passes route.
         *(
             Config(f"TriSpec draft_model lambda={lam}", draft(3), tri(lam), lam=lam)
