@@ -5,7 +5,8 @@
     python benchmarks/bench_quality.py --full       # all 164 problems, all 80 MT-Bench turns
     python benchmarks/bench_quality.py --configs target tri0.5 \\
         --extra-trispec '{"max_skips": 2}'          # a subset, extra `trispec` keys
-    python benchmarks/bench_quality.py --temperature 0.7 --seed 1000
+    python benchmarks/bench_quality.py --temperature 0.7 --seed 1000 \\
+        --samples 3 --mtbench 0 --batch 40 --compile  # 3 seeded answers per problem
 
 Configurations (pick with --configs, by key or full label): `target` (the target
 alone, no speculation), `ngram` (vLLM's ngram SD, k=3, lookup 3..2), and TriSpec
@@ -18,7 +19,15 @@ PSD_F at 0.1/0.1 (`psdf0.1`) and PSD_A at tau_t 0.1 (`psda`). Every configuratio
 this one process, one engine at a time, on the same prompts (chat template),
 same sampling parameters and max_tokens, requests submitted in groups of
 --batch; greedy unless --temperature > 0, which gives request i the seed
---seed + i (same request, same seed, in every configuration).
+--seed + i (same request, same seed, in every configuration); --samples N asks
+each problem N times, each answer with its own seed, and pass@1 is the mean
+over all answers. The change against the target is paired by problem: each
+problem's pass rate minus the target's on the same problem, averaged, with a
+95% interval of 1.96 standard errors of that mean (the problems are shared, so
+only the answers' own noise counts). At temperature > 0 prefills are never
+chunked: stock vLLM 0.32 rewinds a seeded generator after a partial prefill
+with `set_offset`, which CPU generators lack (TriSpec's runner handles it;
+the reference engines would crash).
 
 HumanEval: the code is taken from the answer's ```python block (the one defining
 the entry point; an unclosed block counts to the end; without a fence, from
