@@ -294,8 +294,9 @@ def code_stop(args: argparse.Namespace) -> list[str] | None:
 
 def metric_delta(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
     keep = ("trispec:", "worker:", "vllm:spec_decode", "engine_steps")
+    levels = ("worker:adaptive_start_lambda",)  # a value at the end, not a count
     return {
-        k: after[k] - before.get(k, 0)
+        k: after[k] if k in levels else after[k] - before.get(k, 0)
         for k in sorted(after)
         if k.startswith(keep) and isinstance(after[k], int | float)
     }
