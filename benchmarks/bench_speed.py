@@ -232,7 +232,7 @@ def table(results: list[dict], batches: list[int]) -> str:
     for r in results:
         lines.append(
             f"| {r['config']} | {r['batch']} | {r['tokens_per_s']:.2f} | "
-            f"{f(r.get('vs_no_spec'))}x | {f(r.get('vs_best_sd'))}x | "
+            f"{f(r.get('vs_no_spec'), '{:.2f}x')} | {f(r.get('vs_best_sd'), '{:.2f}x')} | "
             f"{f(r.get('target_steps_per_token'), '{:.3f}')} | "
             f"{f(r.get('mean_accepted_length'))} | {f(r.get('proxy_acceptance_length'))} | "
             f"{f(r.get('escalation_rate'), '{:.0%}')} | {f(r.get('case_i_share'), '{:.0%}')} | "
@@ -299,18 +299,22 @@ def plots(results: list[dict], out: Path) -> None:
                 s=120,
                 label=f"{name}: tok/s at its mean lambda, batch {r['batch']}",
             )
-            if r.get("start_lambda_after") is not None:
+            if r.get("start_lambda_after") is not None and "start=fixed" not in r["config"]:
                 ax1.annotate(
                     "",
                     xy=(r["start_lambda_after"], r["tokens_per_s"]),
                     xytext=(r["mean_lambda"], r["tokens_per_s"]),
                     arrowprops={"arrowstyle": "->", "color": dots.get_facecolor()[0]},
                 )
+        xs = [r["lam"] for rs in lines.values() for r in rs]
+        xs += [r[k] for r in adaptive for k in ("mean_lambda", "start_lambda_after") if r.get(k)]
+        ax1.set_xlim(min(xs) - 0.05, max(xs) + 0.05)
         ax1.set_xlabel(
-            "margin threshold lambda (1.5 = lossless; stars: adaptive at its mean, "
-            "arrow: to its engine-wide start at the end)"
+            "margin threshold lambda (1.5 = lossless)\n"
+            "stars: adaptive at its mean lambda; arrows: to its engine-wide start at the end"
         )
-        ax1.legend(fontsize=7)
+        ax1.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+        fig.set_size_inches(11, 4)
         fig.tight_layout()
         fig.savefig(out.with_name(out.stem + "_vs_lambda.png"), dpi=120)
         plt.close(fig)
