@@ -293,12 +293,12 @@ def code_stop(args: argparse.Namespace) -> list[str] | None:
 
 
 def metric_delta(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
+    from bench_speed import metrics_delta
+
     keep = ("trispec:", "worker:", "vllm:spec_decode", "engine_steps")
-    levels = ("worker:adaptive_start_lambda",)  # a value at the end, not a count
+    delta = metrics_delta(before, after)
     return {
-        k: after[k] if k in levels else after[k] - before.get(k, 0)
-        for k in sorted(after)
-        if k.startswith(keep) and isinstance(after[k], int | float)
+        k: v for k, v in sorted(delta.items()) if k.startswith(keep) and isinstance(v, int | float)
     }
 
 

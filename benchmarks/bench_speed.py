@@ -141,6 +141,14 @@ def snapshot(llm) -> dict[str, float]:
     return out
 
 
+LEVELS = ("worker:adaptive_start_lambda",)  # values at the end, not counts
+
+
+def metrics_delta(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
+    """What the measured requests added to each counter; levels as they ended."""
+    return {k: after[k] if k in LEVELS else after[k] - before.get(k, 0) for k in after}
+
+
 @dataclass
 class Row:
     config: str
@@ -183,9 +191,7 @@ def run_config(cfg: Config, target: str, prompts, batches, max_tokens, eager) ->
             tokens += sum(len(o.outputs[0].token_ids) for o in outs)
         seconds = time.perf_counter() - t0
         after = snapshot(llm)
-        delta = {k: after[k] - before.get(k, 0) for k in after}
-        if "worker:adaptive_start_lambda" in after:  # a level, not a count
-            delta["worker:adaptive_start_lambda"] = after["worker:adaptive_start_lambda"]
+        delta = metrics_delta(before, after)
         rows.append(Row(cfg.label, b, tokens, seconds, delta))
         print(f"  {cfg.label:<32} batch {b:>2}: {tokens / seconds:6.2f} tok/s", flush=True)
     llm.llm_engine.engine_core.shutdown()
