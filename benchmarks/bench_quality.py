@@ -139,6 +139,11 @@ def configurations(proxy: str, extra_trispec: dict[str, Any] | None) -> list[Con
             0.5,
         ),
         policy("adaptive", "TriSpec adaptive lambda (5% goal)", {"adaptive_lambda": True}),
+        policy(
+            "adaptive10",
+            "TriSpec adaptive lambda (10% goal)",
+            {"adaptive_lambda": True, "target_disagreement": 0.10},
+        ),
         policy("psdf", "PyramidSD PSD_F tau_q=0.4 tau_t=0.5", {"policy": "pyramid"}),
         policy(
             "psdf0.1",

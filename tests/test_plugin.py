@@ -107,3 +107,30 @@ def test_proxy_is_drafter_only_for_the_same_greedy_draft_model(tmp_path):
     assert not proxy_is_drafter(capped, spec())
     pyramid = TriSpecConfig(proxy_model=str(tmp_path / "m"), policy="pyramid")
     assert not proxy_is_drafter(pyramid, spec())
+
+
+def test_processed_rows_finds_vllms_builtin_logits_processors():
+    """logit_bias and an active min_tokens can move the argmax (never trusted); min_p
+    truncates the distribution (like top-k/top-p)."""
+    import numpy as np
+    from vllm.v1.sample.logits_processor import LogitsProcessors
+    from vllm.v1.sample.logits_processor.builtin import (
+        LogitBiasLogitsProcessor,
+        MinPLogitsProcessor,
+        MinTokensLogitsProcessor,
+    )
+
+    from trispec_vllm.seam import processed_rows
+
+    bias = object.__new__(LogitBiasLogitsProcessor)
+    bias.biases = {1: {5: 2.0}, 9: {5: 1.0}}  # row 9 is past this batch
+    min_tokens = object.__new__(MinTokensLogitsProcessor)
+    min_tokens.min_toks = {3: (4, [], {2}, False)}
+    min_p = object.__new__(MinPLogitsProcessor)
+    min_p.min_p_count = 1
+    min_p.min_p_cpu = np.array([0.0, 0.0, 0.1, 0.0, 0.0], np.float32)
+    biased, truncated = processed_rows(LogitsProcessors([bias, min_tokens, min_p]), 4)
+    assert biased.tolist() == [False, True, False, True]
+    assert truncated.tolist() == [False, False, True, False]
+    none = processed_rows(LogitsProcessors(), 2)
+    assert not none[0].any() and not none[1].any()

@@ -8,6 +8,10 @@ router trusts it, by the target otherwise. Checked here:
   seeds, so the verdict is deterministic);
 - proxy = target at lambda 0.5: the trusted path samples the target's
   distribution too, and the proxy does complete sampled requests;
+- proxy = drafter = target at lambda 0: the drafter-proxy completes sampled
+  requests with the speculative-sampling rule over its own rows, exactly;
+- TRISPEC_CPU_SAMPLING_FIX=1: stock vLLM SD (no trispec section) samples the
+  target's distribution too (stock vLLM 0.32 on CPU does not);
 - per-request seeds: the same output run after run and whatever the batch
   neighbours are, with a smaller proxy at lambda 0.5.
 """
@@ -94,6 +98,61 @@ def test_trusted_proxy_samples_with_the_rejection_rule(soft_pair, exact_marginal
     close(llm)
     assert c["proxy_completions"] > 0
     assert_target_distribution(samples, exact_marginals)
+
+
+def test_drafter_proxy_samples_with_the_rejection_rule(soft_pair, exact_marginals):
+    """Proxy = drafter = target at lambda 0: the drafter's own rows complete every
+    decoding step (its drafts are argmax tokens, verified by speculative sampling
+    against those rows), and the rows are the target's: the target's distribution."""
+    # One draft: the third token then sits past the drafter's last row, where a
+    # step that accepted its draft must end (there is no proxy row to sample from).
+    spec = {"method": "draft_model", "model": soft_pair.target, "num_speculative_tokens": 1}
+    llm = make_llm(soft_pair, spec, {"proxy_model": soft_pair.target, "margin_threshold": 0.0})
+    samples = sample_many(llm)
+    c = counters(llm)
+    close(llm)
+    assert c["proxy_completions"] > SAMPLES / 2, c
+    assert_target_distribution(samples, exact_marginals)
+
+
+STOCK_SD_SCRIPT = """
+import json, sys
+from vllm import LLM, SamplingParams
+from tests.test_sampling import PROMPT, SAMPLES, TEMPERATURE
+target, proxy = sys.argv[1:3]
+llm = LLM(model=target, dtype="float32", max_model_len=512, enforce_eager=True, seed=0,
+          speculative_config={"method": "draft_model", "model": proxy,
+                              "num_speculative_tokens": 3})
+params = [SamplingParams(temperature=TEMPERATURE, max_tokens=3, ignore_eos=True, seed=s)
+          for s in range(SAMPLES)]
+outs = llm.generate([PROMPT] * SAMPLES, params, use_tqdm=False)
+print("SAMPLES=" + json.dumps([list(o.outputs[0].token_ids) for o in outs]))
+"""
+
+
+def test_sampling_fix_env_corrects_stock_speculative_sampling(soft_pair, exact_marginals):
+    """TRISPEC_CPU_SAMPLING_FIX=1: an engine with no trispec section (stock vLLM
+    draft_model SD) samples the target's distribution on CPU. A fresh process, as
+    a user would start it: the plugin reads the variable when vLLM loads it."""
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    env = {**os.environ, "TRISPEC_CPU_SAMPLING_FIX": "1"}
+    root = Path(__file__).resolve().parents[1]
+    run = subprocess.run(
+        [sys.executable, "-c", STOCK_SD_SCRIPT, soft_pair.target, soft_pair.proxy],
+        env=env,
+        cwd=root,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    line = next(x for x in run.stdout.splitlines() if x.startswith("SAMPLES="))
+    assert_target_distribution(json.loads(line.removeprefix("SAMPLES=")), exact_marginals)
 
 
 @pytest.fixture(scope="module")

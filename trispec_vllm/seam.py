@@ -279,7 +279,13 @@ def _runner_mixin():
     from vllm.v1.worker.gpu_model_runner import ExecuteModelState
 
     from trispec_vllm import proxy_runner
-    from trispec_vllm.step import StepBatch, TriSpecStep, greedy_verify, pyramid_tokens
+    from trispec_vllm.step import (
+        StepBatch,
+        TriSpecStep,
+        greedy_verify,
+        own_draft_tokens,
+        pyramid_tokens,
+    )
 
     class TriSpecRunnerMixin:
         trispec: TriSpecStep
@@ -291,7 +297,7 @@ def _runner_mixin():
             self.trispec_proxy = None
             self._trispec_last_step = None
             self._trispec_step_batch = None
-            self._trispec_pyramid = None  # (rows mask, tokens) to apply after sampling
+            self._trispec_override = None  # (rows mask, tokens) to apply after sampling
             # The proxy is the draft model itself: its drafting passes give the margins.
             self.trispec_fused = proxy_is_drafter(cfg, self.vllm_config.speculative_config)
             self._trispec_recording: list[torch.Tensor] | None = None
@@ -493,9 +499,9 @@ def _runner_mixin():
                 # (prompt logprobs read them for prefilling requests).
                 src, dst = self._trispec_step_token_map(batch, tb)
                 hidden_states[dst] = target_hidden[src].to(hidden_states.dtype)
-            self._trispec_pyramid = None
+            self._trispec_override = fuzzy = None
             if plan.pyramid_rows is not None and plan.pyramid_rows.any():
-                tokens, decision = pyramid_tokens(
+                tokens, fuzzy = pyramid_tokens(
                     self.trispec.cfg,
                     batch,
                     plan,
@@ -503,10 +509,14 @@ def _runner_mixin():
                     logits,
                     self.input_batch.generators,
                 )
-                self._trispec_pyramid = (plan.pyramid_rows, tokens)
-            step = self.trispec.finish(
-                batch, plan, tb, decision if self._trispec_pyramid is not None else None
-            )
+                self._trispec_override = (plan.pyramid_rows, tokens)
+            elif own_known is not None:
+                rows, tokens = own_draft_tokens(
+                    batch, plan, proxy_logits, self.input_batch.generators
+                )
+                if rows.any():
+                    self._trispec_override = (rows, tokens)
+            step = self.trispec.finish(batch, plan, tb, fuzzy)
             t_end = time.perf_counter()
             step.add_times(
                 prepare=t_prepared - t_start,
@@ -557,7 +567,7 @@ def _runner_mixin():
             finally:
                 del self._update_states
             self._trispec_step_batch = None
-            self._trispec_pyramid = None
+            self._trispec_override = None
             self._trispec_last_step = self.trispec.plain_step(
                 req_ids, computed, num_sched, time.perf_counter() - t_start
             )
@@ -667,9 +677,9 @@ def _runner_mixin():
                     out.sampled_token_ids,
                 )
                 out.sampled_token_ids.copy_(fixed)
-            if self._trispec_pyramid is not None:
-                rows, tokens = self._trispec_pyramid
-                self._trispec_pyramid = None
+            if self._trispec_override is not None:
+                rows, tokens = self._trispec_override
+                self._trispec_override = None
                 ids = out.sampled_token_ids
                 idx = torch.from_numpy(np.nonzero(rows)[0]).to(ids.device)
                 ids[idx] = tokens[:, : ids.shape[1]][idx.cpu()].to(ids.device, ids.dtype)
@@ -704,6 +714,8 @@ def _runner_mixin():
                     plain[row] = False
             if ib.allowed_token_ids_mask_cpu_tensor is not None:
                 plain &= ~ib.allowed_token_ids_mask_cpu_tensor[:b].any(dim=1).numpy()
+            biased, min_p = processed_rows(ib.logitsprocs, b)
+            plain &= ~biased
             return StepBatch(
                 req_ids=req_ids,
                 mixed_sampling=bool(greedy.any() and not greedy.all()),
@@ -715,7 +727,8 @@ def _runner_mixin():
                 trust_allowed=plain,
                 temperature=np.where(greedy, 0.0, ib.temperature_cpu[:b]).astype(np.float32),
                 plain_greedy=plain & greedy,
-                untruncated=np.array(
+                untruncated=~min_p
+                & np.array(
                     [r not in ib.top_k_reqs and r not in ib.top_p_reqs for r in req_ids], dtype=bool
                 ),
             )
@@ -794,6 +807,33 @@ def _runner_mixin():
     return TriSpecRunnerMixin
 
 
+def processed_rows(logitsprocs, b: int) -> tuple[np.ndarray, np.ndarray]:
+    """[B] bool masks of the rows vLLM's built-in logits processors change this step:
+    (logit_bias or an active min_tokens, which can move the argmax, so such requests
+    never trust the proxy; min_p, a truncation like top-k/top-p)."""
+    from vllm.v1.sample.logits_processor.builtin import (
+        LogitBiasLogitsProcessor,
+        MinPLogitsProcessor,
+        MinTokensLogitsProcessor,
+    )
+
+    biased = np.zeros(b, dtype=bool)
+    min_p = np.zeros(b, dtype=bool)
+    for proc in getattr(logitsprocs, "all", ()):
+        if isinstance(proc, LogitBiasLogitsProcessor):
+            rows = [i for i in proc.biases if i < b]
+        elif isinstance(proc, MinTokensLogitsProcessor):
+            rows = [i for i in proc.min_toks if i < b]
+        elif isinstance(proc, MinPLogitsProcessor):
+            if proc.min_p_count:
+                min_p |= proc.min_p_cpu[:b] > 0
+            continue
+        else:
+            continue
+        biased[rows] = True
+    return biased, min_p
+
+
 def proxy_is_drafter(cfg: TriSpecConfig, spec) -> bool:
     """Whether the proxy is vLLM's greedy draft model itself (same checkpoint): then
     the drafter's own passes give the proxy's verdict and no second copy is loaded."""
@@ -807,10 +847,13 @@ def proxy_is_drafter(cfg: TriSpecConfig, spec) -> bool:
 
 
 def reject_last_draft(spec_meta, batch, plan) -> None:
-    """Requests the drafter-proxy completes emit d_1..d_n and no bonus token: marking
+    """Greedy requests the drafter-proxy completes emit d_1..d_n and no bonus token: marking
     draft n as rejected (-1, never an argmax) makes vLLM's rejection sampler emit the
     argmax of its row, which is d_n, and stop there."""
-    done = np.nonzero(plan.decision.proxy_completes.numpy())[0]
+    temp = batch.temperature
+    greedy = np.ones(len(batch.req_ids), bool) if temp is None else temp <= 0
+    # Sampled requests' tokens come from `own_draft_tokens` instead.
+    done = np.nonzero(plan.decision.proxy_completes.numpy() & greedy)[0]
     if not done.size or spec_meta is None:
         return
     idx = torch.from_numpy(batch.draft_offsets()[done] + batch.num_drafts[done] - 1)
