@@ -28,7 +28,7 @@ from typing import Literal
 
 import torch
 
-from trispec_vllm.kernels.triton_support import HAS_TRITON, use_triton
+from trispec_vllm.kernels.triton_support import HAS_TRITON, run
 
 DivergenceKind = Literal["js", "kl", "tv"]
 KINDS: tuple[str, ...] = ("js", "kl", "tv")
@@ -86,10 +86,17 @@ def divergence(
     temperature: torch.Tensor | None = None,
     kind: DivergenceKind = "js",
 ) -> torch.Tensor:
-    """Triton on CUDA tensors, the torch reference elsewhere."""
-    if use_triton(p_logits):
-        return divergence_triton(p_logits, q_logits, temperature, kind)
-    return divergence_reference(p_logits, q_logits, temperature, kind)
+    """Triton on CUDA tensors when it pays (`triton_support.run`), else the reference."""
+    return run(
+        f"divergence-{kind}",
+        p_logits,
+        divergence_triton,
+        divergence_reference,
+        p_logits,
+        q_logits,
+        temperature,
+        kind,
+    )
 
 
 def point_mass_divergence(prob: torch.Tensor, kind: DivergenceKind = "js") -> torch.Tensor:

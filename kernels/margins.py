@@ -18,7 +18,7 @@ from typing import NamedTuple
 
 import torch
 
-from trispec_vllm.kernels.triton_support import HAS_TRITON, use_triton
+from trispec_vllm.kernels.triton_support import HAS_TRITON, run
 
 
 class MarginResult(NamedTuple):
@@ -64,10 +64,8 @@ def top2_margins_reference(
 
 
 def top2_margins(logits: torch.Tensor, temperature: torch.Tensor | None = None) -> MarginResult:
-    """Triton on CUDA tensors, the torch reference elsewhere."""
-    if use_triton(logits):
-        return top2_margins_triton(logits, temperature)
-    return top2_margins_reference(logits, temperature)
+    """Triton on CUDA tensors when it pays (`triton_support.run`), else the reference."""
+    return run("margins", logits, top2_margins_triton, top2_margins_reference, logits, temperature)
 
 
 if HAS_TRITON:

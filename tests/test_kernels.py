@@ -188,3 +188,51 @@ def test_divergence_kernel_matches_reference(kind, dtype):
         atol=2e-5,
         rtol=1e-4,
     )
+
+
+def test_auto_backend_keeps_the_faster_implementation(monkeypatch):
+    """`auto` times both implementations once per kernel and shape class and keeps
+    the faster; a Triton kernel that fails falls back to torch."""
+    from trispec_vllm.kernels import triton_support as ts
+
+    monkeypatch.setattr(ts, "use_triton", lambda t: True)
+    monkeypatch.setattr(ts, "_choices", {})
+    monkeypatch.delenv(ts.BACKEND_ENV, raising=False)
+    speed = {"triton": 1.0, "torch_ref": 3.0}
+    timed = []
+
+    def timer(fn, args):
+        timed.append(fn.__name__)
+        return speed[fn.__name__]
+
+    monkeypatch.setattr(ts, "cuda_ms", timer)
+
+    def triton(x):
+        return "triton"
+
+    def torch_ref(x):
+        return "torch"
+
+    x = torch.zeros(5, 7)
+    assert ts.run("k", x, triton, torch_ref, x) == "triton"
+    assert timed == ["triton", "torch_ref"]
+    assert ts.run("k", torch.zeros(8, 7), triton, torch_ref, x) == "triton"  # same bucket
+    assert timed == ["triton", "torch_ref"]  # measured once
+    speed["triton"] = 9.0
+    assert ts.run("k", torch.zeros(9, 7), triton, torch_ref, x) == "torch"  # new bucket
+    (choice,) = [c for key, c in ts.choices().items() if key[4] == 16]
+    assert choice == ts.Choice("torch", 9.0, 3.0)
+
+    def broken(x):
+        raise RuntimeError("no Triton here")
+
+    assert ts.run("other", x, broken, torch_ref, x) == "torch"
+    assert ts.choices()[("other", "cpu", torch.float32, 7, 8)].triton_ms is None
+
+    monkeypatch.setenv(ts.BACKEND_ENV, "triton")
+    assert ts.run("k", torch.zeros(9, 7), triton, torch_ref, x) == "triton"  # forced
+    monkeypatch.setenv(ts.BACKEND_ENV, "torch")
+    assert ts.run("k", x, triton, torch_ref, x) == "torch"
+    monkeypatch.setenv(ts.BACKEND_ENV, "fastest")
+    with pytest.raises(ValueError, match="TRISPEC_KERNELS must be one of auto, triton, torch"):
+        ts.run("k", x, triton, torch_ref, x)
