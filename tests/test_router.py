@@ -10,8 +10,9 @@ import torch
 from trispec_vllm.router import PAD, route
 
 
-def reference(drafts, top1, margins, lam, forced=False):
-    """One request, written straight from the paper's definitions."""
+def reference(drafts, top1, margins, lam, forced=False, whole=False):
+    """One request, written straight from the paper's definitions (`whole`: a sampled
+    request, which completes without the target only when every position is trusted)."""
     n = len(drafts)
     tau_a = 0
     while tau_a < n and drafts[tau_a] == top1[tau_a]:
@@ -19,13 +20,13 @@ def reference(drafts, top1, margins, lam, forced=False):
     tau_m = 0
     while tau_m < n + 1 and margins[tau_m] >= lam:
         tau_m += 1
-    if tau_a < tau_m and not forced:
+    if tau_a < tau_m and not forced and (not whole or tau_m == n + 1):
         return dict(tau_a=tau_a, tau_m=tau_m, case=1, emitted=drafts[:tau_a] + [top1[tau_a]])
     trusted = min(tau_a, tau_m)
     return dict(tau_a=tau_a, tau_m=tau_m, case=2, trusted=trusted, rest=drafts[trusted:])
 
 
-def run_batch(cases, lam, k, forced=None):
+def run_batch(cases, lam, k, forced=None, whole=None):
     b = len(cases)
     drafts = torch.full((b, k), 7, dtype=torch.long)  # junk past num_drafts must be ignored
     top1 = torch.zeros((b, k + 1), dtype=torch.long)
@@ -38,12 +39,13 @@ def run_batch(cases, lam, k, forced=None):
         marg[i, len(m) :] = 1.0  # junk: positions past the bonus are never looked at
         top1[i, len(t) :] = 7
     f = None if forced is None else torch.tensor(forced)
-    return route(drafts, nd, top1, marg, lam, force_target=f)
+    w = None if whole is None else torch.tensor(whole)
+    return route(drafts, nd, top1, marg, lam, force_target=f, whole_step=w)
 
 
-def check(dec, cases, lam, forced=None):
+def check(dec, cases, lam, forced=None, whole=None):
     for i, (d, t, m) in enumerate(cases):
-        ref = reference(d, t, m, lam, forced[i] if forced else False)
+        ref = reference(d, t, m, lam, forced[i] if forced else False, whole[i] if whole else False)
         assert dec.tau_a[i] == ref["tau_a"]
         assert dec.tau_m[i] == ref["tau_m"]
         if ref["case"] == 1:
@@ -79,6 +81,19 @@ def test_matches_reference_on_random_batches(lam, k):
         forced = [rng.random() < 0.2 for _ in cases]
         check(run_batch(cases, lam, k), cases, lam)
         check(run_batch(cases, lam, k, forced), cases, lam, forced)
+        whole = [rng.random() < 0.5 for _ in cases]
+        check(run_batch(cases, lam, k, forced, whole), cases, lam, forced, whole)
+
+
+def test_sampled_requests_complete_only_when_the_whole_step_is_trusted():
+    """vLLM's sampler may accept a draft the proxy's argmax rejects and go on: a
+    sampled request must not reach an untrusted proxy row."""
+    cases = [([1, 2], [1, 5, 9], [0.9, 0.9, 0.1]), ([1, 2], [1, 5, 9], [0.9, 0.9, 0.9])]
+    greedy = run_batch(cases, 0.5, 2)
+    assert greedy.proxy_completes.tolist() == [True, True]  # Case I at the rejection
+    sampled = run_batch(cases, 0.5, 2, whole=[True, True])
+    assert sampled.proxy_completes.tolist() == [False, True]
+    assert sampled.trusted_len.tolist()[0] == 1  # the trusted prefix is still kept
 
 
 def test_no_drafts_is_decided_on_the_bonus_position():

@@ -12,7 +12,11 @@ t_1..t_{n+1} and margins m_1..m_{n+1} (position n+1 is the bonus position).
 
 A request forced to the target (`force_target`, e.g. after max_skips proxy
 steps) takes Case II with trusted length min(tau_a, tau_m), so a draft the
-proxy rejected is never accepted unverified. lambda > 1 never trusts
+proxy rejected is never accepted unverified. A `whole_step` request (sampled:
+vLLM's rejection sampler may accept a draft the proxy's argmax rejects and go
+on, so it can emit at any position 1..n+1) takes Case I only when every
+position is trusted (tau_m = n + 1), so no token ever comes from an untrusted
+proxy row. lambda > 1 never trusts
 (tau_m = 0: standard speculative decoding); lambda <= 0 always trusts.
 """
 
@@ -56,6 +60,7 @@ def route(
     proxy_margin: torch.Tensor,
     margin_threshold: float | torch.Tensor,
     force_target: torch.Tensor | None = None,
+    whole_step: torch.Tensor | None = None,
 ) -> RoutingDecision:
     """Apply the TriSpec rule to a batch.
 
@@ -66,6 +71,8 @@ def route(
         proxy_margin: [B, K+1] proxy top-1 minus top-2 probability, same positions.
         margin_threshold: lambda, a float or a [B] tensor (per-request lambda).
         force_target: optional [B] bool, requests that must go to the target.
+        whole_step: optional [B] bool, requests that complete only when every
+            position of the step is trusted (sampled requests).
     """
     b, k = draft_tokens.shape
     if proxy_top1.shape != (b, k + 1) or proxy_margin.shape != (b, k + 1):
@@ -85,6 +92,9 @@ def route(
     tau_m = leading_true(in_step & (proxy_margin >= lam))
 
     case_i = tau_a < tau_m
+    if whole_step is not None:
+        whole = whole_step.to(device=dev, dtype=torch.bool)
+        case_i = case_i & (~whole | (tau_m == n + 1))
     if force_target is not None:
         case_i = case_i & ~force_target.to(device=dev, dtype=torch.bool)
 

@@ -235,9 +235,13 @@ class TriSpecStep:
             def rule(lam, force):
                 return route_own_drafts(drafts, torch.from_numpy(n), own_margin, lam, force)
         else:
+            # Sampled requests: vLLM's sampler may emit at any position of the step.
+            sampled = torch.from_numpy(
+                np.zeros(b, bool) if batch.temperature is None else batch.temperature > 0
+            )
 
             def rule(lam, force):
-                return route(drafts, torch.from_numpy(n), top1, margin, lam, force)
+                return route(drafts, torch.from_numpy(n), top1, margin, lam, force, sampled)
 
         lam = torch.from_numpy(np.where(trusting, base, NEVER_TRUST).astype(np.float32))
         decision = rule(lam, torch.from_numpy(force))
