@@ -110,9 +110,17 @@ def test_drafter_proxy_samples_with_the_rejection_rule(soft_pair, exact_marginal
     llm = make_llm(soft_pair, spec, {"proxy_model": soft_pair.target, "margin_threshold": 0.0})
     samples = sample_many(llm)
     c = counters(llm)
+    # top-p requests too: vLLM's sampler truncates the drafter's rows as the target's.
+    from vllm import SamplingParams
+
+    nucleus = SamplingParams(temperature=1.0, top_p=0.9, max_tokens=24, ignore_eos=True, seed=3)
+    outs = token_ids(llm.generate(prompts(4), nucleus))
+    after = counters(llm)
     close(llm)
     assert c["proxy_completions"] > SAMPLES / 2, c
     assert_target_distribution(samples, exact_marginals)
+    assert all(len(o) == 24 for o in outs)
+    assert after["proxy_completions"] > c["proxy_completions"]
 
 
 STOCK_SD_SCRIPT = """

@@ -142,48 +142,17 @@ def test_plain_steps_need_a_full_batch_and_a_caught_up_target():
     assert not off.speculation_disabled(10**6)
 
 
-def test_own_drafts_of_sampled_requests_are_verified_by_speculative_sampling():
-    """The drafter-proxy's drafts are its argmax tokens; a sampled request it completes
-    must still emit tokens distributed as the proxy's q at every position."""
-    from trispec_vllm.step import own_draft_tokens
+def test_drop_bonus_ends_a_drafter_proxy_step_at_its_last_draft():
+    from trispec_vllm.step import drop_bonus
 
-    logits = torch.log(torch.tensor([[0.6, 0.3, 0.1, 1e-9], [0.2, 0.7, 0.05, 0.05]]))
-    logits = torch.cat([logits, torch.zeros(1, 4)])  # the blank bonus row
-    base = step_batch([2], [0, 1], computed=(10,), prompt=(4,), trust=(True,))
-    batch = StepBatch(**{**base.__dict__, "temperature": np.array([1.0], np.float32)})
-    step = TriSpecStep(TriSpecConfig(proxy_model="p", margin_threshold=0.0))
-    plan = step.plan(batch, logits, own_drafts=np.array([True]))
-    assert plan.decision.proxy_completes.tolist() == [True]
-
-    n = 4000
-    draws = []
-    for seed in range(n):
-        rows, tokens = own_draft_tokens(
-            batch, plan, logits, {0: torch.Generator().manual_seed(seed)}
-        )
-        assert rows.tolist() == [True]
-        draws.append(tokens[0].tolist())
-    again = own_draft_tokens(batch, plan, logits, {0: torch.Generator().manual_seed(7)})[1]
-    assert again[0].tolist() == draws[7]  # seeded: the same tokens every time
-    first = np.bincount([d[0] for d in draws], minlength=4) / n
-    assert np.abs(first - [0.6, 0.3, 0.1, 0.0]).sum() / 2 < 0.03
-    kept = [d for d in draws if d[0] == 0]  # first draft accepted: the second is judged
-    second = np.bincount([d[1] for d in kept], minlength=4) / len(kept)
-    assert np.abs(second - [0.2, 0.7, 0.05, 0.05]).sum() / 2 < 0.04
-    assert all(d[1] == -1 for d in draws if d[0] != 0)  # a rejection ends the step
-    assert all(d[2] == -1 for d in draws)  # no proxy row past the drafts: no bonus
-
-
-def test_own_drafts_of_truncated_sampled_requests_go_to_the_target():
-    logits = confident_logits([3, 4, 0, 5, 0])
-    base = step_batch([2, 1], [3, 4, 5])
-    batch = StepBatch(
-        **{
-            **base.__dict__,
-            "temperature": np.array([0.7, 0.7], np.float32),
-            "untruncated": np.array([True, False]),  # request 1 uses top-k/top-p/min-p
-        }
-    )
-    step = TriSpecStep(TriSpecConfig(proxy_model="p", margin_threshold=0.5))
-    plan = step.plan(batch, logits, own_drafts=np.array([True, True]))
-    assert plan.decision.proxy_completes.tolist() == [True, False]
+    sampled = torch.tensor([[5, 6, 0, -1], [7, -1, -1, -1], [1, 2, 3, 4], [8, 9, -1, -1]])
+    num_drafts = np.array([2, 2, 3, 1])
+    rows = np.array([True, True, False, True])
+    drop_bonus(sampled, rows, num_drafts)
+    assert sampled.tolist() == [
+        [5, 6, -1, -1],  # every draft accepted: the blank row's bonus is dropped
+        [7, -1, -1, -1],  # rejected at the second draft: nothing to drop
+        [1, 2, 3, 4],  # not completed by the drafter-proxy: untouched
+        [8, -1, -1, -1],
+    ]
+    drop_bonus(sampled, np.zeros(4, bool), num_drafts)  # no rows: a no-op

@@ -282,8 +282,8 @@ def _runner_mixin():
     from trispec_vllm.step import (
         StepBatch,
         TriSpecStep,
+        drop_bonus,
         greedy_verify,
-        own_draft_tokens,
         pyramid_tokens,
     )
 
@@ -298,6 +298,7 @@ def _runner_mixin():
             self._trispec_last_step = None
             self._trispec_step_batch = None
             self._trispec_override = None  # (rows mask, tokens) to apply after sampling
+            self._trispec_no_bonus = None  # [B] requests whose bonus token is dropped
             # The proxy is the draft model itself: its drafting passes give the margins.
             self.trispec_fused = proxy_is_drafter(cfg, self.vllm_config.speculative_config)
             self._trispec_recording: list[torch.Tensor] | None = None
@@ -453,8 +454,9 @@ def _runner_mixin():
             t_proxy = time.perf_counter()
             # 2. Route every request on the proxy's margins.
             plan = self.trispec.plan(batch, logits, own_drafts=own_known)
-            if own_known is not None:
-                reject_last_draft(spec_meta, batch, plan)
+            self._trispec_no_bonus = None
+            if own_known is not None and plan.decision.proxy_completes.any():
+                self._trispec_no_bonus = plan.decision.proxy_completes.numpy()
 
             t_routed = time.perf_counter()
             # 3. Target on the escalated sub-batch, from each watermark to the end.
@@ -510,12 +512,6 @@ def _runner_mixin():
                     self.input_batch.generators,
                 )
                 self._trispec_override = (plan.pyramid_rows, tokens)
-            elif own_known is not None:
-                rows, tokens = own_draft_tokens(
-                    batch, plan, proxy_logits, self.input_batch.generators
-                )
-                if rows.any():
-                    self._trispec_override = (rows, tokens)
             step = self.trispec.finish(batch, plan, tb, fuzzy)
             t_end = time.perf_counter()
             step.add_times(
@@ -567,7 +563,7 @@ def _runner_mixin():
             finally:
                 del self._update_states
             self._trispec_step_batch = None
-            self._trispec_override = None
+            self._trispec_override = self._trispec_no_bonus = None
             self._trispec_last_step = self.trispec.plain_step(
                 req_ids, computed, num_sched, time.perf_counter() - t_start
             )
@@ -683,6 +679,9 @@ def _runner_mixin():
                 ids = out.sampled_token_ids
                 idx = torch.from_numpy(np.nonzero(rows)[0]).to(ids.device)
                 ids[idx] = tokens[:, : ids.shape[1]][idx.cpu()].to(ids.device, ids.dtype)
+            if self._trispec_no_bonus is not None and batch is not None:
+                drop_bonus(out.sampled_token_ids, self._trispec_no_bonus, batch.num_drafts)
+                self._trispec_no_bonus = None
             return out
 
         def _bookkeeping_sync(self, *args, **kwargs):
@@ -844,21 +843,6 @@ def proxy_is_drafter(cfg: TriSpecConfig, spec) -> bool:
     if getattr(spec, "draft_sample_method", "greedy") != "greedy":
         return False
     return Path(spec.model).expanduser().resolve() == Path(cfg.proxy_model).expanduser().resolve()
-
-
-def reject_last_draft(spec_meta, batch, plan) -> None:
-    """Greedy requests the drafter-proxy completes emit d_1..d_n and no bonus token: marking
-    draft n as rejected (-1, never an argmax) makes vLLM's rejection sampler emit the
-    argmax of its row, which is d_n, and stop there."""
-    temp = batch.temperature
-    greedy = np.ones(len(batch.req_ids), bool) if temp is None else temp <= 0
-    # Sampled requests' tokens come from `own_draft_tokens` instead.
-    done = np.nonzero(plan.decision.proxy_completes.numpy() & greedy)[0]
-    if not done.size or spec_meta is None:
-        return
-    idx = torch.from_numpy(batch.draft_offsets()[done] + batch.num_drafts[done] - 1)
-    ids = spec_meta.draft_token_ids  # batch.draft_tokens is this same tensor
-    ids[idx.to(ids.device)] = -1
 
 
 def expand_batch_to_tokens(

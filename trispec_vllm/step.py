@@ -222,12 +222,6 @@ class TriSpecStep:
             untruncated = np.ones(b, bool) if batch.untruncated is None else batch.untruncated
             pyramid_rows = trusting & untruncated
             trusting = np.zeros(b, dtype=bool)
-        if own_drafts is not None and batch.temperature is not None:
-            # A sampled request's drafts are the proxy's argmax tokens, not samples:
-            # `own_draft_tokens` verifies them against the proxy's whole distribution,
-            # which top-k/top-p/min-p would change.
-            untruncated = np.ones(b, bool) if batch.untruncated is None else batch.untruncated
-            trusting &= (batch.temperature <= 0) | untruncated
         if own_drafts is not None:
             own = torch.from_numpy(own_drafts).unsqueeze(1) & (top1[:, :k] == drafts)
             own_margin = torch.where(own, margin[:, :k], float("-inf"))
@@ -453,38 +447,20 @@ def _sample_row(
     return int(torch.multinomial(probs, 1, generator=generator))
 
 
-def own_draft_tokens(
-    batch: StepBatch,
-    plan: StepPlan,
-    own_logits: torch.Tensor,
-    generators: dict[int, torch.Generator],
-) -> tuple[np.ndarray, torch.Tensor]:
-    """Tokens of the sampled requests the drafter-proxy completes ([B] mask, [B, K+1]).
+def drop_bonus(sampled: torch.Tensor, rows: np.ndarray, num_drafts: np.ndarray) -> None:
+    """Blank the bonus slot of the masked requests in vLLM's sampled tokens (in place).
 
-    The drafts are the proxy's own argmax tokens (a deterministic drafter), so the
-    standard speculative-sampling rule against the proxy's temperature-scaled rows
-    accepts d_j with probability q_j(d_j) and otherwise emits a sample of the
-    residual q_j without d_j; every emitted token is then distributed as the
-    proxy's q_j. There is no proxy row past the last draft, so a step that accepts
-    every draft ends there (no bonus token), as in the greedy case. Seeded requests
-    draw from their own generator.
+    When the proxy is the drafter, a step it completes has the proxy's rows at the
+    drafts only (no row past the last draft; vLLM's sampler sees a blank one there):
+    vLLM's rejection sampler verifies the drafts against the proxy's rows, greedy or
+    sampled (its argmax drafts are accepted with probability q(d), else a residual
+    sample ends the step), and a step that accepted every draft ends at d_n.
     """
-    b = len(batch.req_ids)
-    tokens = torch.full((b, plan.drafts.shape[1] + 1), -1, dtype=torch.long)
-    temp = np.zeros(b) if batch.temperature is None else batch.temperature
-    rows = plan.decision.proxy_completes.numpy() & (temp > 0)
-    for r in np.nonzero(rows)[0]:
-        gen = generators.get(int(r))
-        for j in range(int(batch.num_drafts[r])):
-            row = own_logits[int(plan.rows[r, j])].float()
-            d = int(plan.drafts[r, j])
-            q = torch.softmax(row / float(temp[r]), dim=-1)
-            if float(_uniform(1, gen)[0]) < float(q[d]):
-                tokens[r, j] = d
-                continue
-            tokens[r, j] = _sample_row(row, float(temp[r]), gen, exclude=d)
-            break
-    return rows, tokens
+    idx = np.nonzero(rows)[0]
+    if idx.size:
+        dev = sampled.device
+        cols = torch.from_numpy(num_drafts[idx].astype(np.int64)).to(dev)
+        sampled[torch.from_numpy(idx).to(dev), cols] = -1
 
 
 def pyramid_tokens(
