@@ -13,8 +13,8 @@ alone, no speculation), `ngram` (vLLM's ngram SD, k=3, lookup 3..2), and TriSpec
 with the same ngram drafter at lambda 0.3, 0.5, 0.7 (`tri0.3`, `tri0.5`,
 `tri0.7`) and lossless (`lossless`, lambda 1.5), TriSpec with the 0.5B as both
 draft model (k=3) and proxy at lambda 0.5 (`tridm0.5`), TriSpec with adaptive lambda
-(`adaptive`, start 0.5, goal 5%), and PyramidSD over the same stages: PSD_F at
-the paper's best thresholds (`psdf`, tau_q 0.4, tau_t 0.5, Jensen-Shannon),
+(`adaptive`, start 0.5, goal 5%; `adaptive10`, goal 10%), and PyramidSD over the
+same stages: PSD_F at the paper's best thresholds (`psdf`, tau_q 0.4, tau_t 0.5, Jensen-Shannon),
 PSD_F at 0.1/0.1 (`psdf0.1`) and PSD_A at tau_t 0.1 (`psda`). Every configuration runs in
 this one process, one engine at a time, on the same prompts (chat template),
 same sampling parameters and max_tokens, requests submitted in groups of
