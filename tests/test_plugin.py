@@ -134,3 +134,21 @@ def test_processed_rows_finds_vllms_builtin_logits_processors():
     assert truncated.tolist() == [False, False, True, False]
     none = processed_rows(LogitsProcessors(), 2)
     assert not none[0].any() and not none[1].any()
+
+
+def test_sampling_fix_env_installs_the_cpu_expand_for_every_engine(monkeypatch):
+    """TRISPEC_CPU_SAMPLING_FIX=1: the plugin gives engines without a trispec section
+    the plain-torch expand TriSpec's runner uses (its sampling is tested there)."""
+    from vllm.v1.sample import rejection_sampler
+
+    from trispec_vllm import plugin, seam
+
+    monkeypatch.setattr(rejection_sampler, "expand_batch_to_tokens", None)
+    monkeypatch.setattr(plugin, "_registered", False)
+    monkeypatch.delenv(plugin.SAMPLING_FIX_ENV, raising=False)
+    plugin.register()
+    assert rejection_sampler.expand_batch_to_tokens is None  # off by default
+    monkeypatch.setattr(plugin, "_registered", False)
+    monkeypatch.setenv(plugin.SAMPLING_FIX_ENV, "1")
+    plugin.register()
+    assert rejection_sampler.expand_batch_to_tokens is seam.expand_batch_to_tokens
