@@ -820,16 +820,11 @@ def processed_rows(logitsprocs, b: int) -> tuple[np.ndarray, np.ndarray]:
     min_p = np.zeros(b, dtype=bool)
     for proc in getattr(logitsprocs, "all", ()):
         if isinstance(proc, LogitBiasLogitsProcessor):
-            rows = [i for i in proc.biases if i < b]
+            biased[[i for i in proc.biases if i < b]] = True
         elif isinstance(proc, MinTokensLogitsProcessor):
-            rows = [i for i in proc.min_toks if i < b]
-        elif isinstance(proc, MinPLogitsProcessor):
-            if proc.min_p_count:
-                min_p |= proc.min_p_cpu[:b] > 0
-            continue
-        else:
-            continue
-        biased[rows] = True
+            biased[[i for i in proc.min_toks if i < b]] = True
+        elif isinstance(proc, MinPLogitsProcessor) and proc.min_p_count:
+            min_p |= proc.min_p_cpu[:b] > 0
     return biased, min_p
 
 
