@@ -107,6 +107,11 @@ def configurations(proxy: str, quick: bool) -> list[Config]:
             ngram(3),
             {"proxy_model": proxy, "policy": "pyramid", "tau_q": 0.1, "tau_t": 0.1},
         ),
+        Config(
+            "PyramidSD PSD_A ngram tau_t=0.1",
+            ngram(3),
+            {"proxy_model": proxy, "policy": "pyramid", "pyramid_variant": "psd_a", "tau_t": 0.1},
+        ),
     ]
     if quick:
         keep = {

@@ -156,3 +156,44 @@ def test_drop_bonus_ends_a_drafter_proxy_step_at_its_last_draft():
         [8, -1, -1, -1],
     ]
     drop_bonus(sampled, np.zeros(4, bool), num_drafts)  # no rows: a no-op
+
+
+def test_a_batch_without_temperatures_is_greedy_for_routing_and_pyramid():
+    """`StepBatch.temperature=None` has one meaning, greedy, in every stage."""
+    from dataclasses import replace
+
+    from trispec_vllm.step import pyramid_tokens
+
+    unset = step_batch([2, 1], [3, 4, 5])
+    greedy = replace(unset, temperature=np.zeros(2))
+    sampled = replace(unset, temperature=np.full(2, 0.7))
+    assert unset.sampled().tolist() == [False, False]
+    assert sampled.sampled().tolist() == [True, True]
+    assert unset.request_temperatures().tolist() == [0.0, 0.0]
+    # Request 0: the proxy confidently rejects its second draft and is unsure at the
+    # bonus position. Greedy Case I trusts it through that rejection; a sampled request
+    # needs every position of its step trusted.
+    logits = confident_logits([3, 8, 9, 6, 2])
+    logits[2, 10] = 20.0
+    step = TriSpecStep(TriSpecConfig(proxy_model="p", max_skips=8))
+    completes = {
+        name: step.plan(b, logits).decision.proxy_completes.tolist()[0]
+        for name, b in (("unset", unset), ("greedy", greedy), ("sampled", sampled))
+    }
+    assert completes == {"unset": True, "greedy": True, "sampled": False}
+
+    # PyramidSD: without temperatures the qualifier's own token is its argmax, not a
+    # sample. Every draft qualifies and every position passes the target (JS <= ln 2),
+    # so each request's tokens are its drafts, then the qualifier's token at a bonus row
+    # where sampling would pick the argmax only 15% of the time.
+    cfg = TriSpecConfig(proxy_model="p", policy="pyramid", tau_q=1.0, tau_t=1.0)
+    pstep = TriSpecStep(cfg)
+    proxy = confident_logits([3, 8, 0, 6, 0])
+    proxy[[2, 4]] = 0.0
+    proxy[2, 10] = proxy[4, 11] = 1.0
+    target = confident_logits([3, 4, 11, 6, 12])
+    torch.manual_seed(0)
+    for b in (unset, greedy):
+        plan = pstep.plan(b, proxy)
+        tokens, _ = pyramid_tokens(cfg, b, plan, proxy, target, {})
+        assert tokens[0, :3].tolist() == [3, 4, 10] and tokens[1, :2].tolist() == [5, 11]

@@ -44,7 +44,8 @@ class StepBatch:
     draft_tokens: torch.Tensor  # [sum(num_drafts)] flat
     trust_allowed: np.ndarray  # [B] bool: requests that may trust the proxy (no penalties etc.)
     mixed_sampling: bool = False  # greedy and sampled requests share the batch
-    temperature: np.ndarray | None = None  # [B] sampling temperature, 0 for greedy
+    # [B] sampling temperature, 0 for greedy; None (unit-test batches): all greedy.
+    temperature: np.ndarray | None = None
     plain_greedy: np.ndarray | None = None  # [B] bool: greedy with no logits processing
     # [B] bool: no top-k/top-p truncation (PyramidSD samples from whole distributions).
     untruncated: np.ndarray | None = None
@@ -57,11 +58,22 @@ class StepBatch:
         """[B] index of each request's first draft in the flat `draft_tokens`."""
         return _starts(self.num_drafts.astype(np.int64))
 
+    def request_temperatures(self) -> np.ndarray:
+        """[B] temperature each request samples at, 0 for greedy: the one reading of
+        `temperature` that routing and PyramidSD's sampling share."""
+        if self.temperature is None:
+            return np.zeros(len(self.req_ids))
+        return np.where(self.temperature > 0, self.temperature, 0.0)
+
+    def sampled(self) -> np.ndarray:
+        """[B] bool: requests that sample (temperature > 0)."""
+        return self.request_temperatures() > 0
+
     def row_temperatures(self) -> torch.Tensor:
         """Per logits row (drafts + bonus of each request) temperature for the margins:
         sampled requests are judged on the distribution they sample from, greedy ones on
         the plain softmax."""
-        temp = np.ones(len(self.req_ids)) if self.temperature is None else self.temperature
+        temp = self.request_temperatures()
         temp = np.where(temp > 0, temp, 1.0)
         return torch.from_numpy(np.repeat(temp, self.num_drafts + 1).astype(np.float32))
 
@@ -184,7 +196,7 @@ class TriSpecStep:
             margin_flat = torch.zeros(int((n + 1).sum()))
         else:
             temps = batch.row_temperatures()
-            uniform = batch.temperature is None or bool((temps == 1.0).all())
+            uniform = bool((temps == 1.0).all())
             res = top2_margins(proxy_logits, None if uniform else temps.to(proxy_logits.device))
             top1_flat, margin_flat = res.top1_id.cpu(), res.margin.cpu()
             if own_drafts is not None:
@@ -230,9 +242,7 @@ class TriSpecStep:
                 return route_own_drafts(drafts, torch.from_numpy(n), own_margin, lam, force)
         else:
             # Sampled requests: vLLM's sampler may emit at any position of the step.
-            sampled = torch.from_numpy(
-                np.zeros(b, bool) if batch.temperature is None else batch.temperature > 0
-            )
+            sampled = torch.from_numpy(batch.sampled())
 
             def rule(lam, force):
                 return route(drafts, torch.from_numpy(n), top1, margin, lam, force, sampled)
@@ -484,8 +494,8 @@ def pyramid_tokens(
     drafts, rows = plan.drafts, plan.rows
     k = drafts.shape[1]
     temps = batch.row_temperatures().to(proxy_logits.device)
-    greedy = np.zeros(b, bool) if batch.temperature is None else batch.temperature <= 0
-    req_temp = np.where(greedy, 0.0, 1.0 if batch.temperature is None else batch.temperature)
+    req_temp = batch.request_temperatures()
+    greedy = req_temp <= 0
 
     # Qualifier stage over the drafts: PSD_F's divergence on the raw distribution (as
     # the target stage), PSD_A's speculative sampling on the one the request samples.
