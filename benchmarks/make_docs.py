@@ -1,0 +1,553 @@
+"""Generate the benchmark tables of README.md and docs/*.md from benchmarks/results/*.json.
+
+    python3 benchmarks/make_docs.py            # rewrite every generated block
+    python3 benchmarks/make_docs.py --check    # exit 1 when a block differs from the results
+    python3 benchmarks/make_docs.py --merge NEW.json INTO.json
+                                               # add the rows of a bench_quality run made
+                                               # with --baseline INTO.json to INTO.json
+
+A generated block sits between `<!-- results:NAME -->` and `<!-- /results -->` in a
+markdown file (NAME is a key of BLOCKS below); everything outside the markers is
+written by hand and left alone. No table is copied by hand: change a results file,
+run this script, commit both.
+
+Standard library only. The full per-run tables are the benchmarks' own table code
+(`bench_speed.table`, `bench_alignment.table`; their modules import no vLLM at
+their top level), so a table here reads exactly as the `.md` a benchmark prints.
+
+Results files (one per experiment, under benchmarks/results/):
+
+- speed.json          greedy, batch 1 / 8 / 32, 32 tokens, every engine compiled
+- speed_policies.json greedy, batch 8, 192 tokens, eager: every policy
+- speed_adaptive.json greedy, batch 8, 192 tokens, eager: fixed and adaptive lambda
+- speed_t07.json      temperature 0.7, batch 8, 96 tokens, eager: every policy
+- quality.json        greedy HumanEval pass@1 and MT-Bench agreement, 40 problems
+- quality_t07.json    HumanEval pass@1 at temperature 0.7, 40 problems x 3 seeds
+- alignment.json      proxy / ngram agreement with the target (ShareGPT)
+- load_test.json      200 concurrent streams with aborts (tiny pair)
+
+A result may carry a "note" (shown after its label): what the row's label does
+not say about how it was measured.
+"""
+
+from __future__ import annotations
+
+import argparse
+import difflib
+import json
+import re
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+RESULTS = HERE / "results"
+ROOT = HERE.parent
+MARKER = re.compile(r"(<!-- results:([a-z0-9-]+) -->)(.*?)(<!-- /results -->)", re.S)
+
+SPEED = "speed.json"
+SPEED_POLICIES = "speed_policies.json"
+SPEED_ADAPTIVE = "speed_adaptive.json"
+SPEED_T07 = "speed_t07.json"
+QUALITY = "quality.json"
+QUALITY_T07 = "quality_t07.json"
+ALIGNMENT = "alignment.json"
+LOAD = "load_test.json"
+# Plots the docs show (written by the benchmarks next to their JSON).
+PLOTS = ("speed_vs_batch.png", "speed_adaptive_vs_lambda.png", "alignment_margins.png")
+
+
+def _bench(name: str):
+    """Import a benchmark module from this folder (its top level is stdlib only)."""
+    if str(HERE) not in sys.path:
+        sys.path.insert(0, str(HERE))
+    return __import__(name)
+
+
+_cache: dict[str, dict] = {}
+
+
+def load(name: str) -> dict:
+    if name not in _cache:
+        _cache[name] = json.loads((RESULTS / name).read_text())
+    return _cache[name]
+
+
+def label(r: dict) -> str:
+    return r["config"] + (f" ({r['note']})" if r.get("note") else "")
+
+
+def fmt(v, spec: str = "{:.2f}") -> str:
+    return "-" if v is None else spec.format(v)
+
+
+def md_table(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def block(text: str) -> str:
+    return "\n" + text.rstrip("\n") + "\n"
+
+
+# ---------------------------------------------------------------------------- speed
+
+
+def speed_results(name: str) -> list[dict]:
+    return [dict(r, config=label(r)) for r in load(name)["results"]]
+
+
+def speed_row(name: str, config: str, batch: int) -> dict | None:
+    for r in load(name)["results"]:
+        if r["config"] == config and r["batch"] == batch:
+            return r
+    return None
+
+
+def speed_table(name: str) -> str:
+    """The run's full table, as bench_speed.py writes it."""
+    results = speed_results(name)
+    batches = sorted({r["batch"] for r in results})
+    return block(_bench("bench_speed").table(results, batches))
+
+
+def trispec_rows(name: str, batch: int) -> list[dict]:
+    """TriSpec's lossy configurations (lossless mode gains nothing by design)."""
+    return [
+        r
+        for r in load(name)["results"]
+        if r["batch"] == batch
+        and r.get("trispec")
+        and "lossless" not in r["config"]
+        and r["trispec"].get("policy", "trispec") == "trispec"
+    ]
+
+
+def ratio_range(rows: list[dict]) -> tuple[float, float]:
+    vs = [r["vs_best_sd"] for r in rows if r.get("vs_best_sd") is not None]
+    return min(vs), max(vs)
+
+
+def compared(lo: float, hi: float) -> str:
+    if hi < 0.95:
+        return "slower than"
+    if lo > 1.05:
+        return "faster than"
+    return "roughly even with"
+
+
+def status() -> str:
+    """One clause for the README's opening: where TriSpec stands against vLLM's SD."""
+    b1, b8 = trispec_rows(SPEED, 1), trispec_rows(SPEED, 8)
+    lo1, hi1 = ratio_range(b1)
+    lo8, hi8 = ratio_range(b8)
+    pol = trispec_rows(SPEED_POLICIES, 8)
+    t07 = trispec_rows(SPEED_T07, 8)
+    sd1 = max(
+        (r for r in load(SPEED)["results"] if r["batch"] == 1 and r["config"].startswith("vLLM")),
+        key=lambda r: r["tokens_per_s"],
+    )
+    tri1 = [r["target_steps_per_token"] for r in b1]
+    lo_p, hi_p = ratio_range(pol)
+    lo_t, hi_t = ratio_range(t07)
+    return (
+        f"TriSpec is {compared(lo1, hi1)} vLLM's own speculative decoding at batch 1 "
+        f"({lo1:.2f}-{hi1:.2f}x the fastest built-in configuration, running the target "
+        f"{min(tri1):.2f}-{max(tri1):.2f} times per output token against "
+        f"{sd1['target_steps_per_token']:.2f}) and {compared(lo8, hi8)} it at batch 8 "
+        f"({lo8:.2f}-{hi8:.2f}x; {lo_p:.2f}-{hi_p:.2f}x with 192-token answers, "
+        f"{lo_t:.2f}-{hi_t:.2f}x at temperature 0.7)"
+    )
+
+
+def machine() -> str:
+    """The measuring machine, as the results record it."""
+    q = load(QUALITY)["machine"]
+    return (
+        f"{q['machine']} {q['processor']}, {q['cpu_count']} cores, "
+        f"vLLM {load(QUALITY)['vllm_version']} (CPU wheel), bf16"
+    )
+
+
+# -------------------------------------------------------------------------- quality
+
+
+def quality_results(name: str) -> dict[str, dict]:
+    return {r["key"]: r for r in load(name)["results"]}
+
+
+def paired(name: str, key: str) -> tuple[float, float | None] | None:
+    """pass@1 change against the target alone in points, and its 95% half-width."""
+    rs = quality_results(name)
+    if key not in rs or key == "target":
+        return None
+    mean, se = _bench("bench_quality").paired_delta(rs["target"], rs[key])
+    return mean, (1.96 * se if se else None)
+
+
+def delta_cell(name: str, key: str | None) -> str:
+    rs = quality_results(name)
+    if key is None or key not in rs:
+        return "-"
+    if key == "target":
+        r = rs[key]
+        return f"{r['pass_at_1']:.1%} ({r['pass']}/{len(r['humaneval'])})"
+    mean, ci = paired(name, key)
+    return f"{mean:+.1f}" + (f" ± {ci:.1f}" if ci else "")
+
+
+def adaptive_cells(m: dict) -> list[str]:
+    count, trials = m.get("worker:lambda_count", 0), m.get("worker:adaptive_trials", 0)
+    if not count:
+        return ["-", "-"]
+    mean = m["worker:lambda_sum"] / count
+    fails = m.get("worker:adaptive_failures", 0)
+    return [f"{mean:.3f}", f"{fails / trials:.1%} ({fails}/{trials})" if trials else "-"]
+
+
+def completed_share(m: dict) -> str:
+    steps = m.get("worker:decode_request_steps", 0)
+    return f"{m.get('worker:proxy_completions', 0) / steps:.0%}" if steps else "-"
+
+
+def quality_greedy() -> str:
+    rows = []
+    for key, r in quality_results(QUALITY).items():
+        ag = r.get("mtbench_agreement")
+        ident = f"{ag['identical_share']:.0%} ({ag['identical']}/{ag['total']})" if ag else "-"
+        div = f"{fmt(ag['mean_first_divergence'], '{:.1f}')} ({ag['diverging']})" if ag else "-"
+        m = r.get("metrics", {})
+        rows.append(
+            [
+                label(r),
+                f"{r['pass_at_1']:.1%} ({r['pass']}/{len(r['humaneval'])})",
+                "-" if key == "target" else delta_cell(QUALITY, key),
+                ident,
+                div,
+                fmt(r.get("mtbench_mean_length"), "{:.1f}"),
+                fmt(r.get("target_steps_per_token"), "{:.3f}"),
+                completed_share(m),
+                *adaptive_cells(m),
+            ]
+        )
+    header = [
+        "configuration",
+        "HumanEval pass@1",
+        "vs target (points, 95% CI)",
+        "MT-Bench identical to target",
+        "first divergence: mean position (answers)",
+        "MT-Bench mean length",
+        "target steps/token",
+        "request-steps completed by the proxy",
+        "mean lambda",
+        "failed trials",
+    ]
+    return block(md_table(header, rows))
+
+
+def quality_sampled() -> str:
+    d = load(QUALITY_T07)
+    limit = d["settings"]["max_tokens"]
+    rows = []
+    for key, r in quality_results(QUALITY_T07).items():
+        m = r.get("metrics", {})
+        cut = sum(o.get("finish") == "length" for o in r["humaneval"])
+        rows.append(
+            [
+                label(r),
+                f"{r['pass_at_1']:.1%} ({r['pass']}/{len(r['humaneval'])})",
+                "-" if key == "target" else delta_cell(QUALITY_T07, key),
+                str(cut),
+                fmt(r.get("target_steps_per_token"), "{:.3f}"),
+                completed_share(m),
+                *adaptive_cells(m),
+            ]
+        )
+    header = [
+        "configuration",
+        "HumanEval pass@1",
+        "vs target (points, 95% CI)",
+        f"answers cut at {limit} tokens",
+        "target steps/token",
+        "request-steps completed by the proxy",
+        "mean lambda",
+        "failed trials",
+    ]
+    return block(md_table(header, rows))
+
+
+# ------------------------------------------------------------------- summary tables
+
+# README headline: speed.json's configurations, with the quality of the same
+# configuration where it was measured (key in quality.json / quality_t07.json).
+HEADLINE_QUALITY = {
+    "no speculation": ("target", "target"),
+    "TriSpec ngram lambda=0.3": ("tri0.3", "tri0.3"),
+    "TriSpec ngram lambda=0.5": ("tri0.5", "tri0.5"),
+    "TriSpec ngram lambda=0.7": ("tri0.7", "tri0.7"),
+    "TriSpec ngram lossless": (None, "lossless"),
+    "TriSpec draft_model lambda=0.5": ("tridm0.5", "tridm0.5"),
+    # speed.json's adaptive row starts at margin_threshold, as the greedy quality run.
+    "TriSpec ngram adaptive lambda": ("adaptive", None),
+}
+
+
+def headline() -> str:
+    results = load(SPEED)["results"]
+    rows = []
+    for config in dict.fromkeys(r["config"] for r in results):
+        cells = []
+        for b in (1, 8, 32):
+            r = speed_row(SPEED, config, b)
+            cells.append(
+                "-" if r is None else f"{r['tokens_per_s']:.2f} ({fmt(r.get('vs_best_sd'))}x)"
+            )
+        r1 = speed_row(SPEED, config, 1) or {}
+        greedy, sampled = HEADLINE_QUALITY.get(config, (None, None))
+        rows.append(
+            [
+                label(r1) if r1 else config,
+                *cells,
+                fmt(r1.get("target_steps_per_token"), "{:.3f}"),
+                delta_cell(QUALITY, greedy),
+                delta_cell(QUALITY_T07, sampled),
+            ]
+        )
+    header = [
+        "configuration",
+        "batch 1: tok/s (vs best SD)",
+        "batch 8",
+        "batch 32",
+        "target steps/token, batch 1",
+        "HumanEval vs target, greedy",
+        "HumanEval vs target, T=0.7",
+    ]
+    return block(md_table(header, rows))
+
+
+# docs/policies.md: each policy's speed (greedy and T=0.7, batch 8) and quality.
+# (label, greedy speed (file, config), T=0.7 speed config, quality key)
+POLICIES = [
+    (
+        "`trispec`, lambda 0.5",
+        (SPEED_POLICIES, "TriSpec ngram lambda=0.5"),
+        "TriSpec ngram lambda=0.5",
+        "tri0.5",
+    ),
+    ("`trispec`, lambda 0.7", (SPEED_ADAPTIVE, "TriSpec ngram lambda=0.7"), None, "tri0.7"),
+    (
+        "`trispec`, ngram k=5, lambda 0.5",
+        (SPEED_POLICIES, "TriSpec ngram k=5 lambda=0.5"),
+        "TriSpec ngram k=5 lambda=0.5",
+        None,
+    ),
+    (
+        "`trispec`, adaptive lambda, goal 5%",
+        (SPEED_ADAPTIVE, "TriSpec ngram adaptive lambda"),
+        None,
+        "adaptive",
+    ),
+    (
+        "`trispec`, adaptive lambda, goal 10%",
+        (SPEED_ADAPTIVE, "TriSpec ngram adaptive lambda goal=10% start=learned"),
+        "TriSpec ngram adaptive lambda goal=10% start=learned",
+        "adaptive10",
+    ),
+    (
+        "`trispec`, the 0.5B as drafter and proxy, lambda 0.5",
+        (SPEED, "TriSpec draft_model lambda=0.5"),
+        "TriSpec draft_model lambda=0.5",
+        "tridm0.5",
+    ),
+    ("`trispec`, lossless (lambda > 1)", (SPEED, "TriSpec ngram lossless"), None, "lossless"),
+    (
+        "`pyramid` PSD_F, tau_q 0.4, tau_t 0.5",
+        (SPEED_POLICIES, "PyramidSD PSD_F ngram 0.4/0.5"),
+        "PyramidSD PSD_F ngram 0.4/0.5",
+        "psdf",
+    ),
+    ("`pyramid` PSD_F, tau_q 0.1, tau_t 0.1", None, None, "psdf0.1"),
+    (
+        "`pyramid` PSD_A, tau_t 0.1",
+        (SPEED_POLICIES, "PyramidSD PSD_A ngram tau_t=0.1"),
+        "PyramidSD PSD_A ngram tau_t=0.1",
+        "psda",
+    ),
+]
+SOURCE_MARK = {SPEED_POLICIES: "", SPEED_ADAPTIVE: " ᵃ", SPEED: " ᵇ"}
+
+
+def policies() -> str:
+    rows = []
+    for name, greedy, sampled, key in POLICIES:
+        g = speed_row(greedy[0], greedy[1], 8) if greedy else None
+        t = speed_row(SPEED_T07, sampled, 8) if sampled else None
+        rows.append(
+            [
+                name,
+                "-" if g is None else f"{g['vs_best_sd']:.2f}x{SOURCE_MARK[greedy[0]]}",
+                "-" if t is None else f"{t['vs_best_sd']:.2f}x",
+                delta_cell(QUALITY, key),
+                delta_cell(QUALITY_T07, key),
+            ]
+        )
+    header = [
+        "policy",
+        "speed vs best SD, greedy",
+        "speed vs best SD, T=0.7",
+        "HumanEval vs target, greedy",
+        "HumanEval vs target, T=0.7",
+    ]
+    return block(md_table(header, rows))
+
+
+# ------------------------------------------------------------------ other benchmarks
+
+
+def alignment() -> str:
+    d = load(ALIGNMENT)
+    return block(_bench("bench_alignment").table(d["summary"], d["ngram_sd_replay"]))
+
+
+def load_test() -> str:
+    rows = [
+        [
+            name,
+            str(r["completed"]),
+            str(r["aborted"]),
+            str(len(r["errors"])),
+            str(len(r["mismatches"])),
+            f"{r['tokens_per_s']:.0f}",
+            f"{r['p50_s']:.2f}",
+            f"{r['p99_s']:.2f}",
+        ]
+        for name, r in load(LOAD).items()
+    ]
+    header = [
+        "server",
+        "completed",
+        "aborted",
+        "errors",
+        "wrong answers",
+        "tok/s",
+        "p50 s",
+        "p99 s",
+    ]
+    return block(md_table(header, rows))
+
+
+BLOCKS: dict[str, Callable[[], str]] = {
+    "status": status,
+    "machine": machine,
+    "speed": headline,
+    "policies": policies,
+    "speed-batches": lambda: speed_table(SPEED),
+    "speed-policies": lambda: speed_table(SPEED_POLICIES),
+    "speed-adaptive": lambda: speed_table(SPEED_ADAPTIVE),
+    "speed-t07": lambda: speed_table(SPEED_T07),
+    "quality": quality_greedy,
+    "quality-t07": quality_sampled,
+    "alignment": alignment,
+    "load-test": load_test,
+}
+
+
+# ---------------------------------------------------------------------- the files
+
+
+def documents() -> list[Path]:
+    return [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+
+
+def render(text: str, where: Path) -> str:
+    def replace(m: re.Match) -> str:
+        name = m.group(2)
+        if name not in BLOCKS:
+            raise SystemExit(
+                f"{where}: unknown block 'results:{name}' (known: {', '.join(BLOCKS)})"
+            )
+        return m.group(1) + BLOCKS[name]() + m.group(4)
+
+    return MARKER.sub(replace, text)
+
+
+def unreferenced() -> list[str]:
+    """Results files no block reads and no document links to."""
+    used = {SPEED, SPEED_POLICIES, SPEED_ADAPTIVE, SPEED_T07, QUALITY, QUALITY_T07}
+    used |= {ALIGNMENT, LOAD, *PLOTS}
+    text = "".join(p.read_text() for p in documents() if p.exists())
+    return sorted(
+        p.name
+        for p in RESULTS.iterdir()
+        if p.is_file() and p.name not in used and p.name not in text
+    )
+
+
+def merge(new_path: Path, into_path: Path) -> None:
+    """Add the rows bench_quality measured in NEW (run with --baseline INTO) to INTO.
+
+    A row whose key INTO already has replaces it; the reused reference rows of NEW
+    are dropped. Each row keeps the date and command of the run that measured it."""
+    new, into = json.loads(new_path.read_text()), json.loads(into_path.read_text())
+    for k in ("task_ids", "samples", "mtbench_n", "max_tokens", "temperature", "seed"):
+        default = 1 if k == "samples" else None
+        if new["settings"].get(k, default) != into["settings"].get(k, default):
+            raise SystemExit(f"{new_path}: setting {k} differs from {into_path}'s")
+    rows = {r["key"]: r for r in into["results"]}
+    for r in rows.values():
+        r.setdefault("run", {"date": into["date"], "command": into["command"]})
+    for r in new["results"]:
+        if "reused_from" in r:
+            continue
+        r["run"] = {"date": new["date"], "command": new["command"]}
+        rows[r["key"]] = r
+    # Rows in bench_quality's order of configurations (unknown keys last).
+    order = [c.key for c in _bench("bench_quality").configurations("proxy", None)]
+    into["results"] = sorted(
+        rows.values(), key=lambda r: order.index(r["key"]) if r["key"] in order else len(order)
+    )
+    into_path.write_text(json.dumps(into, indent=1))
+    print(f"{into_path}: {len(rows)} rows ({', '.join(r['key'] for r in into['results'])})")
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument("--check", action="store_true", help="exit 1 if a document is stale")
+    ap.add_argument("--merge", nargs=2, type=Path, metavar=("NEW", "INTO"))
+    args = ap.parse_args()
+    if args.merge:
+        merge(*args.merge)
+        return 0
+    stale = []
+    for path in documents():
+        if not path.exists():
+            continue
+        old = path.read_text()
+        new = render(old, path)
+        if new == old:
+            continue
+        stale.append(path)
+        if args.check:
+            rel = path.relative_to(ROOT)
+            sys.stdout.writelines(
+                difflib.unified_diff(
+                    old.splitlines(True), new.splitlines(True), f"{rel} (committed)", f"{rel}"
+                )
+            )
+        else:
+            path.write_text(new)
+            print(f"updated {path.relative_to(ROOT)}")
+    for name in unreferenced():
+        print(f"note: benchmarks/results/{name} is neither read here nor linked from the docs")
+    if args.check and stale:
+        print("stale: " + ", ".join(str(p.relative_to(ROOT)) for p in stale), file=sys.stderr)
+        print("run: python3 benchmarks/make_docs.py", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
