@@ -567,7 +567,7 @@ def main() -> int:
             rel = path.relative_to(ROOT)
             sys.stdout.writelines(
                 difflib.unified_diff(
-                    old.splitlines(True), new.splitlines(True), f"{rel} (committed)", f"{rel}"
+                    old.splitlines(True), new.splitlines(True), f"{rel}", f"{rel} (generated)"
                 )
             )
         else:
