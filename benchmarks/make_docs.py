@@ -12,8 +12,9 @@ written by hand and left alone. No table is copied by hand: change a results fil
 run this script, commit both.
 
 Standard library only. The full per-run tables are the benchmarks' own table code
-(`bench_speed.table`, `bench_alignment.table`; their modules import no vLLM at
-their top level), so a table here reads exactly as the `.md` a benchmark prints.
+(`bench_speed.table`, `bench_alignment.table`), so a table here reads exactly as the
+`.md` a benchmark prints, and the paired pass@1 intervals are `bench_quality.paired_delta`
+(those modules import no vLLM at their top level).
 
 Results files (one per experiment, under benchmarks/results/):
 
