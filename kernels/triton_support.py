@@ -20,6 +20,8 @@ from dataclasses import dataclass
 
 import torch
 
+from trispec_vllm import envs
+
 try:  # Triton is optional: the torch references need none.
     import triton  # noqa: F401
 
@@ -45,7 +47,7 @@ def use_triton(t: torch.Tensor) -> bool:
 
 
 def backend_mode() -> str:
-    mode = os.environ.get(BACKEND_ENV, "auto")
+    mode = envs.kernel_backend()
     if mode not in BACKENDS:
         raise ValueError(f"{BACKEND_ENV} must be one of {', '.join(BACKENDS)}; got {mode!r}")
     return mode

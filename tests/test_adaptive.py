@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from trispec_vllm.adaptive import AdaptiveLambda
+from trispec_vllm.policy.adaptive import AdaptiveLambda
 
 
 def simulate(ctrl: AdaptiveLambda, req: str, wrong_prob_at, steps: int, seed: int = 0):

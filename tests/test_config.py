@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from trispec_vllm.config import TriSpecConfig, TriSpecConfigError, parse_trispec_config
+from trispec_vllm.config import TriSpecConfigError, make_config, parse_trispec_config
 from trispec_vllm.version_check import (
     SUPPORTED_VLLM,
     UnsupportedVLLMVersion,
@@ -21,9 +21,11 @@ def test_absent_section_means_stock_vllm():
 
 def test_defaults():
     cfg = parse_trispec_config({"trispec": {"proxy_model": "/m/proxy"}})
-    assert cfg == TriSpecConfig(proxy_model="/m/proxy")
+    assert cfg == make_config(proxy_model="/m/proxy")
     assert cfg.margin_threshold == 0.5 and cfg.policy == "trispec"
-    assert 1 <= cfg.max_skips <= 16 and not cfg.lossless
+    assert cfg.max_skips == 4 and cfg.ride_along == "none" and not cfg.adaptive_lambda
+    assert cfg.max_proxy_batch is None and cfg.disable_by_batch_size is None
+    assert not cfg.lossless
 
 
 def test_lossless_above_one():

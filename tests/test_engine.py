@@ -220,7 +220,7 @@ def test_aborting_half_the_requests_leaves_the_others_unchanged(tiny_pair, refer
 
 def test_unsupported_drafter_is_refused_before_weights_load(tiny_pair):
     from trispec_vllm.config import TriSpecConfigError
-    from trispec_vllm.seam import validate_engine_config
+    from trispec_vllm.engine.config_hook import validate_engine_config
 
     class Spec:
         method = "eagle3"
@@ -234,14 +234,14 @@ def test_unsupported_drafter_is_refused_before_weights_load(tiny_pair):
         speculative_config = Spec()
         model_config = Model()
 
-    from trispec_vllm.config import TriSpecConfig
+    from trispec_vllm.config import make_config
 
     with pytest.raises(TriSpecConfigError, match="'eagle3' is not supported"):
-        validate_engine_config(TriSpecConfig(proxy_model=tiny_pair.proxy), Cfg())
+        validate_engine_config(make_config(proxy_model=tiny_pair.proxy), Cfg())
     assert os.path.isdir(tiny_pair.proxy)
     # A drafter with its own KV cache cannot skip steps: disable_by_batch_size refused.
     Spec.method = "draft_model"
-    cfg = TriSpecConfig(proxy_model=tiny_pair.proxy, disable_by_batch_size=8)
+    cfg = make_config(proxy_model=tiny_pair.proxy, disable_by_batch_size=8)
     with pytest.raises(TriSpecConfigError, match="disable_by_batch_size works with the ngram"):
         validate_engine_config(cfg, Cfg())
 

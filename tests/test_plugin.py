@@ -73,27 +73,31 @@ def test_bad_config_fails_before_weights_load(tiny_pair, section, spec, message)
 
 
 def test_worker_and_runner_classes_build_for_cpu_and_gpu():
-    from trispec_vllm import seam
-
-    cpu, gpu = seam.TriSpecCPUWorker, seam.TriSpecGPUWorker  # resolved by qualified name
-    assert cpu.__module__ == gpu.__module__ == "trispec_vllm.seam"
+    from vllm.utils.import_utils import resolve_obj_by_qualname
     from vllm.v1.worker.cpu_model_runner import CPUModelRunner
+    from vllm.v1.worker.cpu_worker import CPUWorker
     from vllm.v1.worker.gpu_model_runner import GPUModelRunner
+    from vllm.v1.worker.gpu_worker import Worker
 
-    assert issubclass(seam._cpu_runner_cls(), CPUModelRunner)
-    assert issubclass(seam._gpu_runner_cls(), GPUModelRunner)
-    assert seam.WORKER_CPU.rsplit(".", 1)[1] == cpu.__name__
+    from trispec_vllm.engine import config_hook, model_runner
+
+    # vLLM resolves the worker by its qualified name in each worker process.
+    cpu = resolve_obj_by_qualname(config_hook.WORKER_CPU)
+    gpu = resolve_obj_by_qualname(config_hook.WORKER_GPU)
+    assert issubclass(cpu, CPUWorker) and issubclass(gpu, Worker)
+    assert issubclass(model_runner.TriSpecCPUModelRunner, CPUModelRunner)
+    assert issubclass(model_runner.TriSpecGPUModelRunner, GPUModelRunner)
 
 
 def test_proxy_is_drafter_only_for_the_same_greedy_draft_model(tmp_path):
     from types import SimpleNamespace
 
-    from trispec_vllm.config import TriSpecConfig
-    from trispec_vllm.seam import proxy_is_drafter
+    from trispec_vllm.config import make_config
+    from trispec_vllm.engine.fused_drafter import proxy_is_drafter
 
     (tmp_path / "m").mkdir()
     (tmp_path / "link").symlink_to(tmp_path / "m")
-    cfg = TriSpecConfig(proxy_model=str(tmp_path / "m"))
+    cfg = make_config(proxy_model=str(tmp_path / "m"))
 
     def spec(**kw):
         return SimpleNamespace(**{"method": "draft_model", "model": str(tmp_path / "link"), **kw})
@@ -103,9 +107,9 @@ def test_proxy_is_drafter_only_for_the_same_greedy_draft_model(tmp_path):
     assert not proxy_is_drafter(cfg, spec(method="ngram", model=None))
     assert not proxy_is_drafter(cfg, spec(draft_sample_method="probabilistic"))
     assert not proxy_is_drafter(cfg, None)
-    capped = TriSpecConfig(proxy_model=str(tmp_path / "m"), max_proxy_batch=2)
+    capped = make_config(proxy_model=str(tmp_path / "m"), max_proxy_batch=2)
     assert not proxy_is_drafter(capped, spec())
-    pyramid = TriSpecConfig(proxy_model=str(tmp_path / "m"), policy="pyramid")
+    pyramid = make_config(proxy_model=str(tmp_path / "m"), policy="pyramid")
     assert not proxy_is_drafter(pyramid, spec())
 
 
@@ -120,7 +124,7 @@ def test_processed_rows_finds_vllms_builtin_logits_processors():
         MinTokensLogitsProcessor,
     )
 
-    from trispec_vllm.seam import processed_rows
+    from trispec_vllm.engine.batch_inputs import processed_rows
 
     bias = object.__new__(LogitBiasLogitsProcessor)
     bias.biases = {1: {5: 2.0}, 9: {5: 1.0}}  # row 9 is past this batch
@@ -141,14 +145,15 @@ def test_sampling_fix_env_installs_the_cpu_expand_for_every_engine(monkeypatch):
     the plain-torch expand TriSpec's runner uses (its sampling is tested there)."""
     from vllm.v1.sample import rejection_sampler
 
-    from trispec_vllm import plugin, seam
+    from trispec_vllm import plugin
+    from trispec_vllm.engine import cpu_workarounds
 
     monkeypatch.setattr(rejection_sampler, "expand_batch_to_tokens", None)
     monkeypatch.setattr(plugin, "_registered", False)
-    monkeypatch.delenv(plugin.SAMPLING_FIX_ENV, raising=False)
+    monkeypatch.delenv("TRISPEC_CPU_SAMPLING_FIX", raising=False)
     plugin.register()
     assert rejection_sampler.expand_batch_to_tokens is None  # off by default
     monkeypatch.setattr(plugin, "_registered", False)
-    monkeypatch.setenv(plugin.SAMPLING_FIX_ENV, "1")
+    monkeypatch.setenv("TRISPEC_CPU_SAMPLING_FIX", "1")
     plugin.register()
-    assert rejection_sampler.expand_batch_to_tokens is seam.expand_batch_to_tokens
+    assert rejection_sampler.expand_batch_to_tokens is cpu_workarounds.expand_batch_to_tokens

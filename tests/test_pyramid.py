@@ -9,7 +9,7 @@ import torch
 
 from trispec_vllm.kernels import divergence_reference, point_mass_divergence
 from trispec_vllm.kernels.divergence import KINDS
-from trispec_vllm.pyramid import PAD, first_target_failure, qualifier_accepts, target_verify
+from trispec_vllm.policy.pyramid import PAD, first_target_failure, qualifier_accepts, target_verify
 
 
 def test_divergences_match_their_definitions():

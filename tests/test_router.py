@@ -7,7 +7,7 @@ import random
 import pytest
 import torch
 
-from trispec_vllm.router import PAD, route
+from trispec_vllm.policy.router import PAD, route
 
 
 def reference(drafts, top1, margins, lam, forced=False, whole=False):
@@ -191,7 +191,7 @@ def test_empty_batch_and_zero_k():
 
 
 def test_own_drafts_complete_only_when_every_draft_is_trusted():
-    from trispec_vllm.router import route_own_drafts
+    from trispec_vllm.policy.router import route_own_drafts
 
     drafts = torch.tensor([[5, 6, 7], [5, 6, 7], [5, 6, 7], [0, 0, 0], [5, 6, 0]])
     n = torch.tensor([3, 3, 3, 0, 2])
@@ -216,7 +216,7 @@ def test_own_drafts_complete_only_when_every_draft_is_trusted():
 
 
 def test_own_drafts_lossless_and_forced():
-    from trispec_vllm.router import route_own_drafts
+    from trispec_vllm.policy.router import route_own_drafts
 
     drafts = torch.tensor([[5, 6, 7]])
     n = torch.tensor([3])

@@ -5,10 +5,12 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from trispec_vllm.config import TriSpecConfig
-from trispec_vllm.step import StepBatch, TriSpecStep, greedy_verify
-from trispec_vllm.target_batch import build_target_batch
-from trispec_vllm.watermarks import Watermarks
+from trispec_vllm.config import make_config
+from trispec_vllm.policy.batch import StepBatch
+from trispec_vllm.policy.sampling import greedy_verify
+from trispec_vllm.policy.step import TriSpecStep
+from trispec_vllm.policy.target_batch import build_target_batch
+from trispec_vllm.policy.watermarks import Watermarks
 
 
 def test_watermark_settles_on_accepted_tokens_and_resets_on_preemption():
@@ -66,7 +68,7 @@ def confident_logits(tokens, vocab=16, peak=20.0):
 
 
 def test_plan_routes_each_request_and_forces_after_max_skips():
-    step = TriSpecStep(TriSpecConfig(proxy_model="p", max_skips=1))
+    step = TriSpecStep(make_config(proxy_model="p", max_skips=1))
     batch = step_batch([2, 1], [3, 4, 5])
     # Request 0: the proxy agrees with both drafts, confident everywhere -> Case I.
     # Request 1: the proxy rejects its draft but is unsure there -> escalated.
@@ -82,7 +84,7 @@ def test_plan_routes_each_request_and_forces_after_max_skips():
 
 
 def test_plan_never_trusts_prefill_or_sampled_requests():
-    step = TriSpecStep(TriSpecConfig(proxy_model="p"))
+    step = TriSpecStep(make_config(proxy_model="p"))
     batch = step_batch([0, 0], [], computed=(0, 10), trust=(True, False))
     plan = step.plan(batch, confident_logits([1, 2]))
     assert plan.decision.proxy_completes.tolist() == [False, False]
@@ -90,7 +92,7 @@ def test_plan_never_trusts_prefill_or_sampled_requests():
 
 
 def test_ride_along_sends_everyone_once_the_target_runs():
-    step = TriSpecStep(TriSpecConfig(proxy_model="p", ride_along="all"))
+    step = TriSpecStep(make_config(proxy_model="p", ride_along="all"))
     batch = step_batch([2, 1], [3, 4, 5])
     logits = confident_logits([3, 4, 9, 6, 2])
     logits[3, 7] = 20.0
@@ -115,7 +117,7 @@ def test_greedy_verify_matches_the_rule():
 
 
 def test_cpu_expand_fix_matches_vllms_documented_semantics():
-    from trispec_vllm.seam import expand_batch_to_tokens
+    from trispec_vllm.engine.cpu_workarounds import expand_batch_to_tokens
 
     x = torch.tensor([0.5, -1.0, 2.0])
     cu = torch.tensor([2, 5, 6], dtype=torch.int32)
@@ -126,7 +128,7 @@ def test_cpu_expand_fix_matches_vllms_documented_semantics():
 
 
 def test_plain_steps_need_a_full_batch_and_a_caught_up_target():
-    step = TriSpecStep(TriSpecConfig(proxy_model="p", disable_by_batch_size=2))
+    step = TriSpecStep(make_config(proxy_model="p", disable_by_batch_size=2))
     assert not step.speculation_disabled(1) and step.speculation_disabled(2)
     ids, computed = ["a", "b"], np.array([5, 7])
     assert not step.target_up_to_date(ids, computed)  # new requests: no target KV yet
@@ -138,12 +140,12 @@ def test_plain_steps_need_a_full_batch_and_a_caught_up_target():
     step.watermarks.proxy_completed("a")
     assert not step.target_up_to_date(ids, np.array([8, 7]))  # "a" moved on without it
     assert step.skip_proxy(step_batch([0, 0], [], computed=(5, 7)))
-    off = TriSpecStep(TriSpecConfig(proxy_model="p"))
+    off = TriSpecStep(make_config(proxy_model="p"))
     assert not off.speculation_disabled(10**6)
 
 
 def test_drop_bonus_ends_a_drafter_proxy_step_at_its_last_draft():
-    from trispec_vllm.step import drop_bonus
+    from trispec_vllm.policy.sampling import drop_bonus
 
     sampled = torch.tensor([[5, 6, 0, -1], [7, -1, -1, -1], [1, 2, 3, 4], [8, 9, -1, -1]])
     num_drafts = np.array([2, 2, 3, 1])
@@ -162,7 +164,7 @@ def test_a_batch_without_temperatures_is_greedy_for_routing_and_pyramid():
     """`StepBatch.temperature=None` has one meaning, greedy, in every stage."""
     from dataclasses import replace
 
-    from trispec_vllm.step import pyramid_tokens
+    from trispec_vllm.policy.sampling import pyramid_tokens
 
     unset = step_batch([2, 1], [3, 4, 5])
     greedy = replace(unset, temperature=np.zeros(2))
@@ -175,7 +177,7 @@ def test_a_batch_without_temperatures_is_greedy_for_routing_and_pyramid():
     # needs every position of its step trusted.
     logits = confident_logits([3, 8, 9, 6, 2])
     logits[2, 10] = 20.0
-    step = TriSpecStep(TriSpecConfig(proxy_model="p", max_skips=8))
+    step = TriSpecStep(make_config(proxy_model="p", max_skips=8))
     completes = {
         name: step.plan(b, logits).decision.proxy_completes.tolist()[0]
         for name, b in (("unset", unset), ("greedy", greedy), ("sampled", sampled))
@@ -186,7 +188,7 @@ def test_a_batch_without_temperatures_is_greedy_for_routing_and_pyramid():
     # sample. Every draft qualifies and every position passes the target (JS <= ln 2),
     # so each request's tokens are its drafts, then the qualifier's token at a bonus row
     # where sampling would pick the argmax only 15% of the time.
-    cfg = TriSpecConfig(proxy_model="p", policy="pyramid", tau_q=1.0, tau_t=1.0)
+    cfg = make_config(proxy_model="p", policy="pyramid", tau_q=1.0, tau_t=1.0)
     pstep = TriSpecStep(cfg)
     proxy = confident_logits([3, 8, 0, 6, 0])
     proxy[[2, 4]] = 0.0

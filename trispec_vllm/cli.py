@@ -16,6 +16,7 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument(
         "--tiny", action="store_true", help="tiny random pair (no download, noise text)"
     )
+    demo.add_argument("--verbose", action="store_true", help="show vLLM's INFO logging")
     from trispec_vllm import models, serve
 
     models.add_arguments(
@@ -46,7 +47,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "demo":
         from trispec_vllm import demo as demo_mod
 
-        return demo_mod.run(margin_threshold=args.lam, max_tokens=args.max_tokens, tiny=args.tiny)
+        return demo_mod.run(
+            margin_threshold=args.lam,
+            max_tokens=args.max_tokens,
+            tiny=args.tiny,
+            verbose=args.verbose,
+        )
     return 2
 
 

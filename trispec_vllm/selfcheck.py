@@ -11,7 +11,7 @@ import torch
 
 from trispec_vllm.kernels import margins, top2_margins_reference
 from trispec_vllm.kernels.triton_support import interpreting
-from trispec_vllm.router import route
+from trispec_vllm.policy.router import route
 
 
 def run(batch: int = 6, k: int = 3, vocab: int = 151_936, lam: float = 0.5, seed: int = 0) -> int:

@@ -16,7 +16,7 @@ import json
 import os
 import sys
 
-from trispec_vllm.config import TriSpecConfig
+from trispec_vllm.config import make_config
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -43,7 +43,7 @@ def build_command(args: argparse.Namespace, vllm_args: list[str]) -> list[str]:
         for key in ("margin_threshold", "max_skips", "ride_along"):
             if getattr(args, key) is not None:
                 section[key] = getattr(args, key)
-        TriSpecConfig.model_validate(section)  # fail before a process starts
+        make_config(**section)  # fail before a process starts
         if "--additional-config" in vllm_args:
             raise SystemExit("give TriSpec options either as flags or in --additional-config")
         cmd += ["--additional-config", json.dumps({"trispec": section})]

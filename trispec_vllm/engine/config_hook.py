@@ -1,0 +1,144 @@
+"""The engine-config hook: validate the `trispec` section, adjust vLLM, pick workers.
+
+vLLM calls the platform's `check_and_update_config` while it builds the engine
+config, before any weights load; wrapping it is where TriSpec fails fast on
+settings it cannot serve and switches off what it does not support yet.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from trispec_vllm import envs
+from trispec_vllm.config import (
+    SUPPORTED_DRAFTERS,
+    TriSpecConfig,
+    TriSpecConfigError,
+    parse_trispec_config,
+)
+
+if TYPE_CHECKING:
+    from vllm.config import VllmConfig
+
+logger = logging.getLogger("vllm.trispec")
+HOOK_MARK = "_trispec_hook"
+
+# vLLM resolves workers by qualified name in every process (mp or Ray workers).
+WORKER_CPU = "trispec_vllm.engine.workers.TriSpecCPUWorker"
+WORKER_GPU = "trispec_vllm.engine.workers.TriSpecGPUWorker"
+
+
+def patch_platform_config_hook() -> None:
+    """Wrap the current platform's `check_and_update_config` (once per process)."""
+    from vllm.platforms import current_platform
+
+    platform_cls = type(current_platform)
+    original = platform_cls.check_and_update_config
+    if getattr(original, HOOK_MARK, False):
+        return
+
+    @functools.wraps(original)
+    def check_and_update_config(vllm_config: VllmConfig) -> None:
+        cfg = parse_trispec_config(vllm_config.additional_config)
+        if cfg is not None:
+            validate_engine_config(cfg, vllm_config)
+            adjust_engine_config(vllm_config)
+        original(vllm_config)
+        if cfg is not None and vllm_config.scheduler_config.async_scheduling:
+            # The platform hook may turn async scheduling back on (GPU).
+            vllm_config.scheduler_config.async_scheduling = False
+
+    setattr(check_and_update_config, HOOK_MARK, True)
+    platform_cls.check_and_update_config = staticmethod(check_and_update_config)
+
+
+def validate_engine_config(cfg: TriSpecConfig, vllm_config: VllmConfig) -> None:
+    """Fail with a clear message on settings TriSpec cannot serve (no weights read)."""
+    spec = vllm_config.speculative_config
+    if spec is None:
+        raise TriSpecConfigError(
+            "TriSpec needs a drafter: set speculative_config, e.g. "
+            '{"method": "ngram", "num_speculative_tokens": 3, "prompt_lookup_max": 3}'
+        )
+    if spec.method not in SUPPORTED_DRAFTERS:
+        raise TriSpecConfigError(
+            f"speculative_config method '{spec.method}' is not supported by TriSpec yet; "
+            f"use one of {', '.join(SUPPORTED_DRAFTERS)} (EAGLE-style drafters need the "
+            "proxy adapter, which is not built yet)"
+        )
+    if cfg.disable_by_batch_size is not None and spec.method != "ngram":
+        raise TriSpecConfigError(
+            f"disable_by_batch_size works with the ngram drafter only (got '{spec.method}': "
+            "a drafter with its own KV cache would miss the steps it skips)"
+        )
+    check_proxy_vocab(cfg.proxy_model, vllm_config.model_config.get_vocab_size())
+
+
+def check_proxy_vocab(proxy_model: str, target_vocab: int) -> None:
+    """The proxy must exist and share the target's vocabulary (checked from config.json)."""
+    path = Path(proxy_model).expanduser()
+    if not path.exists():
+        raise TriSpecConfigError(
+            f"proxy_model '{proxy_model}' does not exist (give a local model directory; "
+            "models are not downloaded from a hub by TriSpec)"
+        )
+    config_file = path / "config.json"
+    if not config_file.is_file():
+        raise TriSpecConfigError(f"proxy_model '{proxy_model}' has no config.json")
+    proxy_cfg = json.loads(config_file.read_text())
+    text_cfg = proxy_cfg.get("text_config", proxy_cfg)
+    vocab = text_cfg.get("vocab_size")
+    if vocab != target_vocab:
+        raise TriSpecConfigError(
+            f"proxy_model '{proxy_model}' has a vocabulary of {vocab} tokens but the target "
+            f"has {target_vocab}: the proxy must share the target's tokenizer and vocabulary"
+        )
+    if envs.flag("TRISPEC_DEBUG"):
+        logger.info("TriSpec proxy %s: vocabulary %d matches the target", proxy_model, vocab)
+
+
+def adjust_engine_config(vllm_config: VllmConfig) -> None:
+    """Switch off what TriSpec cannot support yet and select its worker."""
+    cache = vllm_config.cache_config
+    if cache.enable_prefix_caching:
+        logger.warning(
+            "TriSpec: prefix caching disabled (a cached block may hold positions "
+            "that have proxy KV but no target KV)"
+        )
+        cache.enable_prefix_caching = False
+    sched = vllm_config.scheduler_config
+    if getattr(sched, "async_scheduling", False):
+        logger.warning("TriSpec: async scheduling disabled (routing needs the step's outputs)")
+        sched.async_scheduling = False
+    if vllm_config.kv_transfer_config is not None:
+        raise TriSpecConfigError("TriSpec does not support KV connectors (kv_transfer_config)")
+    parallel = vllm_config.parallel_config
+    if parallel.pipeline_parallel_size > 1:
+        raise TriSpecConfigError("TriSpec does not support pipeline parallelism yet")
+    if parallel.tensor_parallel_size > 1:
+        # Every rank would route on its own copy of the (all-gathered) proxy logits;
+        # until the routing mask is broadcast from rank 0 and tested, refuse.
+        raise TriSpecConfigError("TriSpec does not support tensor parallelism yet")
+    if getattr(parallel, "data_parallel_size", 1) > 1:
+        # Proxy-only steps would skip the target's collectives on some ranks only.
+        raise TriSpecConfigError(
+            "TriSpec does not support data parallelism: run one engine per replica instead"
+        )
+    from vllm.config.compilation import CUDAGraphMode
+
+    # torch.compile stays as configured; CUDA graphs are off because the routed
+    # step runs a sub-batch of data-dependent size.
+    if vllm_config.compilation_config.cudagraph_mode != CUDAGraphMode.NONE:
+        logger.warning("TriSpec: CUDA graphs disabled (the target runs a routed sub-batch)")
+        vllm_config.compilation_config.cudagraph_mode = CUDAGraphMode.NONE
+    if parallel.worker_cls not in ("auto", WORKER_CPU, WORKER_GPU):
+        raise TriSpecConfigError(
+            f"TriSpec selects its own worker, but worker_cls={parallel.worker_cls} was given"
+        )
+    from vllm.platforms import current_platform
+
+    parallel.worker_cls = WORKER_CPU if current_platform.is_cpu() else WORKER_GPU

@@ -1,0 +1,427 @@
+"""TriSpec's model runner: vLLM's V1 runner with the three-stage step.
+
+`execute_model` runs the phases of a step: prepare (vLLM's own inputs and the
+policy's view of the batch), proxy (one pass over every scheduled token, or
+the draft model's recorded passes), route (margins -> which requests need the
+target), target (the escalated sub-batch, catching up skipped positions) and
+finish (the logits vLLM's sampler sees: the target's rows where it verified,
+the proxy's elsewhere). vLLM's sampler, scheduler and output path then run
+unchanged. State handed to `sample_tokens` lives in one `StepState`.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import numpy as np
+import torch
+from vllm.forward_context import set_forward_context
+from vllm.v1.outputs import EMPTY_MODEL_RUNNER_OUTPUT
+from vllm.v1.worker.cpu_model_runner import CPUModelRunner
+from vllm.v1.worker.gpu_model_runner import ExecuteModelState, GPUModelRunner
+
+from trispec_vllm.config import parse_trispec_config
+from trispec_vllm.engine import cpu_workarounds, fused_drafter, proxy
+from trispec_vllm.engine.batch_inputs import step_batch
+from trispec_vllm.engine.forward import forward_sub_batch, proxy_catchup, step_token_map
+from trispec_vllm.engine.stats import attach_step_stats
+from trispec_vllm.engine.step_state import PreparedStep, StepState
+from trispec_vllm.policy.batch import StepPlan
+from trispec_vllm.policy.sampling import drop_bonus, greedy_verify, pyramid_tokens
+from trispec_vllm.policy.step import TriSpecStep
+from trispec_vllm.policy.target_batch import TargetBatch
+
+logger = logging.getLogger("vllm.trispec")
+
+
+class TriSpecRunnerMixin:
+    """The TriSpec overrides, mixed in before vLLM's CPU or GPU V1 model runner."""
+
+    trispec: TriSpecStep
+
+    def _trispec_setup(self) -> None:
+        cfg = parse_trispec_config(self.vllm_config.additional_config)
+        assert cfg is not None
+        self.trispec = TriSpecStep(cfg)
+        self.trispec_proxy = None
+        self.trispec_state = StepState()
+        # The proxy is the draft model itself: its drafting passes give the margins.
+        self.trispec_fused = fused_drafter.proxy_is_drafter(
+            cfg, self.vllm_config.speculative_config
+        )
+
+    # ------------------------------------------------------------------ loading
+
+    def load_model(self, *args, **kwargs) -> None:
+        super().load_model(*args, **kwargs)
+        drafter = getattr(self, "drafter", None)
+        if self.trispec_fused and fused_drafter.record_drafter_logits(
+            drafter, self.trispec_state
+        ):
+            logger.info(
+                "TriSpec: the proxy is the draft model (%s): its drafting passes give the "
+                "margins, so it is loaded once and needs no pass of its own",
+                self.trispec.cfg.proxy_model,
+            )
+            return
+        self.trispec_fused = False
+        logger.info("TriSpec: loading proxy %s", self.trispec.cfg.proxy_model)
+        self.trispec_proxy = proxy.load_proxy(self.vllm_config, self.trispec.cfg.proxy_model)
+
+    @torch.inference_mode()
+    def _dummy_run(self, num_tokens, *args, **kwargs):
+        """vLLM's warm-up/profile pass, extended to the proxy so that it is
+        compiled (and its memory counted) before the first request, not during it."""
+        out = super()._dummy_run(num_tokens, *args, **kwargs)
+        if self.trispec_proxy is not None:
+            with set_forward_context(None, self.vllm_config, num_tokens=num_tokens):
+                self.trispec_proxy(
+                    input_ids=self.input_ids.gpu[:num_tokens],
+                    positions=self._get_positions(num_tokens),
+                )
+        return out
+
+    def kv_layer_names(self) -> list[str]:
+        return [n for g in self.kv_cache_config.kv_cache_groups for n in g.layer_names]
+
+    def target_layer_names(self) -> list[str]:
+        return [
+            n
+            for n in self.kv_layer_names()
+            if not proxy.is_proxy_layer(n) and not n.startswith("draft_model.")
+        ]
+
+    def proxy_layer_names(self) -> list[str]:
+        return [n for n in self.kv_layer_names() if proxy.is_proxy_layer(n)]
+
+    # ------------------------------------------------------------------ the step
+
+    def execute_model(self, scheduler_output, intermediate_tensors=None):
+        if self.execute_model_state is not None:
+            raise RuntimeError("sample_tokens() must be called after execute_model()")
+        t_start = time.perf_counter()
+        deferred = self._update_states(scheduler_output)
+        self.trispec.forget(self.requests.keys())
+        if not scheduler_output.total_num_scheduled_tokens:
+            return EMPTY_MODEL_RUNNER_OUTPUT
+        if len(self.kv_cache_config.kv_cache_groups) != 1:
+            raise RuntimeError("TriSpec supports models with one KV cache group only")
+        req_ids = list(self.input_batch.req_ids)
+        num_sched = np.array(
+            [scheduler_output.num_scheduled_tokens[r] for r in req_ids], dtype=np.int32
+        )
+        if self._plain_step(scheduler_output, req_ids, num_sched):
+            return self._vllm_step(
+                scheduler_output, intermediate_tensors, deferred, req_ids, num_sched, t_start
+            )
+        prep = self._prepare(scheduler_output, req_ids, num_sched)
+        t_prepared = time.perf_counter()
+        proxy_logits, own_known = self._run_proxy(prep)
+        t_proxy = time.perf_counter()
+        plan = self._route(prep, proxy_logits, own_known)
+        t_routed = time.perf_counter()
+        logits, hidden_states, tb = self._run_target(prep, plan, proxy_logits)
+        self._finish(prep, plan, proxy_logits, logits, tb)
+        stats = self.trispec_state.stats
+        stats.add_times(
+            prepare=t_prepared - t_start,
+            proxy=t_proxy - t_prepared,
+            route=t_routed - t_proxy,
+            target=time.perf_counter() - t_routed,
+        )
+        self.trispec.stats.add_times(**stats.times)
+        self.execute_model_state = ExecuteModelState(
+            scheduler_output,
+            logits,
+            prep.spec_meta,
+            prep.spec_cm,
+            hidden_states,
+            hidden_states[prep.logits_indices],
+            None,
+            None,
+            prep.cg_stats,
+            prep.slot_by_layer,
+        )
+        self.kv_connector_output = None
+        if deferred:
+            deferred()
+        return None
+
+    def _prepare(self, scheduler_output, req_ids: list[str], num_sched) -> PreparedStep:
+        """Phase 1: vLLM's inputs and attention metadata for its own batch."""
+        num_reqs = len(req_ids)
+        num_tokens = scheduler_output.total_num_scheduled_tokens
+        logits_indices, spec_meta, max_sampled = self._prepare_inputs(scheduler_output, num_sched)
+        cg_mode, batch_desc, _, tokens_across_dp, cg_stats = (
+            self._determine_batch_execution_and_padding(
+                num_tokens=num_tokens,
+                num_reqs=num_reqs,
+                num_scheduled_tokens_np=num_sched,
+                max_num_scheduled_tokens=int(num_sched.max()),
+                use_cascade_attn=False,
+                num_encoder_reqs=0,
+                allow_microbatching=False,
+            )
+        )
+        slot_by_group, slot_by_layer = self._get_slot_mappings(
+            num_tokens_padded=num_tokens,
+            num_reqs_padded=num_reqs,
+            num_tokens_unpadded=num_tokens,
+        )
+        attn_md, spec_cm = self._build_attention_metadata(
+            num_tokens=num_tokens,
+            num_reqs=num_reqs,
+            max_query_len=int(num_sched.max()),
+            logits_indices=logits_indices,
+            max_num_sampled_tokens=max_sampled,
+            use_spec_decode=True,
+            num_scheduled_tokens=scheduler_output.num_scheduled_tokens,
+            slot_mappings=slot_by_group,
+        )
+        input_ids, inputs_embeds, positions, _, _, _ = self._preprocess(
+            scheduler_output, num_tokens, None
+        )
+
+        def run_on_vllm_batch(model) -> torch.Tensor:
+            """`model` over vLLM's own batch, inputs and attention metadata."""
+            with set_forward_context(
+                attn_md,
+                self.vllm_config,
+                num_tokens=num_tokens,
+                num_tokens_across_dp=tokens_across_dp,
+                cudagraph_runtime_mode=cg_mode,
+                batch_descriptor=batch_desc,
+                slot_mapping=slot_by_layer,
+            ):
+                return model(input_ids=input_ids, positions=positions, inputs_embeds=inputs_embeds)
+
+        batch = step_batch(self.input_batch, req_ids, num_sched, spec_meta)
+        self.trispec_state.batch = batch
+        return PreparedStep(
+            scheduler_output=scheduler_output,
+            batch=batch,
+            num_tokens=num_tokens,
+            logits_indices=logits_indices,
+            spec_meta=spec_meta,
+            spec_cm=spec_cm,
+            cg_stats=cg_stats,
+            slot_by_layer=slot_by_layer,
+            run_on_vllm_batch=run_on_vllm_batch,
+        )
+
+    def _run_proxy(self, prep: PreparedStep) -> tuple[torch.Tensor | None, np.ndarray | None]:
+        """Phase 2: the proxy's logits at every sampled row (None: no proxy this
+        step), and, when the proxy drafted, which requests its rows cover."""
+        batch = prep.batch
+        if self.trispec_fused:
+            vocab = self.model_config.get_vocab_size()
+            return fused_drafter.own_rows(self.trispec_state, batch, vocab, self.device)
+        if self.trispec.skip_proxy(batch):
+            return None, None
+        proxy_wm = self.trispec.proxy_watermarks(batch)
+        if (proxy_wm < batch.num_computed).any():
+            logits = proxy_catchup(self, self.trispec_proxy, batch, proxy_wm)
+            self.trispec.stats.proxy_catchup_tokens += int((batch.num_computed - proxy_wm).sum())
+        else:
+            hidden = prep.run_on_vllm_batch(self.trispec_proxy)
+            logits = self.trispec_proxy.compute_logits(hidden[prep.logits_indices])
+        self.trispec.proxy_ran(batch)
+        return logits, None
+
+    def _route(self, prep: PreparedStep, proxy_logits, own_known) -> StepPlan:
+        """Phase 3: margins and routing for every request."""
+        plan = self.trispec.plan(prep.batch, proxy_logits, own_drafts=own_known)
+        state = self.trispec_state
+        state.no_bonus = None
+        if own_known is not None and plan.decision.proxy_completes.any():
+            state.no_bonus = plan.decision.proxy_completes.numpy()
+        return plan
+
+    def _run_target(
+        self, prep: PreparedStep, plan: StepPlan, proxy_logits
+    ) -> tuple[torch.Tensor, torch.Tensor, TargetBatch | None]:
+        """Phase 4: the target over the escalated sub-batch, from each watermark to
+        the end; returns (logits rows for vLLM's sampler, hidden states, sub-batch)."""
+        batch = prep.batch
+        hidden_states = torch.zeros(
+            (prep.num_tokens, self.model_config.get_hidden_size()),
+            dtype=self.model_config.dtype,
+            device=self.device,
+        )
+        logits = proxy_logits
+        if not plan.escalated_rows.size:
+            return logits, hidden_states, None
+        bt = self.input_batch.block_table[0]
+        tb = self.trispec.target_batch(
+            batch, plan, self.input_batch.token_ids_cpu, bt.get_cpu_tensor(), bt.block_size
+        )
+        if tb.num_reqs == len(batch.req_ids) and tb.num_tokens == prep.num_tokens:
+            # Every request escalated with nothing to catch up: the target's batch
+            # is vLLM's own, so it runs on vLLM's inputs and attention metadata.
+            target_hidden = prep.run_on_vllm_batch(self.model)
+            self.trispec.stats.native_target_steps += 1
+        else:
+            target_hidden = forward_sub_batch(self, tb, self.target_layer_names(), self.model)
+        logit_rows, hidden_rows = self.trispec.target_rows(batch, plan, tb)
+        if logit_rows.size:
+            dev = self.device
+            target_logits = self.model.compute_logits(
+                target_hidden[torch.from_numpy(hidden_rows).to(dev)]
+            )
+            if logits is None:  # no proxy this step: every row is the target's
+                logits = target_logits.new_empty(
+                    (len(prep.logits_indices), target_logits.shape[1])
+                )
+            else:  # never narrow the target's rows to the proxy's dtype
+                wide = torch.promote_types(logits.dtype, target_logits.dtype)
+                logits = logits.to(wide, copy=True)
+            logits[torch.from_numpy(logit_rows).to(dev)] = target_logits.to(logits.dtype)
+            self.trispec.observe_target(
+                batch, plan, logit_rows, target_logits.argmax(dim=-1).cpu().numpy()
+            )
+        # Target hidden states of this step's tokens, where the target ran
+        # (prompt logprobs read them for prefilling requests).
+        src, dst = step_token_map(batch, tb, self.device)
+        hidden_states[dst] = target_hidden[src].to(hidden_states.dtype)
+        return logits, hidden_states, tb
+
+    def _finish(self, prep: PreparedStep, plan: StepPlan, proxy_logits, logits, tb) -> None:
+        """Phase 5: PyramidSD's tokens, watermarks and the step's counts."""
+        state = self.trispec_state
+        state.override = fuzzy = None
+        if plan.pyramid_rows is not None and plan.pyramid_rows.any():
+            tokens, fuzzy = pyramid_tokens(
+                self.trispec.cfg,
+                prep.batch,
+                plan,
+                proxy_logits,
+                logits,
+                self.input_batch.generators,
+            )
+            state.override = (plan.pyramid_rows, tokens)
+        state.stats = self.trispec.finish(prep.batch, plan, tb, fuzzy)
+
+    def _plain_step(self, scheduler_output, req_ids, num_sched) -> bool:
+        """Whether this step is plain decoding, run by vLLM's own code: a batch at
+        `disable_by_batch_size` or above, no drafts scheduled, and nothing for the
+        target to catch up."""
+        if not self.trispec.speculation_disabled(len(req_ids)):
+            return False
+        if scheduler_output.scheduled_spec_decode_tokens:
+            return False
+        computed = self.input_batch.num_computed_tokens_cpu[: len(req_ids)]
+        return self.trispec.target_up_to_date(req_ids, computed)
+
+    def _vllm_step(
+        self, scheduler_output, intermediate_tensors, deferred, req_ids, num_sched, t_start
+    ):
+        """vLLM's own execute_model over the already-updated batch; the target's
+        watermarks advance, the proxy's stay (it catches up when it next runs)."""
+        computed = self.input_batch.num_computed_tokens_cpu[: len(req_ids)].copy()
+        self._update_states = lambda _: deferred  # the batch is already updated
+        try:
+            out = super().execute_model(scheduler_output, intermediate_tensors)
+        finally:
+            del self._update_states
+        state = self.trispec_state
+        state.end_step()
+        state.stats = self.trispec.plain_step(
+            req_ids, computed, num_sched, time.perf_counter() - t_start
+        )
+        return out
+
+    # ------------------------------------------------------------ sampling side
+
+    def propose_draft_token_ids(self, scheduler_output, *args, **kwargs):
+        """vLLM's drafter, except in batches where speculation is disabled; when the
+        proxy is the drafter, its logits at each draft are kept for the next step."""
+        num_reqs = self.input_batch.num_reqs
+        if self.trispec.speculation_disabled(num_reqs):
+            return [[] for _ in range(num_reqs)]
+        propose = super().propose_draft_token_ids
+        if not self.trispec_fused:
+            return propose(scheduler_output, *args, **kwargs)
+        return fused_drafter.propose_recorded(
+            lambda: propose(scheduler_output, *args, **kwargs),
+            self.trispec_state,
+            list(self.input_batch.req_ids),
+        )
+
+    def sample_tokens(self, grammar_output):
+        t0 = time.perf_counter()
+        out = super().sample_tokens(grammar_output)
+        state = self.trispec_state
+        step = state.stats
+        if step is None:
+            return out
+        # vLLM's sampler, bookkeeping and the drafter's proposal for the next step.
+        elapsed = time.perf_counter() - t0
+        step.add_times(sample_and_draft=elapsed)
+        self.trispec.stats.add_times(sample_and_draft=elapsed)
+        if hasattr(out, "sampled_token_ids"):
+            for req_id, tokens in zip(out.req_ids, out.sampled_token_ids, strict=False):
+                if req_id in step.per_request:
+                    step.per_request[req_id][3] = len(tokens)
+            emitted = sum(len(t) for t in out.sampled_token_ids)
+            step.emitted_tokens = emitted
+            self.trispec.stats.emitted_tokens += emitted
+            state.end_step()
+            attach_step_stats(out, step)
+        return out
+
+    def _sample(self, logits, spec_decode_metadata):
+        saved = {
+            i: g.get_state() for i, g in cpu_workarounds.discarded_cpu_generators(self).items()
+        }
+        out = super()._sample(logits, spec_decode_metadata)
+        for i, state in saved.items():
+            self.input_batch.generators[i].set_state(state)
+        st = self.trispec_state
+        batch = st.batch
+        if (
+            self.device.type == "cpu"
+            and spec_decode_metadata is not None
+            and batch is not None
+            and batch.mixed_sampling
+        ):
+            fixed = greedy_verify(
+                logits,
+                batch.num_drafts,
+                batch.draft_tokens,
+                batch.plain_greedy,
+                out.sampled_token_ids,
+            )
+            out.sampled_token_ids.copy_(fixed)
+        if st.override is not None:
+            rows, tokens = st.override
+            st.override = None
+            ids = out.sampled_token_ids
+            idx = torch.from_numpy(np.nonzero(rows)[0]).to(ids.device)
+            ids[idx] = tokens[:, : ids.shape[1]][idx.cpu()].to(ids.device, ids.dtype)
+        if st.no_bonus is not None and batch is not None:
+            drop_bonus(out.sampled_token_ids, st.no_bonus, batch.num_drafts)
+            st.no_bonus = None
+        return out
+
+    def _bookkeeping_sync(self, *args, **kwargs):
+        hidden = cpu_workarounds.discarded_cpu_generators(self)
+        for i in hidden:
+            del self.input_batch.generators[i]
+        try:
+            return super()._bookkeeping_sync(*args, **kwargs)
+        finally:
+            self.input_batch.generators.update(hidden)
+
+
+class TriSpecCPUModelRunner(TriSpecRunnerMixin, CPUModelRunner):
+    def __init__(self, vllm_config, device) -> None:
+        super().__init__(vllm_config, device)
+        cpu_workarounds.install_cpu_sampling_fix()
+        self._trispec_setup()
+
+
+class TriSpecGPUModelRunner(TriSpecRunnerMixin, GPUModelRunner):
+    def __init__(self, vllm_config, device) -> None:
+        super().__init__(vllm_config, device)
+        self._trispec_setup()

@@ -1,0 +1,47 @@
+"""Every change trispec-vllm makes to vLLM 0.32, listed in one place.
+
+`apply_trispec_patches()` (called by the `vllm.general_plugins` entry point in
+every vLLM process) applies the process-wide ones; each is idempotent and
+leaves engines without a `trispec` section on stock vLLM code paths.
+
+Process-wide, applied here:
+  1. `Platform.check_and_update_config` is wrapped (`config_hook`): the
+     `trispec` section is validated before weights load, unsupported features
+     are switched off and TriSpec's worker class is selected.
+  2. `PrometheusStatLogger.__init__/record` and `LoggingStatLogger.record/log`
+     are wrapped (`stats`): `trispec:*` counters and the periodic log line.
+  3. `llm_engine.get_metrics_snapshot` is wrapped (`stats`): `LLM.get_metrics()`
+     lists the `trispec:*` counters.
+  4. CPU with TRISPEC_CPU_SAMPLING_FIX=1 only: `rejection_sampler.
+     expand_batch_to_tokens` is replaced (`cpu_workarounds`), so stock SD engines
+     get the fix too (for fair comparisons).
+
+Applied where TriSpec's own worker and runner run (engines with a `trispec`
+section only):
+  5. the worker classes and model runners are subclasses (`workers`,
+     `model_runner`); the CPU worker's module-level `CPUModelRunner` name is
+     swapped while `init_device` builds the runner;
+  6. the TriSpec CPU runner replaces `expand_batch_to_tokens` (as 4);
+  7. with the proxy as drafter, the draft model proposer's `_greedy_sample`
+     is replaced on that instance to keep its logits (`fused_drafter`);
+  8. in steps run by vLLM's own `execute_model`, the runner's
+     `_update_states` is shadowed for that call (the batch is already updated).
+"""
+
+from __future__ import annotations
+
+from trispec_vllm import envs
+
+
+def apply_trispec_patches() -> None:
+    """Apply patches 1-4 (idempotent; cheap when vLLM is already imported)."""
+    from trispec_vllm.engine import config_hook, cpu_workarounds, stats
+
+    config_hook.patch_platform_config_hook()
+    stats.patch_stat_loggers()
+    stats.patch_metrics_reader()
+    if envs.flag("TRISPEC_CPU_SAMPLING_FIX"):
+        from vllm.platforms import current_platform
+
+        if current_platform.is_cpu():
+            cpu_workarounds.install_cpu_sampling_fix()

@@ -1,0 +1,144 @@
+"""TriSpec's counts from the worker to vLLM's stat loggers and `LLM.get_metrics()`.
+
+A step's counts ride vLLM's worker -> scheduler stats channel (the KV
+connector's stats slot: KV connectors are refused with TriSpec, so it is
+otherwise unused); the front end takes them out again before vLLM's own
+loggers see the stats, and adds them to `trispec:*` Prometheus counters and to
+the periodic log line.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import logging
+from typing import Any
+
+from trispec_vllm.config import parse_trispec_config
+from trispec_vllm.metrics import PREFIX, STATS_KEY, PrometheusCounters, TriSpecStats
+
+logger = logging.getLogger("vllm.trispec")
+HOOK_MARK = "_trispec_hook"
+
+
+def attach_step_stats(out, step: TriSpecStats) -> None:
+    """Put one step's counts into the runner's output (worker side)."""
+    from vllm.distributed.kv_transfer.kv_connector.v1.metrics import KVConnectorStats
+    from vllm.v1.outputs import KVConnectorOutput
+
+    if out.kv_connector_output is None:
+        out.kv_connector_output = KVConnectorOutput(
+            kv_connector_stats=KVConnectorStats(data={STATS_KEY: step.as_dict()})
+        )
+
+
+def split_stats(scheduler_stats):
+    """(TriSpec's step counts or None, scheduler_stats without them)."""
+    payload = getattr(scheduler_stats, "kv_connector_stats", None)
+    if not payload or STATS_KEY not in payload:
+        return None, scheduler_stats
+    rest = {k: v for k, v in payload.items() if k != STATS_KEY} or None
+    return payload[STATS_KEY], dataclasses.replace(scheduler_stats, kv_connector_stats=rest)
+
+
+def worker_counters(step) -> dict[str, Any]:
+    """A worker's running totals, and adaptive lambda's engine-wide start (a level)."""
+    out = step.stats.as_dict()
+    if step.adaptive is not None:
+        out["adaptive_start_lambda"] = step.adaptive.start
+    return out
+
+
+def patch_metrics_reader() -> None:
+    """`LLM.get_metrics()` lists `vllm:*` metrics only; add the `trispec:*` counters."""
+    from vllm.v1.engine import llm_engine
+
+    original = llm_engine.get_metrics_snapshot
+    if getattr(original, HOOK_MARK, False):
+        return
+
+    @functools.wraps(original)
+    def get_metrics_snapshot():
+        from prometheus_client import REGISTRY
+        from vllm.v1.metrics.reader import Counter
+
+        collected = original()
+        for metric in REGISTRY.collect():
+            if metric.name.startswith(PREFIX) and metric.type == "counter":
+                for sample in metric.samples:
+                    if sample.name == metric.name + "_total":
+                        collected.append(
+                            Counter(name=metric.name, labels=sample.labels, value=int(sample.value))
+                        )
+        return collected
+
+    setattr(get_metrics_snapshot, HOOK_MARK, True)
+    llm_engine.get_metrics_snapshot = get_metrics_snapshot
+
+
+def patch_stat_loggers() -> None:
+    """Teach vLLM's Prometheus and logging stat loggers about TriSpec's counts."""
+    from vllm.v1.metrics import loggers
+
+    prom = loggers.PrometheusStatLogger
+    if getattr(prom.record, HOOK_MARK, False):
+        return
+    prom_init, prom_record = prom.__init__, prom.record
+    log_record, log_log = loggers.LoggingStatLogger.record, loggers.LoggingStatLogger.log
+
+    @functools.wraps(prom_init)
+    def prometheus_init(self, vllm_config, *args, **kwargs):
+        prom_init(self, vllm_config, *args, **kwargs)
+        self.trispec_counters = None
+        if parse_trispec_config(vllm_config.additional_config) is not None:
+            self.trispec_counters = PrometheusCounters(
+                self._counter_cls,
+                self._histogram_cls,
+                ["model_name", "engine"],
+                self.per_engine_labelvalues,
+            )
+
+    @functools.wraps(prom_record)
+    def prometheus_record(self, scheduler_stats, iteration_stats, *args, **kwargs):
+        step, scheduler_stats = split_stats(scheduler_stats)
+        engine_idx = kwargs.get("engine_idx", args[1] if len(args) > 1 else 0)
+        if step and getattr(self, "trispec_counters", None) is not None:
+            self.trispec_counters.observe(step, engine_idx)
+        return prom_record(self, scheduler_stats, iteration_stats, *args, **kwargs)
+
+    @functools.wraps(log_record)
+    def logging_record(self, scheduler_stats, iteration_stats, *args, **kwargs):
+        step, scheduler_stats = split_stats(scheduler_stats)
+        if step:
+            acc = getattr(self, "trispec_interval", None) or TriSpecStats()
+            stats = TriSpecStats.from_dict(step)
+            acc.add(stats)
+            acc.add_requests(stats)
+            self.trispec_interval = acc
+        return log_record(self, scheduler_stats, iteration_stats, *args, **kwargs)
+
+    @functools.wraps(log_log)
+    def logging_log(self):
+        log_log(self)
+        acc = getattr(self, "trispec_interval", None)
+        if acc is not None and acc.proxy_steps:
+            logger.info(
+                "TriSpec: %d steps, target ran in %d (%.0f%%), %d request-steps completed by "
+                "the proxy, %d escalated, %d tokens emitted, %d catch-up tokens",
+                acc.proxy_steps,
+                acc.target_steps,
+                100 * acc.target_steps / acc.proxy_steps,
+                acc.proxy_completions,
+                acc.escalations,
+                acc.emitted_tokens,
+                acc.catchup_tokens,
+            )
+            if acc.per_request:
+                logger.info("TriSpec requests: %s", acc.request_summary())
+            self.trispec_interval = None
+
+    for fn in (prometheus_record, logging_record):
+        setattr(fn, HOOK_MARK, True)
+    prom.__init__, prom.record = prometheus_init, prometheus_record
+    loggers.LoggingStatLogger.record = logging_record
+    loggers.LoggingStatLogger.log = logging_log
