@@ -278,9 +278,13 @@ def test_n_greater_than_one_and_logprobs(proxy_is_target_llm, reference):
         for tok, lp in zip(completion.token_ids, completion.logprobs, strict=True):
             assert lp[tok].rank == 1
     # vLLM allows n > 1 with sampling only; every sample gets its full length.
-    params = SamplingParams(temperature=0.8, max_tokens=16, ignore_eos=True, n=3, seed=1)
+    params = SamplingParams(temperature=1.5, max_tokens=16, ignore_eos=True, n=3, seed=1)
     (out,) = proxy_is_target_llm.generate(prompts()[:1], params)
-    assert len(out.outputs) == 3 and all(len(c.token_ids) == 16 for c in out.outputs)
+    samples = [list(c.token_ids) for c in out.outputs]
+    assert len(samples) == 3 and all(len(s) == 16 for s in samples)
+    assert len({tuple(s) for s in samples}) > 1  # three samples, not one answer thrice
+    (again,) = proxy_is_target_llm.generate(prompts()[:1], params)
+    assert [list(c.token_ids) for c in again.outputs] == samples  # seeded: reproducible
 
 
 def test_stop_strings_and_max_tokens(proxy_is_target_llm, reference_all):

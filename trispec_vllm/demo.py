@@ -110,7 +110,8 @@ def report(results: list[Result], margin_threshold: float) -> str:
     width = max(len(r.label) for r in results)
     lines += ["", f"{'configuration':<{width}}  {'tok/s':>7}  {'target steps/token':>18}"]
     for r in results:
-        lines.append(f"{r.label:<{width}}  {r.tokens_per_s:>7.2f}  {r.target_steps_per_token:>18.3f}")
+        tps, steps = r.tokens_per_s, r.target_steps_per_token
+        lines.append(f"{r.label:<{width}}  {tps:>7.2f}  {steps:>18.3f}")
     best_sd = max(results[:2], key=lambda r: r.tokens_per_s)
     best_tri = max(results[2:], key=lambda r: r.tokens_per_s)
     ratio = best_tri.tokens_per_s / best_sd.tokens_per_s
