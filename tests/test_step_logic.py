@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 
 from trispec_vllm.config import make_config
@@ -199,3 +200,39 @@ def test_a_batch_without_temperatures_is_greedy_for_routing_and_pyramid():
         plan = pstep.plan(b, proxy)
         tokens, _ = pyramid_tokens(cfg, b, plan, proxy, target, {})
         assert tokens[0, :3].tolist() == [3, 4, 10] and tokens[1, :2].tolist() == [5, 11]
+
+
+def test_target_batch_clamps_placeholder_drafts_and_names_bad_requests():
+    from trispec_vllm.policy.target_batch import TargetBatchError, check_target_batch
+
+    table = torch.tensor([[7, 3, 0, 0], [2, 0, 0, 0]], dtype=torch.int32)
+    tokens = np.full((2, 16), -1, dtype=np.int32)
+    tokens[0, :7] = [10, 11, 12, 13, 14, 15, 16]
+    tokens[1, :1] = [21]  # a one-token prompt scheduled with 3 placeholder drafts (-1)
+    rows = np.array([0, 1])
+    tb = build_target_batch(
+        rows, np.array([4, 0]), np.array([5, 0]), np.array([2, 4]), tokens, table, 4, ["a", "b"]
+    )
+    # vLLM feeds its own model 0 at a placeholder draft: so does the custom forward.
+    assert tb.token_ids.tolist() == [14, 15, 16, 21, 0, 0, 0]
+    kw = dict(vocab_size=100, num_slots=64, block_size=4, allocated_blocks=np.array([2, 1]))
+    check_target_batch(tb, ["a", "b"], **kw)
+    with pytest.raises(TargetBatchError, match=r"vocabulary \[0, 16\): request a: positions \[6\]"):
+        check_target_batch(tb, ["a", "b"], **{**kw, "vocab_size": 16})
+    with pytest.raises(TargetBatchError, match=r"KV slots outside \[0, 8\).*request b"):
+        check_target_batch(tb, ["a", "b"], **{**kw, "num_slots": 8})
+    with pytest.raises(
+        TargetBatchError, match=r"allocated KV blocks.*request a: positions \[4, 5, 6\]"
+    ):
+        check_target_batch(tb, ["a", "b"], **{**kw, "allocated_blocks": np.array([1, 1])})
+    # A catch-up token that was never written stays as it is and is an error.
+    tokens[0, 4] = -1
+    bad = build_target_batch(
+        rows[:1], np.array([4]), np.array([5]), np.array([2]), tokens, table, 4, ["a"]
+    )
+    with pytest.raises(TargetBatchError, match=r"request a: positions \[4\] hold \[-1\]"):
+        check_target_batch(bad, ["a"], **kw)
+    with pytest.raises(TargetBatchError, match=r"request b: watermark 3, computed 2"):
+        build_target_batch(
+            rows, np.array([4, 3]), np.array([5, 2]), np.array([2, 1]), tokens, table, 4, ["a", "b"]
+        )

@@ -16,11 +16,47 @@ from vllm.v1.attention.backend import CommonAttentionMetadata
 
 from trispec_vllm.policy.batch import StepBatch
 from trispec_vllm.policy.sampling import sampled_hidden_rows
-from trispec_vllm.policy.target_batch import TargetBatch, build_target_batch
+from trispec_vllm.policy.target_batch import (
+    TargetBatch,
+    build_target_batch,
+    check_target_batch,
+    split_target_batch,
+)
 
 
-def forward_sub_batch(runner, tb: TargetBatch, layer_names: list[str], model) -> torch.Tensor:
-    """`model`'s hidden states ([tb.num_tokens, H]) over the sub-batch `tb`."""
+def forward_sub_batch(
+    runner, tb: TargetBatch, layer_names: list[str], model, what: str = "target catch-up"
+) -> torch.Tensor:
+    """`model`'s hidden states ([tb.num_tokens, H]) over the sub-batch `tb`, in as
+    many passes as vLLM's token budget (`max_num_batched_tokens`) needs: catch-up
+    tokens come on top of what the scheduler budgeted, and vLLM's buffers and
+    compiled shape ranges end at the budget."""
+    check_inputs(runner, tb, what)
+    budget = runner.max_num_tokens  # vLLM: scheduler_config.max_num_batched_tokens
+    pieces = split_target_batch(tb, budget)
+    if len(pieces) == 1:
+        return _forward(runner, tb, layer_names, model)
+    return torch.cat([_forward(runner, p, layer_names, model).clone() for p in pieces])
+
+
+def check_inputs(runner, tb: TargetBatch, what: str) -> None:
+    """Token ids, positions and KV slots of a custom forward in range, or an error
+    naming the requests and values (not an opaque IndexError inside the model)."""
+    bt = runner.input_batch.block_table[0]
+    spec = runner.kv_cache_config.kv_cache_groups[0].kv_cache_spec
+    check_target_batch(
+        tb,
+        [runner.input_batch.req_ids[int(r)] for r in tb.rows],
+        vocab_size=runner.model_config.get_vocab_size(),
+        num_slots=runner.kv_cache_config.num_blocks * spec.block_size,
+        block_size=bt.block_size,
+        allocated_blocks=bt.num_blocks_per_row[tb.rows],
+        max_model_len=runner.max_model_len,
+        what=what,
+    )
+
+
+def _forward(runner, tb: TargetBatch, layer_names: list[str], model) -> torch.Tensor:
     dev = runner.device
     qsl_cpu = tb.query_start_loc
     slot = tb.slot_mapping.to(dev)
@@ -85,7 +121,8 @@ def proxy_catchup(runner, proxy, batch: StepBatch, proxy_wm: np.ndarray) -> torc
         runner.input_batch.token_ids_cpu,
         bt.get_cpu_tensor(),
         bt.block_size,
+        req_ids=batch.req_ids,
     )
-    hidden = forward_sub_batch(runner, tb, runner.proxy_layer_names(), proxy)
+    hidden = forward_sub_batch(runner, tb, runner.proxy_layer_names(), proxy, "proxy catch-up")
     idx = sampled_hidden_rows(batch, tb, np.zeros(rows.size, dtype=np.int64))
     return proxy.compute_logits(hidden[torch.from_numpy(idx).to(runner.device)])

@@ -252,6 +252,7 @@ class TriSpecStep:
             token_ids,
             block_table,
             block_size,
+            req_ids=[batch.req_ids[r] for r in rows],
         )
 
     def target_rows(

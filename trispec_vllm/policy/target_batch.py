@@ -5,14 +5,31 @@ the end of this step's scheduled tokens: the catch-up tokens the proxy
 alone completed earlier, then this step's input token and drafts. Positions
 are absolute, so the target writes its KV into the request's own paged
 blocks (the slots the proxy's layers use for their own cache).
+
+The token ids come from vLLM's per-row token table (`token_ids_cpu`), not
+from the ids vLLM feeds its own model. The two differ at placeholder drafts:
+vLLM 0.32's scheduler schedules a new one-token request next to running ones
+with `num_speculative_tokens` draft slots of id -1 (uniform decode shape), its
+runner writes them into the token table and clamps them to 0 only in the
+model's `input_ids` (`GPUModelRunner._preprocess`). So this step's scheduled
+tokens get the same clamp here; everything else must already be a real token,
+and `check_target_batch` says which request broke that before any forward.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import torch
+
+PLACEHOLDER_TOKEN = -1  # vLLM 0.32's id of a scheduled draft slot holding no draft
+_SHOWN = 8  # offending values listed per request in an error message
+
+
+class TargetBatchError(ValueError):
+    """A custom forward's inputs are out of range; the message names the requests."""
 
 
 @dataclass(frozen=True)
@@ -45,23 +62,50 @@ def build_target_batch(
     token_ids: np.ndarray,
     block_table: torch.Tensor,
     block_size: int,
+    req_ids: Sequence[str] | None = None,
 ) -> TargetBatch:
     """Gather the target's inputs for the input-batch `rows` (all arrays by row).
 
     watermarks/num_computed/num_scheduled are per selected row; token_ids and
     block_table are the runner's whole per-row arrays (tokens include drafts).
+    `req_ids` (per selected row) name the requests in error messages.
+    Placeholder drafts (-1) among this step's scheduled tokens become 0, as in
+    vLLM's own input ids; catch-up tokens are taken as they are.
     """
+    names = _names(rows, req_ids)
     starts = watermarks.astype(np.int64)
     ends = (num_computed + num_scheduled).astype(np.int64)
-    if (starts > num_computed).any() or (starts < 0).any():
-        raise ValueError("a target watermark lies past the request's computed tokens")
+    bad = (starts > num_computed) | (starts < 0)
+    if bad.any():
+        raise TargetBatchError(
+            "a watermark lies outside the request's computed tokens: "
+            + "; ".join(
+                f"request {names[i]}: watermark {int(starts[i])}, computed {int(num_computed[i])}"
+                for i in np.nonzero(bad)[0]
+            )
+        )
     lens = ends - starts
     total = int(lens.sum())
     req_of_tok = np.repeat(np.arange(rows.size), lens)
     cu = np.zeros(rows.size + 1, dtype=np.int64)
     np.cumsum(lens, out=cu[1:])
     positions = np.arange(total, dtype=np.int64) - np.repeat(cu[:-1] - starts, lens)
+    past = positions >= token_ids.shape[1]
+    if past.any():
+        raise TargetBatchError(
+            f"positions past the token table ({token_ids.shape[1]} per request): "
+            + _listing(names, req_of_tok, past, positions, positions)
+        )
     ids = token_ids[rows[req_of_tok], positions]
+    scheduled = positions >= np.repeat(num_computed.astype(np.int64), lens)
+    ids = np.where(scheduled & (ids == PLACEHOLDER_TOKEN), 0, ids)
+    block_idx_np = positions // block_size
+    outside = block_idx_np >= block_table.shape[1]
+    if outside.any():
+        raise TargetBatchError(
+            f"positions past the block table ({block_table.shape[1]} blocks of "
+            f"{block_size}): " + _listing(names, req_of_tok, outside, positions, positions)
+        )
     bt_rows = block_table[torch.from_numpy(rows.astype(np.int64))]
     pos_t = torch.from_numpy(positions)
     block_idx = pos_t // block_size
@@ -79,3 +123,126 @@ def build_target_batch(
         max_query_len=int(lens.max()) if rows.size else 0,
         max_seq_len=int(ends.max()) if rows.size else 0,
     )
+
+
+def _names(rows: np.ndarray, req_ids: Sequence[str] | None) -> list[str]:
+    if req_ids is None:
+        return [f"<row {int(r)}>" for r in rows]
+    if len(req_ids) != rows.size:
+        raise ValueError(f"{len(req_ids)} request ids for {rows.size} rows")
+    return [str(r) for r in req_ids]
+
+
+def _listing(
+    names: Sequence[str],
+    req_of_tok: np.ndarray,
+    mask: np.ndarray,
+    positions: np.ndarray,
+    values: np.ndarray,
+) -> str:
+    """'request R: positions [..] hold [..]' for the masked tokens, request by request."""
+    parts = []
+    for i in np.unique(req_of_tok[mask]):
+        sel = mask & (req_of_tok == i)
+        pos, val = positions[sel], values[sel]
+        more = f" (+{pos.size - _SHOWN} more)" if pos.size > _SHOWN else ""
+        parts.append(
+            f"request {names[int(i)]}: positions {pos[:_SHOWN].tolist()} "
+            f"hold {val[:_SHOWN].tolist()}{more}"
+        )
+    return "; ".join(parts)
+
+
+def check_target_batch(
+    tb: TargetBatch,
+    req_ids: Sequence[str] | None,
+    *,
+    vocab_size: int,
+    num_slots: int,
+    block_size: int | None = None,
+    allocated_blocks: np.ndarray | None = None,
+    max_model_len: int | None = None,
+    what: str = "target",
+) -> None:
+    """Raise TargetBatchError, naming the requests and values, unless every token id
+    is in [0, vocab_size), every position in [0, max_model_len) and below its
+    request's sequence length, every position inside the request's allocated
+    blocks (`allocated_blocks`, per tb row) and every slot in [0, num_slots)."""
+    if not tb.num_tokens:
+        return
+    names = _names(tb.rows, req_ids)
+    cu = tb.query_start_loc.numpy().astype(np.int64)
+    req_of_tok = np.repeat(np.arange(tb.num_reqs), np.diff(cu))
+    ids = tb.token_ids.numpy().astype(np.int64)
+    pos = tb.positions.numpy().astype(np.int64)
+    slots = tb.slot_mapping.numpy().astype(np.int64)
+    problems = []
+
+    def add(label: str, mask: np.ndarray, values: np.ndarray) -> None:
+        if mask.any():
+            problems.append(f"{label}: " + _listing(names, req_of_tok, mask, pos, values))
+
+    add(f"token ids outside the vocabulary [0, {vocab_size})", (ids < 0) | (ids >= vocab_size), ids)
+    seq_len = tb.seq_lens.numpy().astype(np.int64)[req_of_tok]
+    bad_pos = (pos < 0) | (pos >= seq_len)
+    if max_model_len is not None:
+        bad_pos |= pos >= max_model_len
+    add(f"positions outside [0, sequence length) or [0, {max_model_len})", bad_pos, pos)
+    if allocated_blocks is not None and block_size is not None:
+        alloc = np.asarray(allocated_blocks, dtype=np.int64)[req_of_tok]
+        add(
+            f"positions past the request's allocated KV blocks (blocks of {block_size})",
+            pos // block_size >= alloc,
+            pos,
+        )
+    add(f"KV slots outside [0, {num_slots})", (slots < 0) | (slots >= num_slots), slots)
+    if problems:
+        raise TargetBatchError(
+            f"TriSpec {what} forward has inputs out of range: " + " | ".join(problems)
+        )
+
+
+def split_target_batch(tb: TargetBatch, max_tokens: int) -> list[TargetBatch]:
+    """Cut `tb` into consecutive passes of at most `max_tokens` tokens each.
+
+    vLLM sizes its buffers and compiled shape ranges for `max_num_batched_tokens`,
+    but catch-up adds tokens the scheduler never budgeted. The flat token list is
+    cut into windows in order; a request cut in two continues in the next window
+    from where it stopped (its earlier positions' KV is written by then, as in a
+    chunked prefill), so running the windows in order and concatenating their
+    outputs gives the hidden states of one pass over `tb`. `step_offsets` of a
+    window is relative to it and clipped at 0 (only the whole batch's is meaningful).
+    """
+    if max_tokens < 1:
+        raise ValueError(f"max_tokens must be positive, got {max_tokens}")
+    if tb.num_tokens <= max_tokens:
+        return [tb]
+    qsl = tb.query_start_loc.numpy().astype(np.int64)
+    positions = tb.positions.numpy()
+    pieces = []
+    for lo in range(0, tb.num_tokens, max_tokens):
+        hi = min(lo + max_tokens, tb.num_tokens)
+        first = int(np.searchsorted(qsl, lo, side="right")) - 1
+        last = int(np.searchsorted(qsl, hi, side="left"))  # requests starting before hi
+        reqs = np.arange(first, last)
+        starts = np.maximum(qsl[reqs], lo)
+        ends = np.minimum(qsl[reqs + 1], hi)
+        lens = ends - starts
+        cu = np.zeros(reqs.size + 1, dtype=np.int64)
+        np.cumsum(lens, out=cu[1:])
+        seq_lens = positions[ends - 1] + 1
+        pieces.append(
+            TargetBatch(
+                rows=tb.rows[reqs],
+                token_ids=tb.token_ids[lo:hi],
+                positions=tb.positions[lo:hi],
+                slot_mapping=tb.slot_mapping[lo:hi],
+                query_start_loc=torch.from_numpy(cu.astype(np.int32)),
+                seq_lens=torch.from_numpy(seq_lens.astype(np.int32)),
+                block_table=tb.block_table[torch.from_numpy(reqs)],
+                step_offsets=np.maximum(tb.step_offsets[reqs] - lo, 0),
+                max_query_len=int(lens.max()),
+                max_seq_len=int(seq_lens.max()),
+            )
+        )
+    return pieces

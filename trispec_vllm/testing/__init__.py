@@ -1,5 +1,11 @@
 """Helpers for tests and demos that need no download (tiny random models)."""
 
-from trispec_vllm.testing.tiny_models import TinyPair, make_tiny_pair, make_tokenizer
+from trispec_vllm.testing.tiny_models import (
+    TinyLlamaPair,
+    TinyPair,
+    make_tiny_llama_pair,
+    make_tiny_pair,
+    make_tokenizer,
+)
 
-__all__ = ["TinyPair", "make_tiny_pair", "make_tokenizer"]
+__all__ = ["TinyLlamaPair", "TinyPair", "make_tiny_llama_pair", "make_tiny_pair", "make_tokenizer"]

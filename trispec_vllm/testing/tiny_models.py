@@ -1,4 +1,4 @@
-"""Tiny random Qwen2 models with a locally built tokenizer, for tests and the demo.
+"""Tiny random Qwen2 and Llama models with a locally built tokenizer, for tests and the demo.
 
 The target and its proxy share the tokenizer, the vocabulary, the embedding
 and the LM head; the proxy keeps only the target's first layers (which the
@@ -82,11 +82,14 @@ class TinyPair:
     other_vocab_proxy: str
 
 
-def _save_model(model, tokenizer_dir: Path, out_dir: Path, max_len: int) -> None:
+def _save_model(
+    model, tokenizer_dir: Path, out_dir: Path, max_len: int, vocab_size: int = VOCAB_SIZE
+) -> None:
     model.save_pretrained(str(out_dir), safe_serialization=True)
     for src in tokenizer_dir.iterdir():  # tokenizer files and the chat template
         (out_dir / src.name).write_bytes(src.read_bytes())
-    gen = {"bos_token_id": None, "eos_token_id": VOCAB_SIZE - 3, "max_length": max_len}
+    # make_tokenizer puts the special tokens last: <|endoftext|> is vocab_size - 3.
+    gen = {"bos_token_id": None, "eos_token_id": vocab_size - 3, "max_length": max_len}
     (out_dir / "generation_config.json").write_text(json.dumps(gen))
 
 
@@ -157,5 +160,93 @@ def make_tiny_pair(
     other_dir = Path(pair.other_vocab_proxy)
     make_tokenizer(other_dir, VOCAB_SIZE + 128)
     other.save_pretrained(str(other_dir), safe_serialization=True)
+    done.write_text("ok")
+    return pair
+
+
+@dataclass(frozen=True)
+class TinyLlamaPair:
+    """Paths of a tiny Llama target, its proxy and a one-layer draft model."""
+
+    target: str
+    proxy: str
+    draft: str
+    vocab_size: int
+
+
+LLAMA_VOCAB_SIZE = 500  # not a multiple of 64: vLLM pads its embedding rows to 512
+
+
+def make_tiny_llama_pair(
+    out_dir: str | Path,
+    *,
+    vocab_size: int = LLAMA_VOCAB_SIZE,
+    hidden_size: int = 128,
+    target_layers: int = 3,
+    proxy_layers: int = 2,
+    draft_layers: int = 1,
+    deep_layer_scale: float = 0.15,
+    max_position_embeddings: int = 2048,
+    logit_scale: float = 24.0,
+    seed: int = 0,
+) -> TinyLlamaPair:
+    """Write target/, proxy/ and draft/ Llama models under out_dir (fp32 safetensors).
+
+    As `make_tiny_pair`, on the Llama architecture and a vocabulary that is not
+    a power of two: the proxy and the draft model keep the target's first
+    layers, embedding and LM head. Idempotent: an existing complete set is reused.
+    """
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    out = Path(out_dir)
+    pair = TinyLlamaPair(
+        target=str(out / "target"),
+        proxy=str(out / "proxy"),
+        draft=str(out / "draft"),
+        vocab_size=vocab_size,
+    )
+    done = out / ".complete"
+    if done.exists():
+        return pair
+    if not draft_layers <= proxy_layers < target_layers:
+        raise ValueError("need draft_layers <= proxy_layers < target_layers")
+    out.mkdir(parents=True, exist_ok=True)
+    tok_dir = out / "tokenizer"
+    make_tokenizer(tok_dir, vocab_size)
+    eos = vocab_size - 3
+
+    def config(layers: int) -> LlamaConfig:
+        return LlamaConfig(
+            vocab_size=vocab_size,
+            hidden_size=hidden_size,
+            intermediate_size=2 * hidden_size,
+            num_hidden_layers=layers,
+            num_attention_heads=2,
+            num_key_value_heads=1,
+            max_position_embeddings=max_position_embeddings,
+            tie_word_embeddings=False,
+            torch_dtype="float32",
+            eos_token_id=eos,
+            bos_token_id=None,
+            pad_token_id=eos,
+            initializer_range=0.2,
+        )
+
+    torch.manual_seed(seed)
+    target = LlamaForCausalLM(config(target_layers)).float()
+    with torch.no_grad():
+        target.lm_head.weight.mul_(logit_scale / 0.2 / hidden_size**0.5)
+        for layer in target.model.layers[proxy_layers:]:
+            layer.self_attn.o_proj.weight.mul_(deep_layer_scale)
+            layer.mlp.down_proj.weight.mul_(deep_layer_scale)
+    state = target.state_dict()
+    models = [(target, pair.target)]
+    for layers, path in ((proxy_layers, pair.proxy), (draft_layers, pair.draft)):
+        small = LlamaForCausalLM(config(layers)).float()
+        small.load_state_dict({k: v for k, v in state.items() if k in small.state_dict()})
+        models.append((small, path))
+    for model, path in models:
+        _save_model(model, tok_dir, Path(path), max_position_embeddings, vocab_size)
     done.write_text("ok")
     return pair
