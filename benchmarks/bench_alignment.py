@@ -315,7 +315,7 @@ def main() -> None:
     max_tokens = args.max_tokens or (48 if args.quick else 96)
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "4")
 
-    from trispec_vllm.models import fetch_pair
+    from trispec_vllm.fetch import fetch_pair
 
     pair = fetch_pair()
     convs = sharegpt_first_turns(n_prompts, args.min_chars, args.max_chars)

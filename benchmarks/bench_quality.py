@@ -588,7 +588,7 @@ def main() -> None:
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "4")
     sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-    from trispec_vllm.models import fetch_pair
+    from trispec_vllm.fetch import fetch_pair
     from trispec_vllm.prompts import humaneval_chat, humaneval_subset, mtbench_first_turns
 
     pair = fetch_pair()

@@ -372,7 +372,7 @@ def main() -> None:
 
         os.environ[SAMPLING_FIX_ENV] = "1"
 
-    from trispec_vllm.models import fetch_pair
+    from trispec_vllm.fetch import fetch_pair
 
     pair = fetch_pair()
     batches = args.batches or ([1, 8] if args.quick else [1, 8, 32])
