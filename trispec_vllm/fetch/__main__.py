@@ -1,0 +1,5 @@
+import sys
+
+from trispec_vllm.fetch.cli import main
+
+sys.exit(main())
