@@ -17,9 +17,9 @@ def main(argv: list[str] | None = None) -> int:
         "--tiny", action="store_true", help="tiny random pair (no download, noise text)"
     )
     demo.add_argument("--verbose", action="store_true", help="show vLLM's INFO logging")
-    from trispec_vllm import models, serve
+    from trispec_vllm import fetch, serve
 
-    models.add_arguments(
+    fetch.add_arguments(
         sub.add_parser(
             "fetch-models",
             help="download and convert the Qwen2.5-Coder 1.5B/0.5B pair (cached)",
@@ -36,7 +36,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "serve":
         return serve.run(args, rest)
     if args.command == "fetch-models":
-        return models.run(args)
+        return fetch.run(args)
     if rest:
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
 

@@ -35,7 +35,15 @@ CHAT_PROMPTS = [
 ]
 # Every module the real-pair demo needs beyond the plugin itself: checked before the
 # download starts, so a missing package costs a second, not a 1.6 GB fetch.
-REAL_PAIR_MODULES = ("vllm", "transformers", "safetensors", "gguf", "tqdm", "filelock")
+REAL_PAIR_MODULES = (
+    "vllm",
+    "transformers",
+    "safetensors",
+    "gguf",
+    "accelerate",
+    "tqdm",
+    "filelock",
+)
 
 
 @dataclass
