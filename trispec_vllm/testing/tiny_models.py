@@ -93,6 +93,45 @@ def _save_model(
     (out_dir / "generation_config.json").write_text(json.dumps(gen))
 
 
+def _config(config_cls, layers: int, vocab: int, hidden_size: int, max_positions: int, eos: int):
+    """A tiny config of one family (Qwen2Config, LlamaConfig, ...): the same shape for all."""
+    return config_cls(
+        vocab_size=vocab,
+        hidden_size=hidden_size,
+        intermediate_size=2 * hidden_size,
+        num_hidden_layers=layers,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        max_position_embeddings=max_positions,
+        tie_word_embeddings=False,
+        torch_dtype="float32",
+        eos_token_id=eos,
+        bos_token_id=None,
+        pad_token_id=eos,
+        initializer_range=0.2,
+    )
+
+
+def _shape_target(target, hidden_size: int, logit_scale: float, keep: int, scale: float) -> None:
+    """Peaky logits (no greedy near-ties), and layers past the first `keep` that only
+    nudge the residual stream: a model of its first `keep` layers then agrees with
+    the target mostly, and disagrees where it is unsure."""
+    import torch
+
+    with torch.no_grad():
+        target.lm_head.weight.mul_(logit_scale / 0.2 / hidden_size**0.5)
+        for layer in target.model.layers[keep:]:
+            layer.self_attn.o_proj.weight.mul_(scale)
+            layer.mlp.down_proj.weight.mul_(scale)
+
+
+def _truncated(model_cls, config, target):
+    """A model of `config` holding the target's weights for the layers it has."""
+    small = model_cls(config).float()
+    small.load_state_dict({k: v for k, v in target.state_dict().items() if k in small.state_dict()})
+    return small
+
+
 def make_tiny_pair(
     out_dir: str | Path,
     *,
@@ -125,34 +164,14 @@ def make_tiny_pair(
     make_tokenizer(tok_dir)
 
     def config(layers: int, vocab: int) -> Qwen2Config:
-        return Qwen2Config(
-            vocab_size=vocab,
-            hidden_size=hidden_size,
-            intermediate_size=2 * hidden_size,
-            num_hidden_layers=layers,
-            num_attention_heads=2,
-            num_key_value_heads=1,
-            max_position_embeddings=max_position_embeddings,
-            tie_word_embeddings=False,
-            torch_dtype="float32",
-            eos_token_id=VOCAB_SIZE - 3,
-            bos_token_id=None,
-            pad_token_id=VOCAB_SIZE - 3,
-            initializer_range=0.2,
+        return _config(
+            Qwen2Config, layers, vocab, hidden_size, max_position_embeddings, VOCAB_SIZE - 3
         )
 
     torch.manual_seed(seed)
     target = Qwen2ForCausalLM(config(target_layers, VOCAB_SIZE)).float()
-    with torch.no_grad():
-        target.lm_head.weight.mul_(logit_scale / 0.2 / hidden_size**0.5)
-        # Layers the proxy lacks only nudge the residual stream: the proxy then
-        # agrees with the target mostly, and disagrees where it is unsure.
-        for layer in target.model.layers[proxy_layers:]:
-            layer.self_attn.o_proj.weight.mul_(deep_layer_scale)
-            layer.mlp.down_proj.weight.mul_(deep_layer_scale)
-    proxy = Qwen2ForCausalLM(config(proxy_layers, VOCAB_SIZE)).float()
-    proxy_state = {k: v for k, v in target.state_dict().items() if k in proxy.state_dict()}
-    proxy.load_state_dict(proxy_state)
+    _shape_target(target, hidden_size, logit_scale, proxy_layers, deep_layer_scale)
+    proxy = _truncated(Qwen2ForCausalLM, config(proxy_layers, VOCAB_SIZE), target)
     other = Qwen2ForCausalLM(config(proxy_layers, VOCAB_SIZE + 128)).float()
 
     for model, path in ((target, pair.target), (proxy, pair.proxy)):
@@ -217,35 +236,14 @@ def make_tiny_llama_pair(
     eos = vocab_size - 3
 
     def config(layers: int) -> LlamaConfig:
-        return LlamaConfig(
-            vocab_size=vocab_size,
-            hidden_size=hidden_size,
-            intermediate_size=2 * hidden_size,
-            num_hidden_layers=layers,
-            num_attention_heads=2,
-            num_key_value_heads=1,
-            max_position_embeddings=max_position_embeddings,
-            tie_word_embeddings=False,
-            torch_dtype="float32",
-            eos_token_id=eos,
-            bos_token_id=None,
-            pad_token_id=eos,
-            initializer_range=0.2,
-        )
+        return _config(LlamaConfig, layers, vocab_size, hidden_size, max_position_embeddings, eos)
 
     torch.manual_seed(seed)
     target = LlamaForCausalLM(config(target_layers)).float()
-    with torch.no_grad():
-        target.lm_head.weight.mul_(logit_scale / 0.2 / hidden_size**0.5)
-        for layer in target.model.layers[proxy_layers:]:
-            layer.self_attn.o_proj.weight.mul_(deep_layer_scale)
-            layer.mlp.down_proj.weight.mul_(deep_layer_scale)
-    state = target.state_dict()
+    _shape_target(target, hidden_size, logit_scale, proxy_layers, deep_layer_scale)
     models = [(target, pair.target)]
     for layers, path in ((proxy_layers, pair.proxy), (draft_layers, pair.draft)):
-        small = LlamaForCausalLM(config(layers)).float()
-        small.load_state_dict({k: v for k, v in state.items() if k in small.state_dict()})
-        models.append((small, path))
+        models.append((_truncated(LlamaForCausalLM, config(layers), target), path))
     for model, path in models:
         _save_model(model, tok_dir, Path(path), max_position_embeddings, vocab_size)
     done.write_text("ok")
