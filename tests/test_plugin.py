@@ -157,3 +157,18 @@ def test_sampling_fix_env_installs_the_cpu_expand_for_every_engine(monkeypatch):
     monkeypatch.setenv("TRISPEC_CPU_SAMPLING_FIX", "1")
     plugin.register()
     assert rejection_sampler.expand_batch_to_tokens is cpu_workarounds.expand_batch_to_tokens
+
+
+def test_v1_runner_is_chosen_engine_wide_with_a_trispec_section(tiny_pair, monkeypatch):
+    """The scheduler, input processor and workers all read `use_v2_model_runner`."""
+    section = {"trispec": {"proxy_model": tiny_pair.proxy}}
+    tri = engine_config(tiny_pair.target, section)
+    stock = engine_config(tiny_pair.target, {})
+    assert "TriSpec (additional_config['trispec'])" in (
+        tri._get_v2_model_runner_unsupported_features()
+    )
+    assert not any("TriSpec" in f for f in stock._get_v2_model_runner_unsupported_features())
+    assert tri.use_v2_model_runner is False
+    monkeypatch.setenv("VLLM_USE_V2_MODEL_RUNNER", "1")
+    with pytest.raises(ValueError, match="V1 model runner"):
+        engine_config(tiny_pair.target, section)

@@ -56,6 +56,27 @@ def patch_platform_config_hook() -> None:
     platform_cls.check_and_update_config = staticmethod(check_and_update_config)
 
 
+def patch_v2_runner_choice() -> None:
+    """Make vLLM choose its V1 model runner for the whole engine (scheduler, input
+    processor and workers alike) when a `trispec` section is present, the way vLLM
+    itself does for features V2 lacks: TriSpec's runner subclasses the V1 runner."""
+    from vllm.config import VllmConfig
+
+    original = VllmConfig._get_v2_model_runner_unsupported_features
+    if getattr(original, HOOK_MARK, False):
+        return
+
+    @functools.wraps(original)
+    def unsupported_features(self) -> list[str]:
+        found = original(self)
+        if parse_trispec_config(self.additional_config) is not None:
+            found = [*found, "TriSpec (additional_config['trispec'])"]
+        return found
+
+    setattr(unsupported_features, HOOK_MARK, True)
+    VllmConfig._get_v2_model_runner_unsupported_features = unsupported_features
+
+
 def validate_engine_config(cfg: TriSpecConfig, vllm_config: VllmConfig) -> None:
     """Fail with a clear message on settings TriSpec cannot serve (no weights read)."""
     spec = vllm_config.speculative_config
@@ -74,6 +95,12 @@ def validate_engine_config(cfg: TriSpecConfig, vllm_config: VllmConfig) -> None:
         raise TriSpecConfigError(
             f"disable_by_batch_size works with the ngram drafter only (got '{spec.method}': "
             "a drafter with its own KV cache would miss the steps it skips)"
+        )
+    import vllm.envs
+
+    if vllm.envs.VLLM_USE_V2_MODEL_RUNNER:
+        raise TriSpecConfigError(
+            "TriSpec runs on vLLM's V1 model runner: unset VLLM_USE_V2_MODEL_RUNNER=1"
         )
     check_proxy_vocab(cfg.proxy_model, vllm_config.model_config.get_vocab_size())
 

@@ -8,23 +8,26 @@ Process-wide, applied here:
   1. `Platform.check_and_update_config` is wrapped (`config_hook`): the
      `trispec` section is validated before weights load, unsupported features
      are switched off and TriSpec's worker class is selected.
-  2. `PrometheusStatLogger.__init__/record` and `LoggingStatLogger.record/log`
+  2. `VllmConfig._get_v2_model_runner_unsupported_features` is wrapped
+     (`config_hook`): engines with a `trispec` section use vLLM's V1 model runner
+     throughout, chosen the way vLLM chooses it for features V2 lacks.
+  3. `PrometheusStatLogger.__init__/record` and `LoggingStatLogger.record/log`
      are wrapped (`stats`): `trispec:*` counters and the periodic log line.
-  3. `llm_engine.get_metrics_snapshot` is wrapped (`stats`): `LLM.get_metrics()`
+  4. `llm_engine.get_metrics_snapshot` is wrapped (`stats`): `LLM.get_metrics()`
      lists the `trispec:*` counters.
-  4. CPU with TRISPEC_CPU_SAMPLING_FIX=1 only: `rejection_sampler.
+  5. CPU with TRISPEC_CPU_SAMPLING_FIX=1 only: `rejection_sampler.
      expand_batch_to_tokens` is replaced (`cpu_workarounds`), so stock SD engines
      get the fix too (for fair comparisons).
 
 Applied where TriSpec's own worker and runner run (engines with a `trispec`
 section only):
-  5. the worker classes and model runners are subclasses (`workers`,
+  6. the worker classes and model runners are subclasses (`workers`,
      `model_runner`); the CPU worker's module-level `CPUModelRunner` name is
      swapped while `init_device` builds the runner;
-  6. the TriSpec CPU runner replaces `expand_batch_to_tokens` (as 4);
-  7. with the proxy as drafter, the draft model proposer's `_greedy_sample`
+  7. the TriSpec CPU runner replaces `expand_batch_to_tokens` (as 5);
+  8. with the proxy as drafter, the draft model proposer's `_greedy_sample`
      is replaced on that instance to keep its logits (`fused_drafter`);
-  8. in steps run by vLLM's own `execute_model`, the runner's
+  9. in steps run by vLLM's own `execute_model`, the runner's
      `_update_states` is shadowed for that call (the batch is already updated).
 """
 
@@ -34,10 +37,11 @@ from trispec_vllm import envs
 
 
 def apply_trispec_patches() -> None:
-    """Apply patches 1-4 (idempotent; cheap when vLLM is already imported)."""
+    """Apply patches 1-5 (idempotent; cheap when vLLM is already imported)."""
     from trispec_vllm.engine import config_hook, cpu_workarounds, stats
 
     config_hook.patch_platform_config_hook()
+    config_hook.patch_v2_runner_choice()
     stats.patch_stat_loggers()
     stats.patch_metrics_reader()
     if envs.flag("TRISPEC_CPU_SAMPLING_FIX"):
