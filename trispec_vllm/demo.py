@@ -146,8 +146,8 @@ def run(
     verbose: bool = False,
 ) -> int:
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "2" if not tiny else "1")
-    if not verbose:  # vLLM's INFO log (engine start-up, per-interval stats) is noise here
-        os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
+    if not verbose:  # vLLM's log (engine start-up, per-interval stats) is noise here
+        os.environ.setdefault("VLLM_LOGGING_LEVEL", "ERROR")
     spec = {
         "method": "ngram",
         "num_speculative_tokens": 3,
