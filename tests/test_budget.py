@@ -22,9 +22,9 @@ DYNAMO_TRACE_ONCE (no shape-range assertion): with the split bypassed
 
 from __future__ import annotations
 
-import gc
-
 import pytest
+
+from tests.test_engine import close, greedy, make_llm
 
 pytest.importorskip("vllm")
 pytestmark = pytest.mark.vllm
@@ -53,32 +53,6 @@ LONG = [
 ]
 LONG_ARRIVALS = (8, 12, 17, 23)
 PROMPTS = SHORT + LONG
-
-
-def make_llm(pair, trispec=None, **kwargs):
-    from vllm import LLM
-
-    extra = {"additional_config": {"trispec": trispec}} if trispec else {}
-    return LLM(
-        model=pair.target,
-        dtype="float32",
-        max_model_len=512,
-        seed=0,
-        **extra,
-        **kwargs,
-    )
-
-
-def close(llm) -> None:
-    llm.llm_engine.engine_core.shutdown()
-    del llm
-    gc.collect()
-
-
-def greedy():
-    from vllm import SamplingParams
-
-    return SamplingParams(temperature=0, max_tokens=MAX_TOKENS, ignore_eos=True)
 
 
 def worker_probes():
@@ -151,7 +125,7 @@ def run_in_waves(llm) -> list[list[int]]:
 
     short_ids = [str(i) for i in range(len(SHORT))]
     for rid, p in zip(short_ids, SHORT, strict=True):
-        engine.add_request(rid, p, greedy())
+        engine.add_request(rid, p, greedy(MAX_TOKENS))
     while not started.issuperset(short_ids):
         step()
     n = 0
@@ -160,7 +134,7 @@ def run_in_waves(llm) -> list[list[int]]:
             step()
             n += 1
         assert len(done) < len(SHORT), "short requests must still decode when long ones arrive"
-        engine.add_request(str(i), p, greedy())
+        engine.add_request(str(i), p, greedy(MAX_TOKENS))
     while engine.has_unfinished_requests():
         step()
     return [done[str(i)] for i in range(len(PROMPTS))]
@@ -171,7 +145,7 @@ def reference(tiny_pair) -> list[list[int]]:
     """vLLM's plain greedy outputs (no speculative_config, no TriSpec)."""
     from vllm import SamplingParams
 
-    llm = make_llm(tiny_pair, enforce_eager=True)
+    llm = make_llm(tiny_pair)
     params = SamplingParams(temperature=0, max_tokens=MAX_TOKENS, ignore_eos=True)
     outs = llm.generate(PROMPTS, params)
     close(llm)
@@ -185,8 +159,8 @@ def budget_llm(pair):
     spec = {"method": "draft_model", "model": pair.target, "num_speculative_tokens": K}
     return make_llm(
         pair,
+        spec,
         {"proxy_model": pair.target, "margin_threshold": 0.05, "max_skips": 4},
-        speculative_config=spec,
         enforce_eager=False,  # torch.compile, shapes compiled up to the budget
         enable_chunked_prefill=True,
         max_num_batched_tokens=BUDGET,

@@ -38,7 +38,8 @@ def prompts(n: int = 16) -> list[str]:
     return [base[i % 5] * (1 + i % 4) + f"# case {i}" for i in range(n)]
 
 
-def make_llm(tiny_pair, spec=None, trispec=None, **kwargs):
+def make_llm(tiny_pair, spec=None, trispec=None, enforce_eager=True, **kwargs):
+    """An fp32 engine on the pair's target (any family's tiny pair)."""
     from vllm import LLM
 
     extra = {"additional_config": {"trispec": trispec}} if trispec else {}
@@ -46,7 +47,7 @@ def make_llm(tiny_pair, spec=None, trispec=None, **kwargs):
         model=tiny_pair.target,
         dtype="float32",
         max_model_len=512,
-        enforce_eager=True,
+        enforce_eager=enforce_eager,
         speculative_config=spec,
         seed=0,
         **extra,

@@ -11,9 +11,9 @@ non-speculative greedy output token for token.
 
 from __future__ import annotations
 
-import gc
-
 import pytest
+
+from tests.test_engine import close, make_llm
 
 pytest.importorskip("vllm")
 pytestmark = pytest.mark.vllm
@@ -43,27 +43,6 @@ def llama_pair(tmp_path_factory):
     from trispec_vllm.testing import make_tiny_llama_pair
 
     return make_tiny_llama_pair(tmp_path_factory.mktemp("tiny_llama"))
-
-
-def make_llm(pair, spec=None, trispec=None):
-    from vllm import LLM
-
-    extra = {"additional_config": {"trispec": trispec}} if trispec else {}
-    return LLM(
-        model=pair.target,
-        dtype="float32",
-        max_model_len=512,
-        enforce_eager=True,
-        speculative_config=spec,
-        seed=0,
-        **extra,
-    )
-
-
-def close(llm) -> None:
-    llm.llm_engine.engine_core.shutdown()
-    del llm
-    gc.collect()
 
 
 def generate_in_waves(llm) -> tuple[list[list[int]], list[int]]:

@@ -33,7 +33,6 @@ fix (576d381) the default draw fails e0 and e4 with its IndexError.
 
 from __future__ import annotations
 
-import gc
 import os
 import random
 import shutil
@@ -42,6 +41,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+
+from tests.test_engine import close
 
 pytest.importorskip("vllm")
 pytestmark = pytest.mark.vllm
@@ -247,12 +248,6 @@ def _llm(model: str, **kwargs):
         enforce_eager=True,
         **kwargs,
     )
-
-
-def close(llm) -> None:
-    llm.llm_engine.engine_core.shutdown()
-    del llm
-    gc.collect()
 
 
 def params(max_tokens: int):
