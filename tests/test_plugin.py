@@ -41,11 +41,15 @@ def test_kernels_folder_is_not_a_top_level_package():
     assert importlib.util.find_spec("kernels") is None
 
 
-def engine_config(target, additional, spec=NGRAM):
+def engine_config(target, additional, spec=NGRAM, **kwargs):
     from vllm.engine.arg_utils import EngineArgs
 
     return EngineArgs(
-        model=target, additional_config=additional, speculative_config=spec, max_model_len=256
+        model=target,
+        additional_config=additional,
+        speculative_config=spec,
+        max_model_len=256,
+        **kwargs,
     ).create_engine_config()
 
 
@@ -70,6 +74,37 @@ def test_bad_config_fails_before_weights_load(tiny_pair, section, spec, message)
         section["proxy_model"] = tiny_pair.other_vocab_proxy
     with pytest.raises(ValueError, match=message):
         engine_config(tiny_pair.target, {"trispec": section}, spec)
+
+
+@pytest.mark.parametrize(
+    ("parallel", "message"),
+    [
+        ({"pipeline_parallel_size": 2}, "does not support pipeline parallelism"),
+        ({"data_parallel_size": 2}, "does not support data parallelism"),
+    ],
+)
+def test_pipeline_and_data_parallelism_are_refused(tiny_pair, parallel, message):
+    section = {"trispec": {"proxy_model": tiny_pair.proxy}}
+    with pytest.raises(ValueError, match=message):
+        engine_config(tiny_pair.target, section, **parallel)
+
+
+def test_tensor_parallelism_selects_trispec_worker(tiny_pair):
+    section = {"trispec": {"proxy_model": tiny_pair.proxy}}
+    cfg = engine_config(tiny_pair.target, section, tensor_parallel_size=2)
+    assert cfg.parallel_config.worker_cls == "trispec_vllm.engine.workers.TriSpecCPUWorker"
+
+
+def test_proxy_that_does_not_shard_is_refused(tmp_path):
+    import json
+
+    from trispec_vllm.config import TriSpecConfigError
+    from trispec_vllm.engine.config_hook import check_proxy_vocab
+
+    (tmp_path / "config.json").write_text(json.dumps({"vocab_size": 512, "num_attention_heads": 3}))
+    check_proxy_vocab(str(tmp_path), 512, tp_size=1)
+    with pytest.raises(TriSpecConfigError, match="3 attention heads.*tensor_parallel_size=2"):
+        check_proxy_vocab(str(tmp_path), 512, tp_size=2)
 
 
 def test_worker_and_runner_classes_build_for_cpu_and_gpu():

@@ -28,6 +28,11 @@ VARIABLES: dict[str, tuple[str | None, str]] = {
         "Set to 1 to give every engine on CPU (stock SD too) the rejection-sampler fix "
         "TriSpec's runner installs (vLLM 0.32's CPU expand kernel bug).",
     ),
+    "TRISPEC_CHECK_RANKS": (
+        None,
+        "Set to 1 to compare every step's routing across tensor-parallel ranks and raise "
+        "on a difference (one small all-gather per step; the tests turn it on).",
+    ),
     "TRISPEC_SKIP_VERSION_CHECK": (
         None,
         "Set to 1 to import trispec-vllm next to a vLLM other than the pinned one.",

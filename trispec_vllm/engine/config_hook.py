@@ -102,11 +102,16 @@ def validate_engine_config(cfg: TriSpecConfig, vllm_config: VllmConfig) -> None:
         raise TriSpecConfigError(
             "TriSpec runs on vLLM's V1 model runner: unset VLLM_USE_V2_MODEL_RUNNER=1"
         )
-    check_proxy_vocab(cfg.proxy_model, vllm_config.model_config.get_vocab_size())
+    check_proxy_vocab(
+        cfg.proxy_model,
+        vllm_config.model_config.get_vocab_size(),
+        vllm_config.parallel_config.tensor_parallel_size,
+    )
 
 
-def check_proxy_vocab(proxy_model: str, target_vocab: int) -> None:
-    """The proxy must exist and share the target's vocabulary (checked from config.json)."""
+def check_proxy_vocab(proxy_model: str, target_vocab: int, tp_size: int = 1) -> None:
+    """The proxy must exist, share the target's vocabulary and shard over the
+    tensor-parallel ranks like the target (checked from config.json)."""
     path = Path(proxy_model).expanduser()
     if not path.exists():
         raise TriSpecConfigError(
@@ -123,6 +128,13 @@ def check_proxy_vocab(proxy_model: str, target_vocab: int) -> None:
         raise TriSpecConfigError(
             f"proxy_model '{proxy_model}' has a vocabulary of {vocab} tokens but the target "
             f"has {target_vocab}: the proxy must share the target's tokenizer and vocabulary"
+        )
+    heads = text_cfg.get("num_attention_heads")
+    if tp_size > 1 and isinstance(heads, int) and heads % tp_size:
+        raise TriSpecConfigError(
+            f"proxy_model '{proxy_model}' has {heads} attention heads, which "
+            f"tensor_parallel_size={tp_size} does not divide: the proxy is sharded over the "
+            "same ranks as the target"
         )
     if envs.flag("TRISPEC_DEBUG"):
         logger.info("TriSpec proxy %s: vocabulary %d matches the target", proxy_model, vocab)
@@ -145,11 +157,14 @@ def adjust_engine_config(vllm_config: VllmConfig) -> None:
         raise TriSpecConfigError("TriSpec does not support KV connectors (kv_transfer_config)")
     parallel = vllm_config.parallel_config
     if parallel.pipeline_parallel_size > 1:
-        raise TriSpecConfigError("TriSpec does not support pipeline parallelism yet")
-    if parallel.tensor_parallel_size > 1:
-        # Every rank would route on its own copy of the (all-gathered) proxy logits;
-        # until the routing mask is broadcast from rank 0 and tested, refuse.
-        raise TriSpecConfigError("TriSpec does not support tensor parallelism yet")
+        # A pipeline stage holds some of the target's layers only; the proxy, the
+        # margins and the routed catch-up pass need the whole model on every stage.
+        raise TriSpecConfigError(
+            "TriSpec does not support pipeline parallelism (pipeline_parallel_size="
+            f"{parallel.pipeline_parallel_size}): use tensor_parallel_size instead"
+        )
+    # Tensor parallelism: the proxy is sharded like the target (same TP group), and
+    # every rank routes on identical all-gathered logits (engine/ranks.py).
     if getattr(parallel, "data_parallel_size", 1) > 1:
         # Proxy-only steps would skip the target's collectives on some ranks only.
         raise TriSpecConfigError(

@@ -22,7 +22,7 @@ from vllm.v1.worker.cpu_model_runner import CPUModelRunner
 from vllm.v1.worker.gpu_model_runner import ExecuteModelState, GPUModelRunner
 
 from trispec_vllm.config import parse_trispec_config
-from trispec_vllm.engine import cpu_workarounds, fused_drafter, proxy
+from trispec_vllm.engine import cpu_workarounds, fused_drafter, proxy, ranks
 from trispec_vllm.engine.batch_inputs import step_batch
 from trispec_vllm.engine.forward import forward_sub_batch, proxy_catchup, step_token_map
 from trispec_vllm.engine.stats import attach_step_stats
@@ -46,6 +46,7 @@ class TriSpecRunnerMixin:
         self.trispec = TriSpecStep(cfg)
         self.trispec_proxy = None
         self.trispec_state = StepState()
+        self.trispec_routed_steps = 0
         # The proxy is the draft model itself: its drafting passes give the margins.
         self.trispec_fused = fused_drafter.proxy_is_drafter(
             cfg, self.vllm_config.speculative_config
@@ -232,6 +233,8 @@ class TriSpecRunnerMixin:
     def _route(self, prep: PreparedStep, proxy_logits, own_known) -> StepPlan:
         """Phase 3: margins and routing for every request."""
         plan = self.trispec.plan(prep.batch, proxy_logits, own_drafts=own_known)
+        self.trispec_routed_steps += 1
+        ranks.check_agreement(plan, self.device, self.trispec_routed_steps)
         state = self.trispec_state
         state.no_bonus = None
         if own_known is not None and plan.decision.proxy_completes.any():
