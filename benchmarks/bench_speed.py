@@ -1,18 +1,29 @@
 """Speed of TriSpec against vLLM's own speculative decoding, same run, same prompts.
 
-    python benchmarks/bench_speed.py --quick          # a few minutes
+    python benchmarks/bench_speed.py --quick          # six configurations, batch 1 and 8
     python benchmarks/bench_speed.py                  # all configurations, batch 1/8/32
 
 Every configuration runs in this one process, one engine at a time, on the same
-prompts (HumanEval problems and MT-Bench first turns, as chat), greedy (or
-`--temperature T`: request i seeded with SEED + i in every configuration), same
-max_tokens; requests are submitted together in groups of the batch size. At
-temperature > 0 every engine gets TRISPEC_CPU_SAMPLING_FIX=1, so vLLM's own
-speculative decoding samples correctly on CPU as TriSpec's runner does. Per
-configuration and batch size: output tokens/s, ratios to no speculation and to
-the best built-in speculative configuration, target steps per output token,
-mean accepted length, proxy acceptance length, escalation rate and Case I share.
-Writes benchmarks/results/speed*.json, a markdown table and plots.
+prompts (HumanEval problems and MT-Bench first turns, as chat: code next to
+explanations that do not repeat themselves), greedy (or `--temperature T`:
+request i seeded with SEED + i in every configuration), same max_tokens (128 by
+default); requests are submitted together in groups of the batch size.
+
+The machine is noisy, so every configuration runs `--rounds` times (3 by
+default), interleaved round by round (round r runs every configuration before
+round r + 1 starts, in alternating order), so that drift hits all alike. Each
+figure is the median over rounds with its min-max spread; ratios to no
+speculation and to the best built-in speculative configuration are taken within
+a round, then summarised the same way. Prefill and decode are reported apart,
+from vLLM's own request histograms (as `vllm bench serve` does): mean time to
+first token and mean time per output token after the first.
+
+At temperature > 0 every engine gets TRISPEC_CPU_SAMPLING_FIX=1, so vLLM's own
+speculative decoding samples correctly on CPU as TriSpec's runner does. Also per
+configuration: target steps per output token, mean accepted length, proxy
+acceptance length, escalation rate and Case I share. Writes
+benchmarks/results/speed*.json, a markdown table and plots. Never run it beside
+the test suite or another benchmark.
 """
 
 from __future__ import annotations
@@ -22,6 +33,7 @@ import gc
 import json
 import os
 import platform
+import statistics
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -140,6 +152,9 @@ def snapshot(llm) -> dict[str, float]:
     for m in llm.get_metrics():
         if m.name == "vllm:iteration_tokens_total":
             out["engine_steps"] = out.get("engine_steps", 0) + m.count
+        elif m.name in HISTOGRAMS:
+            out[m.name + ":sum"] = out.get(m.name + ":sum", 0) + m.sum
+            out[m.name + ":count"] = out.get(m.name + ":count", 0) + m.count
         elif hasattr(m, "value") and isinstance(m.value, int | float):
             out[m.name] = out.get(m.name, 0) + m.value
     if any(k.startswith("trispec:") for k in out):
@@ -150,6 +165,9 @@ def snapshot(llm) -> dict[str, float]:
 
 
 LEVELS = ("worker:adaptive_start_lambda",)  # values at the end, not counts
+TTFT = "vllm:time_to_first_token_seconds"
+TPOT = "vllm:request_time_per_output_token_seconds"  # per request: decode time / (tokens - 1)
+HISTOGRAMS = (TTFT, TPOT)
 
 
 def metrics_delta(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
@@ -224,9 +242,14 @@ def run_config(
     return rows
 
 
+def hist_mean(m: dict, name: str) -> float | None:
+    count = m.get(name + ":count", 0)
+    return m[name + ":sum"] / count if count else None
+
+
 def derived(row: Row, cfg: Config) -> dict:
     m = row.m
-    out = {"tokens_per_s": row.tps}
+    out = {"tokens_per_s": row.tps, "ttft_s": hist_mean(m, TTFT), "tpot_s": hist_mean(m, TPOT)}
     steps = m.get("engine_steps", 0)
     # Without TriSpec every engine step runs the target.
     target_steps = m.get("worker:target_steps", 0) if cfg.trispec else steps
@@ -249,20 +272,30 @@ def derived(row: Row, cfg: Config) -> dict:
 
 
 def table(results: list[dict], batches: list[int]) -> str:
+    """Markdown table; medians with their min-max spread where the run had rounds."""
     lines = [
-        "| configuration | batch | tok/s | vs no spec | vs best SD | target steps/token "
-        "| accepted len | proxy acc. len | escalation | Case I | mean lambda "
-        "| start lambda after | failed trials |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| configuration | batch | tok/s | vs no spec | vs best SD | TTFT s | TPOT ms "
+        "| target steps/token | accepted len | proxy acc. len | escalation | Case I "
+        "| mean lambda | start lambda after | failed trials |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
 
     def f(v, fmt="{:.2f}"):
         return "-" if v is None else fmt.format(v)
 
+    def spread(r, key, fmt):
+        lo_hi = r.get(key + "_range")
+        text = f(r.get(key), fmt)
+        if lo_hi and text != "-":
+            text += f" ({fmt.format(lo_hi[0]).rstrip('x')}-{fmt.format(lo_hi[1])})"
+        return text
+
     for r in results:
+        tpot = r.get("tpot_s")
         lines.append(
-            f"| {r['config']} | {r['batch']} | {r['tokens_per_s']:.2f} | "
-            f"{f(r.get('vs_no_spec'), '{:.2f}x')} | {f(r.get('vs_best_sd'), '{:.2f}x')} | "
+            f"| {r['config']} | {r['batch']} | {spread(r, 'tokens_per_s', '{:.2f}')} | "
+            f"{spread(r, 'vs_no_spec', '{:.2f}x')} | {spread(r, 'vs_best_sd', '{:.2f}x')} | "
+            f"{f(r.get('ttft_s'))} | {f(None if tpot is None else 1e3 * tpot, '{:.0f}')} | "
             f"{f(r.get('target_steps_per_token'), '{:.3f}')} | "
             f"{f(r.get('mean_accepted_length'))} | {f(r.get('proxy_acceptance_length'))} | "
             f"{f(r.get('escalation_rate'), '{:.0%}')} | {f(r.get('case_i_share'), '{:.0%}')} | "
@@ -270,6 +303,59 @@ def table(results: list[dict], batches: list[int]) -> str:
             f"{f(r.get('adaptive_failed_share'), '{:.1%}')} |"
         )
     return "\n".join(lines)
+
+
+def cpu_model() -> str:
+    """The CPU's model name and core count, for every table's hardware line."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                name = line.split(":", 1)[1].strip()
+                break
+        else:
+            name = platform.processor() or platform.machine()
+    except OSError:
+        name = platform.processor() or platform.machine()
+    return f"{name}, {os.cpu_count()} cores"
+
+
+def with_ratios(rows: list[dict], builtin: set[str]) -> None:
+    """Ratios to no speculation and to the best built-in SD, within one round and batch."""
+    for b in {r["batch"] for r in rows}:
+        same = [r for r in rows if r["batch"] == b]
+        base = next((r["tokens_per_s"] for r in same if r["config"] == "no speculation"), None)
+        best = max((r["tokens_per_s"] for r in same if r["config"] in builtin), default=None)
+        for r in same:
+            r["vs_no_spec"] = r["tokens_per_s"] / base if base else None
+            r["vs_best_sd"] = r["tokens_per_s"] / best if best else None
+
+
+SPREAD_KEYS = ("tokens_per_s", "vs_no_spec", "vs_best_sd", "ttft_s", "tpot_s")
+
+
+def summarise(per_round: list[list[dict]]) -> list[dict]:
+    """One row per (configuration, batch): medians over rounds, min-max for SPREAD_KEYS,
+    the first round's counters (greedy runs repeat them) and every round's figures."""
+    out = []
+    for first in per_round[0]:
+        same = [
+            r
+            for rows in per_round
+            for r in rows
+            if r["config"] == first["config"] and r["batch"] == first["batch"]
+        ]
+        row = dict(first)
+        for key, v in first.items():
+            vals = [r.get(key) for r in same]
+            if isinstance(v, int | float) and not isinstance(v, bool) and None not in vals:
+                row[key] = statistics.median(vals)
+                if key in SPREAD_KEYS:
+                    row[key + "_range"] = [min(vals), max(vals)]
+        row["rounds"] = [
+            {k: r.get(k) for k in SPREAD_KEYS} | {"seconds": r["seconds"]} for r in same
+        ]
+        out.append(row)
+    return out
 
 
 def plots(results: list[dict], out: Path) -> None:
@@ -365,6 +451,7 @@ def main() -> None:
     ap.add_argument("--temperature", type=float, default=0.0)
     ap.add_argument("--seed", type=int, default=1000, help="request i gets seed SEED + i")
     ap.add_argument("--out", default=None)
+    ap.add_argument("--rounds", type=int, default=3, help="interleaved repeats (median, spread)")
     args = ap.parse_args()
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "4")
     if args.temperature > 0:
@@ -376,55 +463,50 @@ def main() -> None:
 
     pair = fetch_pair()
     batches = args.batches or ([1, 8] if args.quick else [1, 8, 32])
-    max_tokens = args.max_tokens or (48 if args.quick else 96)
+    max_tokens = args.max_tokens or 128
     # Requests per batch size: enough groups to average over, few enough to finish.
     plan = [(b, {1: 2 if args.quick else 4}.get(b, b * (1 if args.quick else 2))) for b in batches]
     prompts = chat_prompts(max(n for _, n in plan))
     cfgs = configurations(pair.proxy, args.quick)
     if args.only:
         cfgs = [c for c in cfgs if c.label in args.only]
-    print(f"{len(cfgs)} configurations, batches {plan} (batch, requests), max_tokens {max_tokens}")
-    rows: list[tuple[Config, Row]] = []
-    for cfg in cfgs:
-        for row in run_config(
-            cfg,
-            pair.target,
-            prompts,
-            plan,
-            max_tokens,
-            args.eager,
-            args.temperature,
-            args.seed,
-        ):
-            rows.append((cfg, row))
-
-    results = []
-    for cfg, row in rows:
-        d = {
-            "config": cfg.label,
-            "batch": row.batch,
-            "lam": cfg.lam,
-            "trispec": cfg.trispec,
-            "tokens": row.tokens,
-            "seconds": row.seconds,
-            **derived(row, cfg),
-            "raw": row.m,
-        }
-        results.append(d)
-    for b in batches:
-        same = [r for r in results if r["batch"] == b]
-        base = next((r["tokens_per_s"] for r in same if r["config"] == "no speculation"), None)
-        best = max(
-            (
-                r["tokens_per_s"]
-                for r in same
-                if any(c.builtin_sd and c.label == r["config"] for c in cfgs)
-            ),
-            default=None,
-        )
-        for r in same:
-            r["vs_no_spec"] = r["tokens_per_s"] / base if base else None
-            r["vs_best_sd"] = r["tokens_per_s"] / best if best else None
+    print(
+        f"{len(cfgs)} configurations x {args.rounds} rounds, batches {plan} (batch, requests), "
+        f"max_tokens {max_tokens}; {cpu_model()}"
+    )
+    builtin = {c.label for c in cfgs if c.builtin_sd}
+    per_round: list[list[dict]] = []
+    for rnd in range(args.rounds):
+        print(f"round {rnd + 1}/{args.rounds}", flush=True)
+        rows: list[dict] = []
+        # Alternate the order so no configuration always runs first after a cold start.
+        for cfg in cfgs if rnd % 2 == 0 else cfgs[::-1]:
+            for row in run_config(
+                cfg,
+                pair.target,
+                prompts,
+                plan,
+                max_tokens,
+                args.eager,
+                args.temperature,
+                args.seed,
+            ):
+                rows.append(
+                    {
+                        "config": cfg.label,
+                        "batch": row.batch,
+                        "lam": cfg.lam,
+                        "trispec": cfg.trispec,
+                        "tokens": row.tokens,
+                        "seconds": row.seconds,
+                        **derived(row, cfg),
+                        "raw": row.m,
+                    }
+                )
+        with_ratios(rows, builtin)
+        order = {(c.label, b): i for i, c in enumerate(cfgs) for b, _ in plan}
+        per_round.append(sorted(rows, key=lambda r: order[(r["config"], r["batch"])]))
+    results = summarise(per_round)
 
     out = (
         Path(args.out)
@@ -432,7 +514,7 @@ def main() -> None:
         else RESULTS / ("speed_quick.json" if args.quick else "speed.json")
     )
     out.parent.mkdir(parents=True, exist_ok=True)
-    machine = f"{platform.machine()}, {os.cpu_count()} cores, vllm-cpu 0.32.0"
+    machine = f"{cpu_model()}, vllm-cpu 0.32.0"
     out.write_text(
         json.dumps(
             {
@@ -441,6 +523,7 @@ def main() -> None:
                 "temperature": args.temperature,
                 "seed": args.seed if args.temperature > 0 else None,
                 "plan": plan,
+                "rounds": args.rounds,
                 "results": results,
             },
             indent=1,
@@ -453,7 +536,8 @@ def main() -> None:
         else "greedy"
     )
     out.with_suffix(".md").write_text(
-        f"Machine: {machine}; max_tokens {max_tokens}; {sampling}; (batch, requests) {plan}\n\n"
+        f"Machine: {machine}; max_tokens {max_tokens}; {sampling}; (batch, requests) {plan}; "
+        f"medians of {args.rounds} interleaved rounds (min-max)\n\n"
         + md
         + "\n"
     )

@@ -236,3 +236,28 @@ def test_auto_backend_keeps_the_faster_implementation(monkeypatch):
     monkeypatch.setenv(ts.BACKEND_ENV, "fastest")
     with pytest.raises(ValueError, match="TRISPEC_KERNELS must be one of auto, triton, torch"):
         ts.run("k", x, triton, torch_ref, x)
+
+
+def test_kernel_warmup_covers_every_shape_class(monkeypatch):
+    """The warm-up runs each kernel once per rows bucket up to the step's most rows
+    (and not at all where kernels take the torch reference, as on CPU)."""
+    from trispec_vllm.config import make_config
+    from trispec_vllm.engine import kernel_warmup
+
+    assert kernel_warmup.row_buckets(1) == [1]
+    assert kernel_warmup.row_buckets(20) == [1, 2, 4, 8, 16, 32]
+    cfg = make_config(proxy_model="p", policy="pyramid")
+    assert kernel_warmup.warm_kernels(cfg, 64, torch.float32, torch.device("cpu"), 20) == []
+
+    calls = []
+    monkeypatch.setattr(kernel_warmup, "use_triton", lambda t: True)
+    monkeypatch.setattr(
+        kernel_warmup, "top2_margins", lambda x, t=None: calls.append(("m", *x.shape))
+    )
+    monkeypatch.setattr(
+        kernel_warmup, "divergence", lambda p, q, t, k: calls.append(("d", *p.shape))
+    )
+    got = kernel_warmup.warm_kernels(cfg, 64, torch.float32, torch.device("cpu"), 20)
+    assert got == [1, 2, 4, 8, 16, 32]
+    assert sorted({c[1] for c in calls}) == got
+    assert sum(c[0] == "d" for c in calls) == len(got)  # pyramid: the divergence kernel too

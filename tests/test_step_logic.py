@@ -236,3 +236,30 @@ def test_target_batch_clamps_placeholder_drafts_and_names_bad_requests():
         build_target_batch(
             rows, np.array([4, 3]), np.array([5, 2]), np.array([2, 1]), tokens, table, 4, ["a", "b"]
         )
+
+
+def test_expiring_ride_along_lines_up_forced_escalations():
+    """Request 0 is trusted but one skip short of max_skips when request 1 escalates:
+    under 'expiring' it rides along (its counter restarts with the batch's), under
+    'none' it stays with the proxy and is forced alone next step."""
+    logits = confident_logits([3, 4, 9, 6, 2])
+    logits[3, 7] = 20.0  # request 1 unsure at its first position: escalated
+    for mode, riding in (("none", False), ("expiring", True)):
+        step = TriSpecStep(make_config(proxy_model="p", max_skips=2, ride_along=mode))
+        batch = step_batch([2, 1], [3, 4, 5])
+        calm = confident_logits([3, 4, 9, 6, 2])  # request 1 confident too: Case I
+        calm[4, 2] = 0.0
+        calm[4, 11] = 20.0  # proxy's own token at request 1's bonus row
+        plan = step.plan(batch, calm)
+        step.finish(batch, plan, None)  # both completed by the proxy: one skip each
+        plan = step.plan(batch, logits)
+        assert plan.decision.proxy_completes.tolist() == [not riding, False], mode
+        assert plan.decision.trusted_len.tolist() == [2 if riding else 0, 0]
+        step.finish(batch, plan, None)
+        plan = step.plan(batch, calm)
+        # 'none': request 0 has used its two skips and is forced on its own.
+        assert plan.decision.proxy_completes.tolist() == [riding, True], mode
+    # A request with skips to spare does not ride along under 'expiring'.
+    step = TriSpecStep(make_config(proxy_model="p", max_skips=4, ride_along="expiring"))
+    plan = step.plan(step_batch([2, 1], [3, 4, 5]), logits)
+    assert plan.escalated_rows.tolist() == [1]

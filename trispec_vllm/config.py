@@ -46,12 +46,16 @@ class _Section(BaseModel):
         description="Most consecutive steps a request may be completed by the proxy alone "
         "before it is sent to the target (bounds the target's catch-up length).",
     )
-    ride_along: Literal["none", "all"] = Field(
+    ride_along: Literal["none", "expiring", "all"] = Field(
         default="none",
-        description="Once the target runs in a step, whether requests the proxy would "
-        "complete are verified by the target too ('all': fewer trusted-but-wrong tokens, "
-        "more target work) or not ('none': the default; the proxy's verdict stands and the "
-        "target catches up later).",
+        description="Once the target runs in a step, which requests the proxy would "
+        "complete are verified by the target too (trusted prefix kept): 'none' (the "
+        "default: the proxy's verdict stands and the target catches up later; each "
+        "request's output depends on its own tokens only), 'expiring' (requests that would "
+        "reach max_skips next step, so their forced escalations line up with the batch's "
+        "instead of costing a target pass of their own) or 'all' (fewer trusted-but-wrong "
+        "tokens, more target work). 'expiring' and 'all' make a lossy request's output "
+        "depend on its batch neighbours (docs/determinism.md).",
     )
     max_proxy_batch: int | None = Field(
         default=None,

@@ -24,7 +24,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--proxy-model", help="TriSpec proxy (same vocabulary as the target)")
     parser.add_argument("--margin-threshold", type=float, default=None, help="lambda")
     parser.add_argument("--max-skips", type=int, default=None)
-    parser.add_argument("--ride-along", choices=["none", "all"], default=None)
+    parser.add_argument("--ride-along", choices=["none", "expiring", "all"], default=None)
     parser.add_argument(
         "--drafter",
         default="ngram",

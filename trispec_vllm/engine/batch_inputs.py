@@ -23,12 +23,13 @@ def step_batch(input_batch, req_ids: list[str], num_sched: np.ndarray, spec_meta
     """The policy's view of this step (`input_batch`: vLLM's InputBatch)."""
     ib = input_batch
     b = len(req_ids)
+    num_computed = ib.num_computed_tokens_cpu[:b].astype(np.int64)
     if spec_meta is None:
         num_drafts = np.zeros(b, dtype=np.int64)
         drafts = torch.zeros(0, dtype=torch.long)
     else:
         num_drafts = np.asarray(spec_meta.num_draft_tokens, dtype=np.int64)
-        drafts = spec_meta.draft_token_ids
+        drafts = host_drafts(ib.token_ids_cpu, num_computed, num_sched, num_drafts)
     greedy = np.array([r in ib.greedy_reqs for r in req_ids], dtype=bool)
     plain = ib.frequency_penalties_cpu[:b] == 0
     plain &= ib.presence_penalties_cpu[:b] == 0
@@ -47,7 +48,7 @@ def step_batch(input_batch, req_ids: list[str], num_sched: np.ndarray, spec_meta
         req_ids=req_ids,
         mixed_sampling=bool(greedy.any() and not greedy.all()),
         num_scheduled=num_sched.astype(np.int64),
-        num_computed=ib.num_computed_tokens_cpu[:b].astype(np.int64),
+        num_computed=num_computed,
         num_prompt=ib.num_prompt_tokens[:b].astype(np.int64),
         num_drafts=num_drafts,
         draft_tokens=drafts,
@@ -56,6 +57,20 @@ def step_batch(input_batch, req_ids: list[str], num_sched: np.ndarray, spec_meta
         plain_greedy=plain & greedy,
         untruncated=untruncated,
     )
+
+
+def host_drafts(
+    token_ids_cpu: np.ndarray, num_computed: np.ndarray, num_sched: np.ndarray, num_drafts
+) -> torch.Tensor:
+    """[sum(num_drafts)] the drafts vLLM scheduled, read from the runner's host token
+    table (the last num_drafts of each request's scheduled tokens), so the step needs
+    no device-to-host copy of `SpecDecodeMetadata.draft_token_ids`. The values are
+    the ones vLLM's rejection sampler sees: placeholder drafts stay -1 here as there
+    (vLLM clamps them to 0 in the model's input ids only)."""
+    end = num_computed + num_sched.astype(np.int64)
+    rows = np.repeat(np.arange(len(num_drafts)), num_drafts)
+    cols = np.concatenate([np.arange(e - n, e) for e, n in zip(end, num_drafts, strict=True)])
+    return torch.from_numpy(token_ids_cpu[rows, cols.astype(np.int64)].astype(np.int64))
 
 
 def processed_rows(logitsprocs, b: int) -> tuple[np.ndarray, np.ndarray]:

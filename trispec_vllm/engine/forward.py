@@ -14,6 +14,7 @@ import torch
 from vllm.forward_context import set_forward_context
 from vllm.v1.attention.backend import CommonAttentionMetadata
 
+from trispec_vllm.engine.upload import upload
 from trispec_vllm.policy.batch import StepBatch
 from trispec_vllm.policy.sampling import sampled_hidden_rows
 from trispec_vllm.policy.target_batch import (
@@ -57,21 +58,23 @@ def check_inputs(runner, tb: TargetBatch, what: str) -> None:
 
 
 def _forward(runner, tb: TargetBatch, layer_names: list[str], model) -> torch.Tensor:
-    dev = runner.device
     qsl_cpu = tb.query_start_loc
-    slot = tb.slot_mapping.to(dev)
+    token_ids, positions, slot, seq_lens, qsl, block_table = upload(
+        [tb.token_ids, tb.positions, tb.slot_mapping, tb.seq_lens, qsl_cpu, tb.block_table],
+        runner.device,
+    )
     cm = CommonAttentionMetadata(
-        query_start_loc=qsl_cpu.to(dev),
+        query_start_loc=qsl,
         query_start_loc_cpu=qsl_cpu,
-        seq_lens=tb.seq_lens.to(dev),
+        seq_lens=seq_lens,
         num_reqs=tb.num_reqs,
         num_actual_tokens=tb.num_tokens,
         max_query_len=tb.max_query_len,
         max_seq_len=tb.max_seq_len,
-        block_table_tensor=tb.block_table.to(dev),
+        block_table_tensor=block_table,
         slot_mapping=slot,
         causal=True,
-        positions=tb.positions.to(dev),
+        positions=positions,
         seq_lens_cpu_upper_bound=tb.seq_lens,
     )
     layers = set(layer_names)
@@ -87,12 +90,10 @@ def _forward(runner, tb: TargetBatch, layer_names: list[str], model) -> torch.Te
         num_tokens=tb.num_tokens,
         slot_mapping=dict.fromkeys(layers, slot),
     ):
-        return model(input_ids=tb.token_ids.to(dev), positions=tb.positions.to(dev))
+        return model(input_ids=token_ids, positions=positions)
 
 
-def step_token_map(
-    batch: StepBatch, tb: TargetBatch, device: torch.device
-) -> tuple[torch.Tensor, torch.Tensor]:
+def step_token_map(batch: StepBatch, tb: TargetBatch) -> tuple[np.ndarray, np.ndarray]:
     """(indices into the sub-batch's hidden states, matching indices into the full
     batch's) of this step's scheduled tokens, for the requests the sub-batch holds."""
     full_start = np.zeros(len(batch.req_ids), dtype=np.int64)
@@ -102,10 +103,7 @@ def step_token_map(
         s = int(batch.num_scheduled[r])
         src.append(tb.step_offsets[i] + np.arange(s))
         dst.append(full_start[r] + np.arange(s))
-    return (
-        torch.from_numpy(np.concatenate(src)).to(device),
-        torch.from_numpy(np.concatenate(dst)).to(device),
-    )
+    return np.concatenate(src), np.concatenate(dst)
 
 
 def proxy_catchup(runner, proxy, batch: StepBatch, proxy_wm: np.ndarray) -> torch.Tensor:
@@ -125,4 +123,5 @@ def proxy_catchup(runner, proxy, batch: StepBatch, proxy_wm: np.ndarray) -> torc
     )
     hidden = forward_sub_batch(runner, tb, runner.proxy_layer_names(), proxy, "proxy catch-up")
     idx = sampled_hidden_rows(batch, tb, np.zeros(rows.size, dtype=np.int64))
-    return proxy.compute_logits(hidden[torch.from_numpy(idx).to(runner.device)])
+    (idx_dev,) = upload([torch.from_numpy(idx)], runner.device)
+    return proxy.compute_logits(hidden[idx_dev])

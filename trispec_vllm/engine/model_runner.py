@@ -22,11 +22,12 @@ from vllm.v1.worker.cpu_model_runner import CPUModelRunner
 from vllm.v1.worker.gpu_model_runner import ExecuteModelState, GPUModelRunner
 
 from trispec_vllm.config import parse_trispec_config
-from trispec_vllm.engine import cpu_workarounds, fused_drafter, proxy, ranks
+from trispec_vllm.engine import cpu_workarounds, fused_drafter, kernel_warmup, proxy, ranks
 from trispec_vllm.engine.batch_inputs import step_batch
 from trispec_vllm.engine.forward import forward_sub_batch, proxy_catchup, step_token_map
 from trispec_vllm.engine.stats import attach_step_stats
 from trispec_vllm.engine.step_state import PreparedStep, StepState
+from trispec_vllm.engine.upload import upload
 from trispec_vllm.policy.batch import StepPlan
 from trispec_vllm.policy.sampling import drop_bonus, greedy_verify, pyramid_tokens
 from trispec_vllm.policy.step import TriSpecStep
@@ -47,6 +48,7 @@ class TriSpecRunnerMixin:
         self.trispec_proxy = None
         self.trispec_state = StepState()
         self.trispec_routed_steps = 0
+        self.trispec_kernels_warmed = False
         # The proxy is the draft model itself: its drafting passes give the margins.
         self.trispec_fused = fused_drafter.proxy_is_drafter(
             cfg, self.vllm_config.speculative_config
@@ -73,8 +75,20 @@ class TriSpecRunnerMixin:
     @torch.inference_mode()
     def _dummy_run(self, num_tokens, *args, **kwargs):
         """vLLM's warm-up/profile pass, extended to the proxy so that it is
-        compiled (and its memory counted) before the first request, not during it."""
+        compiled (and its memory counted) before the first request, not during it;
+        the first call also warms TriSpec's Triton kernels (`kernel_warmup`)."""
         out = super()._dummy_run(num_tokens, *args, **kwargs)
+        if not self.trispec_kernels_warmed:
+            self.trispec_kernels_warmed = True
+            spec = self.vllm_config.speculative_config
+            k = spec.num_speculative_tokens if spec is not None else 0
+            kernel_warmup.warm_kernels(
+                self.trispec.cfg,
+                self.model_config.get_vocab_size(),
+                self.model_config.dtype,
+                self.device,
+                max_rows=self.max_num_reqs * (k + 1),
+            )
         if self.trispec_proxy is not None:
             with set_forward_context(None, self.vllm_config, num_tokens=num_tokens):
                 self.trispec_proxy(
@@ -267,11 +281,14 @@ class TriSpecRunnerMixin:
         else:
             target_hidden = forward_sub_batch(self, tb, self.target_layer_names(), self.model)
         logit_rows, hidden_rows = self.trispec.target_rows(batch, plan, tb)
+        # Target hidden states of this step's tokens, where the target ran
+        # (prompt logprobs read them for prefilling requests).
+        src, dst = step_token_map(batch, tb)
+        logit_rows_d, hidden_rows_d, src_d, dst_d = upload(
+            [torch.from_numpy(a) for a in (logit_rows, hidden_rows, src, dst)], self.device
+        )
         if logit_rows.size:
-            dev = self.device
-            target_logits = self.model.compute_logits(
-                target_hidden[torch.from_numpy(hidden_rows).to(dev)]
-            )
+            target_logits = self.model.compute_logits(target_hidden[hidden_rows_d])
             if logits is None:  # no proxy this step: every row is the target's
                 logits = target_logits.new_empty(
                     (len(prep.logits_indices), target_logits.shape[1])
@@ -279,14 +296,12 @@ class TriSpecRunnerMixin:
             else:  # never narrow the target's rows to the proxy's dtype
                 wide = torch.promote_types(logits.dtype, target_logits.dtype)
                 logits = logits.to(wide, copy=True)
-            logits[torch.from_numpy(logit_rows).to(dev)] = target_logits.to(logits.dtype)
-            self.trispec.observe_target(
-                batch, plan, logit_rows, target_logits.argmax(dim=-1).cpu().numpy()
-            )
-        # Target hidden states of this step's tokens, where the target ran
-        # (prompt logprobs read them for prefilling requests).
-        src, dst = step_token_map(batch, tb, self.device)
-        hidden_states[dst] = target_hidden[src].to(hidden_states.dtype)
+            logits[logit_rows_d] = target_logits.to(logits.dtype)
+            if self.trispec.adaptive is not None:  # the only reader of the target's argmax
+                self.trispec.observe_target(
+                    batch, plan, logit_rows, target_logits.argmax(dim=-1).cpu().numpy()
+                )
+        hidden_states[dst_d] = target_hidden[src_d].to(hidden_states.dtype)
         return logits, hidden_states, tb
 
     def _finish(self, prep: PreparedStep, plan: StepPlan, proxy_logits, logits, tb) -> None:

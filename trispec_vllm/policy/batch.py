@@ -23,7 +23,7 @@ class StepBatch:
     num_computed: np.ndarray  # [B] before this step
     num_prompt: np.ndarray  # [B]
     num_drafts: np.ndarray  # [B]
-    draft_tokens: torch.Tensor  # [sum(num_drafts)] flat
+    draft_tokens: torch.Tensor  # [sum(num_drafts)] flat, on the host
     trust_allowed: np.ndarray  # [B] bool: requests that may trust the proxy (no penalties etc.)
     mixed_sampling: bool = False  # greedy and sampled requests share the batch
     # [B] sampling temperature, 0 for greedy; None (unit-test batches): all greedy.

@@ -33,6 +33,13 @@ logger = logging.getLogger("vllm.trispec")
 NEVER_TRUST = float("inf")
 
 
+def margins_to_host(top1: torch.Tensor, margin: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The step's one inherent device-to-host copy: top-1 ids and margins packed
+    into one float32 tensor (ids are exact in float32 below 2**24)."""
+    packed = torch.stack([margin.float(), top1.float()]).cpu()
+    return packed[1].long(), packed[0]
+
+
 class TriSpecStep:
     def __init__(self, cfg: TriSpecConfig) -> None:
         self.cfg = cfg
@@ -137,7 +144,7 @@ class TriSpecStep:
             temps = batch.row_temperatures()
             uniform = bool((temps == 1.0).all())
             res = top2_margins(proxy_logits, None if uniform else temps.to(proxy_logits.device))
-            top1_flat, margin_flat = res.top1_id.cpu(), res.margin.cpu()
+            top1_flat, margin_flat = margins_to_host(res.top1_id, res.margin)
             if own_drafts is not None:
                 # Blank rows (bonus positions, requests without a proposal): no verdict.
                 blank = np.repeat(~own_drafts, n + 1)
@@ -151,7 +158,7 @@ class TriSpecStep:
         margin = margin_flat[rows]
         drafts = torch.zeros((b, k), dtype=torch.long)
         if k:
-            flat = batch.draft_tokens.cpu().long()
+            flat = batch.draft_tokens.long()  # host copy (StepBatch)
             # Entries past a request's own drafts are ignored by the router.
             idx = np.minimum(batch.draft_offsets()[:, None] + j[None, :k], flat.numel() - 1)
             drafts = flat[torch.from_numpy(idx)]
@@ -190,10 +197,11 @@ class TriSpecStep:
         lam = torch.from_numpy(np.where(trusting, base, NEVER_TRUST).astype(np.float32))
         decision = rule(lam, torch.from_numpy(force))
         escalated = ~decision.proxy_completes.numpy()
-        if self.cfg.ride_along == "all" and escalated.any():
-            # The target runs anyway: let every request ride along, trusted prefix kept.
-            decision = rule(lam, torch.ones(b, dtype=torch.bool))
-            escalated = np.ones(b, dtype=bool)
+        riders = self.riders(escalated, skips)
+        if riders is not None:
+            # The target runs anyway: riders are verified too, trusted prefix kept.
+            decision = rule(lam, torch.from_numpy(force | riders))
+            escalated = ~decision.proxy_completes.numpy()
         in_step = (torch.arange(k + 1).unsqueeze(0) <= torch.from_numpy(n).unsqueeze(1)).numpy()
         step_margins = margin.numpy()[in_step & decoding[:, None]]
         return StepPlan(
@@ -210,6 +218,18 @@ class TriSpecStep:
             pyramid_rows=pyramid_rows,
             proxy_ran=proxy_logits is not None,
         )
+
+    def riders(self, escalated: np.ndarray, skips: np.ndarray) -> np.ndarray | None:
+        """[B] bool: requests the target verifies because it runs this step anyway
+        (`ride_along`), None when there are none. 'expiring' picks those whose skip
+        counter would reach max_skips next step: their forced escalation joins this
+        target pass instead of forcing one of its own later."""
+        mode = self.cfg.ride_along
+        if mode == "none" or not escalated.any():
+            return None
+        if mode == "all":
+            return np.ones_like(escalated)
+        return skips + 1 >= self.cfg.max_skips
 
     def observe_target(
         self, batch: StepBatch, plan: StepPlan, logit_rows: np.ndarray, target_top1: np.ndarray
