@@ -62,8 +62,9 @@ def configurations(proxy: str, quick: bool) -> list[Config]:
     def draft(k):
         return {"method": "draft_model", "model": proxy, "num_speculative_tokens": k}
 
-    def tri(lam):
-        return {"proxy_model": proxy, "margin_threshold": lam}
+    def tri(lam, **more):
+        # The TriSpec step in every step (the cost-aware choice is its own row).
+        return {"proxy_model": proxy, "margin_threshold": lam, "cost_aware": False, **more}
 
     cfgs = [
         Config("no speculation"),
@@ -76,6 +77,13 @@ def configurations(proxy: str, quick: bool) -> list[Config]:
             for lam in (0.2, 0.3, 0.4, 0.5, 0.6, 0.7)
         ),
         Config("TriSpec ngram lossless", ngram(3), tri(1.5), lam=1.5),
+        # The default section: only proxy_model set (lambda 0.5, cost-aware step on).
+        Config("TriSpec default (ngram k=3)", ngram(3), {"proxy_model": proxy}),
+        Config(
+            "TriSpec ngram lambda=0.5 ride_along=expiring",
+            ngram(3),
+            tri(0.5, ride_along="expiring"),
+        ),
         Config("TriSpec ngram k=5 lambda=0.5", ngram(5), tri(0.5)),
         # The proxy is the draft model (same checkpoint): its drafting passes route.
         *(
@@ -96,7 +104,7 @@ def configurations(proxy: str, quick: bool) -> list[Config]:
         Config(
             "TriSpec ngram adaptive lambda",
             ngram(3),
-            {"proxy_model": proxy, "adaptive_lambda": True},
+            {"proxy_model": proxy, "adaptive_lambda": True, "cost_aware": False},
         ),
         *(
             Config(
@@ -104,6 +112,7 @@ def configurations(proxy: str, quick: bool) -> list[Config]:
                 ngram(3),
                 {
                     "proxy_model": proxy,
+                    "cost_aware": False,
                     "adaptive_lambda": True,
                     "target_disagreement": goal,
                     "adaptive_start": start,
@@ -112,17 +121,31 @@ def configurations(proxy: str, quick: bool) -> list[Config]:
             for goal, start in ((0.05, "fixed"), (0.02, "learned"), (0.1, "learned"))
         ),
         Config(
-            "PyramidSD PSD_F ngram 0.4/0.5", ngram(3), {"proxy_model": proxy, "policy": "pyramid"}
+            "PyramidSD PSD_F ngram 0.4/0.5",
+            ngram(3),
+            {"proxy_model": proxy, "cost_aware": False, "policy": "pyramid"},
         ),
         Config(
             "PyramidSD PSD_F ngram 0.1/0.1",
             ngram(3),
-            {"proxy_model": proxy, "policy": "pyramid", "tau_q": 0.1, "tau_t": 0.1},
+            {
+                "proxy_model": proxy,
+                "cost_aware": False,
+                "policy": "pyramid",
+                "tau_q": 0.1,
+                "tau_t": 0.1,
+            },
         ),
         Config(
             "PyramidSD PSD_A ngram tau_t=0.1",
             ngram(3),
-            {"proxy_model": proxy, "policy": "pyramid", "pyramid_variant": "psd_a", "tau_t": 0.1},
+            {
+                "proxy_model": proxy,
+                "cost_aware": False,
+                "policy": "pyramid",
+                "pyramid_variant": "psd_a",
+                "tau_t": 0.1,
+            },
         ),
     ]
     if quick:
@@ -131,7 +154,8 @@ def configurations(proxy: str, quick: bool) -> list[Config]:
             "vLLM ngram k=3",
             "vLLM draft_model k=3",
             "TriSpec ngram lambda=0.5",
-            "TriSpec ngram lossless",
+            "TriSpec default (ngram k=3)",
+            "TriSpec ngram lambda=0.5 ride_along=expiring",
             "TriSpec draft_model lambda=0.5",
         }
         cfgs = [c for c in cfgs if c.label in keep]
@@ -537,9 +561,7 @@ def main() -> None:
     )
     out.with_suffix(".md").write_text(
         f"Machine: {machine}; max_tokens {max_tokens}; {sampling}; (batch, requests) {plan}; "
-        f"medians of {args.rounds} interleaved rounds (min-max)\n\n"
-        + md
-        + "\n"
+        f"medians of {args.rounds} interleaved rounds (min-max)\n\n" + md + "\n"
     )
     plots(results, out)
     print(md)

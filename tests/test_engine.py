@@ -39,9 +39,12 @@ def prompts(n: int = 16) -> list[str]:
 
 
 def make_llm(tiny_pair, spec=None, trispec=None, enforce_eager=True, **kwargs):
-    """An fp32 engine on the pair's target (any family's tiny pair)."""
+    """An fp32 engine on the pair's target (any family's tiny pair). The routing tests
+    pin the step kind: `cost_aware` is off unless the section sets it."""
     from vllm import LLM
 
+    if trispec:
+        trispec = {"cost_aware": False, **trispec}
     extra = {"additional_config": {"trispec": trispec}} if trispec else {}
     return LLM(
         model=tiny_pair.target,
@@ -349,3 +352,33 @@ def test_torch_compiled_engine_is_lossless_too(tiny_pair, reference):
     close(llm)
     assert got == reference[:4]
     assert c["proxy_completions"] > 0
+
+
+def test_cost_aware_lossless_runs_no_proxy_and_equals_plain_greedy(tiny_pair, reference):
+    """Lossless mode with the cost-aware step: only standard SD and plain steps are
+    candidates (a TriSpec step would add the proxy to the same target work), and
+    switching between them never changes a token."""
+    cfg = {"proxy_model": tiny_pair.proxy, "margin_threshold": 1.5, "cost_aware": True}
+    llm = make_llm(tiny_pair, NGRAM, cfg)
+    got = token_ids(llm.generate(prompts(), greedy()))
+    c = counters(llm)
+    close(llm)
+    assert got == reference
+    assert c["proxy_steps"] == 0 and c["trispec_kind_steps"] == 0
+    assert c["sd_kind_steps"] > 0 and c["plain_kind_steps"] > 0, c
+
+
+def test_cost_aware_proxy_equal_to_target_switches_kinds_exactly(tiny_pair, reference):
+    """Proxy = target at lambda 0.05 is exact in every kind of step, so the output must
+    equal plain greedy while the cost-aware step tries all three kinds."""
+    cfg = {"proxy_model": tiny_pair.target, "margin_threshold": 0.05, "cost_aware": True}
+    llm = make_llm(tiny_pair, NGRAM, cfg)
+    ps = prompts()
+    got = []
+    for i in range(0, 16, 2):
+        got += token_ids(llm.generate(ps[i : i + 2], greedy()))
+    c = counters(llm)
+    close(llm)
+    assert got == reference
+    for kind in ("trispec", "sd", "plain"):
+        assert c[f"{kind}_kind_steps"] > 0, c

@@ -67,7 +67,9 @@ def kv_args(kv_layers: int, tokens: int) -> list[str]:
 
 
 def configs(pair) -> dict[str, list[str]]:
-    def trispec(proxy: str, lam: str, proxy_layers: int, kv_tokens: int = 384) -> list[str]:
+    def trispec(
+        proxy: str, lam: str, proxy_layers: int, kv_tokens: int = 384, cost_aware: str = "false"
+    ) -> list[str]:
         return [
             "serve",
             pair.target,
@@ -75,12 +77,16 @@ def configs(pair) -> dict[str, list[str]]:
             proxy,
             "--margin-threshold",
             lam,
+            "--cost-aware",
+            cost_aware,
             *TINY_SERVER_ARGS,
             *kv_args(TARGET_LAYERS + proxy_layers, kv_tokens),
         ]
 
+    # Lossless under load with the default cost-aware step (its kinds are all exact);
+    # the lossy servers pin the TriSpec step, whose routing the tests check.
     return {
-        "lossless": trispec(pair.proxy, "1.5", PROXY_LAYERS),
+        "lossless": trispec(pair.proxy, "1.5", PROXY_LAYERS, cost_aware="true"),
         "proxy_is_target": trispec(pair.target, "0.05", TARGET_LAYERS),
         "lossy": trispec(pair.proxy, "0.5", PROXY_LAYERS, kv_tokens=1024),
     }

@@ -324,7 +324,12 @@ def trispec_llm(case: Case, fam: Family):
     else:
         spec.update(method="draft_model", model=fam.draft)
     proxy = {"target": fam.target, "proxy": fam.proxy, "draft": fam.draft}[case.proxy]
-    trispec = {"proxy_model": proxy, "margin_threshold": case.lam, "max_skips": case.max_skips}
+    trispec = {
+        "proxy_model": proxy,
+        "margin_threshold": case.lam,
+        "max_skips": case.max_skips,
+        "cost_aware": False,  # the oracle follows the TriSpec step in every step
+    }
     kwargs: dict = {"max_num_seqs": case.max_num_seqs}
     if case.budget is not None:
         kwargs.update(enable_chunked_prefill=True, max_num_batched_tokens=case.budget)

@@ -263,3 +263,21 @@ def test_expiring_ride_along_lines_up_forced_escalations():
     step = TriSpecStep(make_config(proxy_model="p", max_skips=4, ride_along="expiring"))
     plan = step.plan(step_batch([2, 1], [3, 4, 5]), logits)
     assert plan.escalated_rows.tolist() == [1]
+
+
+def test_proxy_marks_settle_in_steps_the_proxy_skips():
+    """The proxy ran over positions 10..13 (last token + 3 drafts) and one draft was
+    kept (12 computed). If the next step skips the proxy, its KV still holds only
+    [0, 12): positions 12 and 13 held rejected drafts. A step later (16 computed) the
+    proxy must catch up from 12, not from the end of its last pass."""
+    drafts = [1, 2, 3, 4, 5, 6]
+    for skipped in ("sd", "plain"):
+        step = TriSpecStep(make_config(proxy_model="p"))
+        step.proxy_ran(step_batch([3, 3], drafts, computed=(10, 10)))
+        after = step_batch([3, 3], drafts, computed=(12, 12))
+        if skipped == "sd":
+            step.plan(after, None)
+        else:
+            step.plain_step(after.req_ids, after.num_computed, np.array([1, 1]), 0.0)
+        later = step_batch([3, 3], drafts, computed=(16, 16))
+        assert step.proxy_watermarks(later).tolist() == [12, 12], skipped

@@ -65,6 +65,16 @@ class _Section(BaseModel):
         "such steps are standard speculative decoding; the proxy catches its KV cache up when "
         "it next runs. None (default): always run the proxy.",
     )
+    cost_aware: bool = Field(
+        default=True,
+        description="Choose each step's kind from the engine's own timings: the TriSpec "
+        "step, standard speculative decoding on the target (no proxy pass) or, with the "
+        "ngram drafter, plain decoding (no drafts), whichever has emitted the most tokens "
+        "per second at this batch size (measured per power-of-two batch-size class, every "
+        "kind retried now and then). Exact in lossless mode; in lossy mode a request's "
+        "tokens then depend on its batch and on timing. max_proxy_batch and "
+        "disable_by_batch_size, when set, decide first.",
+    )
     disable_by_batch_size: int | None = Field(
         default=None,
         ge=1,

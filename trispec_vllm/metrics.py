@@ -18,6 +18,9 @@ COUNTERS = {
     "proxy_completions": "Request-steps completed by the proxy alone.",
     "emitted_tokens": "Tokens output by TriSpec steps.",
     "fuzzy_accepted_tokens": "Candidate tokens the target accepted under policy 'pyramid'.",
+    "trispec_kind_steps": "Decoding steps the cost-aware choice ran as TriSpec steps.",
+    "sd_kind_steps": "Decoding steps the cost-aware choice ran as standard SD (no proxy pass).",
+    "plain_kind_steps": "Decoding steps the cost-aware choice ran as plain decoding (no drafts).",
 }
 
 
@@ -29,10 +32,14 @@ class TriSpecStats:
     proxy_completions: int = 0
     emitted_tokens: int = 0
     fuzzy_accepted_tokens: int = 0
+    trispec_kind_steps: int = 0
+    sd_kind_steps: int = 0
+    plain_kind_steps: int = 0
     catchup_tokens: int = 0
     proxy_catchup_tokens: int = 0  # tokens the proxy caught up after skipped steps
     native_target_steps: int = 0  # target passes run on vLLM's own batch (no sub-batch)
     plain_steps: int = 0  # steps vLLM ran on its own (speculation disabled by batch size)
+    routing_fallbacks: int = 0  # steps whose routing failed and fell back to standard SD
     decode_request_steps: int = 0  # request-steps routed (prefill steps excluded)
     proxy_accepted_tokens: int = 0  # sum of tau_a over them
     # Adaptive lambda: sum and count of the lambdas requests were routed with, and the
@@ -91,6 +98,7 @@ COUNTED = (
     "proxy_catchup_tokens",
     "native_target_steps",
     "plain_steps",
+    "routing_fallbacks",
     "decode_request_steps",
     "proxy_accepted_tokens",
     "lambda_sum",

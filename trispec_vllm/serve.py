@@ -1,7 +1,7 @@
 """`trispec-vllm serve`: vLLM's OpenAI-compatible server with TriSpec switched on.
 
 It only builds flags: `--proxy-model` / `--margin-threshold` / `--max-skips` /
-`--ride-along` become the `--additional-config '{"trispec": {...}}'` section,
+`--ride-along` / `--cost-aware` become the `--additional-config '{"trispec": {...}}'` section,
 `--drafter`/`--num-speculative-tokens` a `--speculative-config` when none is
 given, and every other flag goes to vLLM unchanged. It runs
 `python -m vllm.entrypoints.openai.api_server`, which works with both the
@@ -26,6 +26,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-skips", type=int, default=None)
     parser.add_argument("--ride-along", choices=["none", "expiring", "all"], default=None)
     parser.add_argument(
+        "--cost-aware",
+        choices=["true", "false"],
+        default=None,
+        help="choose each step's kind from measured speed (default true)",
+    )
+    parser.add_argument(
         "--drafter",
         default="ngram",
         choices=["ngram", "draft_model"],
@@ -43,6 +49,8 @@ def build_command(args: argparse.Namespace, vllm_args: list[str]) -> list[str]:
         for key in ("margin_threshold", "max_skips", "ride_along"):
             if getattr(args, key) is not None:
                 section[key] = getattr(args, key)
+        if args.cost_aware is not None:
+            section["cost_aware"] = args.cost_aware == "true"
         make_config(**section)  # fail before a process starts
         if "--additional-config" in vllm_args:
             raise SystemExit("give TriSpec options either as flags or in --additional-config")

@@ -28,7 +28,8 @@ from trispec_vllm.engine.forward import forward_sub_batch, proxy_catchup, step_t
 from trispec_vllm.engine.stats import attach_step_stats
 from trispec_vllm.engine.step_state import PreparedStep, StepState
 from trispec_vllm.engine.upload import upload
-from trispec_vllm.policy.batch import StepPlan
+from trispec_vllm.policy.batch import StepPlan, decoding_rows
+from trispec_vllm.policy.cost import CostModel, step_kinds
 from trispec_vllm.policy.sampling import drop_bonus, greedy_verify, pyramid_tokens
 from trispec_vllm.policy.step import TriSpecStep
 from trispec_vllm.policy.target_batch import TargetBatch
@@ -50,9 +51,16 @@ class TriSpecRunnerMixin:
         self.trispec_routed_steps = 0
         self.trispec_kernels_warmed = False
         # The proxy is the draft model itself: its drafting passes give the margins.
-        self.trispec_fused = fused_drafter.proxy_is_drafter(
-            cfg, self.vllm_config.speculative_config
-        )
+        spec = self.vllm_config.speculative_config
+        self.trispec_fused = fused_drafter.proxy_is_drafter(cfg, spec)
+        self.trispec_cost = None  # the cost-aware step (policy/cost.py)
+        # max_proxy_batch and disable_by_batch_size are the user's own choice of kind.
+        overridden = cfg.max_proxy_batch is not None or cfg.disable_by_batch_size is not None
+        if cfg.cost_aware and not self.trispec_fused and not overridden:
+            plain_ok = spec is not None and spec.method == "ngram"
+            self.trispec_cost = CostModel(kinds=step_kinds(cfg.lossless, plain_ok))
+        self.trispec_next_kind: str | None = None  # chosen when the drafter proposes
+        self.trispec_measure: tuple[str, int, float] | None = None  # (kind, reqs, start)
 
     # ------------------------------------------------------------------ loading
 
@@ -126,11 +134,19 @@ class TriSpecRunnerMixin:
         num_sched = np.array(
             [scheduler_output.num_scheduled_tokens[r] for r in req_ids], dtype=np.int32
         )
+        self.trispec_measure = None
         if self._plain_step(scheduler_output, req_ids, num_sched):
+            if self.trispec_cost is not None and self._all_decoding(req_ids, num_sched):
+                self.trispec_measure = ("plain", len(req_ids), t_start)
             return self._vllm_step(
                 scheduler_output, intermediate_tensors, deferred, req_ids, num_sched, t_start
             )
         prep = self._prepare(scheduler_output, req_ids, num_sched)
+        if self.trispec_cost is not None:
+            kind = self._step_kind(len(req_ids))
+            if decoding_rows(prep.batch).all():
+                self.trispec_measure = (kind, len(req_ids), t_start)
+            prep.kind = kind
         t_prepared = time.perf_counter()
         proxy_logits, own_known = self._run_proxy(prep)
         t_proxy = time.perf_counter()
@@ -232,7 +248,7 @@ class TriSpecRunnerMixin:
         if self.trispec_fused:
             vocab = self.model_config.get_vocab_size()
             return fused_drafter.own_rows(self.trispec_state, batch, vocab, self.device)
-        if self.trispec.skip_proxy(batch):
+        if self.trispec.skip_proxy(batch) or prep.kind == "sd":
             return None, None
         proxy_wm = self.trispec.proxy_watermarks(batch)
         if (proxy_wm < batch.num_computed).any():
@@ -245,8 +261,21 @@ class TriSpecRunnerMixin:
         return logits, None
 
     def _route(self, prep: PreparedStep, proxy_logits, own_known) -> StepPlan:
-        """Phase 3: margins and routing for every request."""
-        plan = self.trispec.plan(prep.batch, proxy_logits, own_drafts=own_known)
+        """Phase 3: margins and routing for every request. If routing fails, the step
+        is standard speculative decoding (every request verified by the target, so
+        every output stays exact) and the error is logged with the step's requests:
+        one request's trouble must not take the engine and every request down."""
+        try:
+            plan = self.trispec.plan(prep.batch, proxy_logits, own_drafts=own_known)
+        except Exception:  # noqa: BLE001 - any routing failure: fall back, keep serving
+            logger.exception(
+                "TriSpec: routing failed for requests %s; this step is standard speculative "
+                "decoding (the target verifies every request)",
+                prep.batch.req_ids,
+            )
+            self.trispec.stats.routing_fallbacks += 1
+            plan = self.trispec.plan(prep.batch, None)
+            own_known = None
         self.trispec_routed_steps += 1
         ranks.check_agreement(plan, self.device, self.trispec_routed_steps)
         state = self.trispec_state
@@ -324,12 +353,30 @@ class TriSpecRunnerMixin:
         """Whether this step is plain decoding, run by vLLM's own code: a batch at
         `disable_by_batch_size` or above, no drafts scheduled, and nothing for the
         target to catch up."""
-        if not self.trispec.speculation_disabled(len(req_ids)):
+        plain = self.trispec_next_kind == "plain"
+        if not plain and not self.trispec.speculation_disabled(len(req_ids)):
             return False
         if scheduler_output.scheduled_spec_decode_tokens:
             return False
         computed = self.input_batch.num_computed_tokens_cpu[: len(req_ids)]
         return self.trispec.target_up_to_date(req_ids, computed)
+
+    def _step_kind(self, num_reqs: int) -> str:
+        """This step's kind among those with drafts: the one chosen when the drafter
+        proposed, or a fresh choice (first step, or a plain choice the step could not
+        follow because the target still had positions to catch up)."""
+        kind = self.trispec_next_kind
+        if kind in ("trispec", "sd"):
+            return kind
+        with_drafts = tuple(k for k in self.trispec_cost.kinds if k != "plain")
+        return self.trispec_cost.choose(num_reqs, allowed=with_drafts)
+
+    def _all_decoding(self, req_ids, num_sched) -> bool:
+        """Whether every request of the step decodes one token (no prefill chunk)."""
+        b = len(req_ids)
+        computed = self.input_batch.num_computed_tokens_cpu[:b]
+        prompt = self.input_batch.num_prompt_tokens[:b]
+        return bool(((num_sched == 1) & (computed >= prompt)).all())
 
     def _vllm_step(
         self, scheduler_output, intermediate_tensors, deferred, req_ids, num_sched, t_start
@@ -337,6 +384,8 @@ class TriSpecRunnerMixin:
         """vLLM's own execute_model over the already-updated batch; the target's
         watermarks advance, the proxy's stay (it catches up when it next runs)."""
         computed = self.input_batch.num_computed_tokens_cpu[: len(req_ids)].copy()
+        prompt = self.input_batch.num_prompt_tokens[: len(req_ids)]
+        decoding = (num_sched == 1) & (computed >= prompt)
         self._update_states = lambda _: deferred  # the batch is already updated
         try:
             out = super().execute_model(scheduler_output, intermediate_tensors)
@@ -345,7 +394,7 @@ class TriSpecRunnerMixin:
         state = self.trispec_state
         state.end_step()
         state.stats = self.trispec.plain_step(
-            req_ids, computed, num_sched, time.perf_counter() - t_start
+            req_ids, computed, num_sched, time.perf_counter() - t_start, decoding
         )
         return out
 
@@ -357,6 +406,11 @@ class TriSpecRunnerMixin:
         num_reqs = self.input_batch.num_reqs
         if self.trispec.speculation_disabled(num_reqs):
             return [[] for _ in range(num_reqs)]
+        self.trispec_next_kind = None
+        if self.trispec_cost is not None and num_reqs:
+            self.trispec_next_kind = self.trispec_cost.choose(num_reqs)
+            if self.trispec_next_kind == "plain":
+                return [[] for _ in range(num_reqs)]
         propose = super().propose_draft_token_ids
         if not self.trispec_fused:
             return propose(scheduler_output, *args, **kwargs)
@@ -384,6 +438,13 @@ class TriSpecRunnerMixin:
             emitted = sum(len(t) for t in out.sampled_token_ids)
             step.emitted_tokens = emitted
             self.trispec.stats.emitted_tokens += emitted
+            if self.trispec_measure is not None:
+                kind, num_reqs, t_start = self.trispec_measure
+                self.trispec_measure = None
+                self.trispec_cost.observe(kind, num_reqs, time.perf_counter() - t_start, emitted)
+                name = f"{kind}_kind_steps"
+                setattr(step, name, 1)
+                setattr(self.trispec.stats, name, getattr(self.trispec.stats, name) + 1)
             state.end_step()
             attach_step_stats(out, step)
         return out

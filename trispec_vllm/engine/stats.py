@@ -115,27 +115,35 @@ def patch_stat_loggers() -> None:
             acc.add(stats)
             acc.add_requests(stats)
             self.trispec_interval = acc
+            self.trispec_interval_steps = getattr(self, "trispec_interval_steps", 0) + 1
         return log_record(self, scheduler_stats, iteration_stats, *args, **kwargs)
 
     @functools.wraps(log_log)
     def logging_log(self):
         log_log(self)
         acc = getattr(self, "trispec_interval", None)
-        if acc is not None and acc.proxy_steps:
+        steps = getattr(self, "trispec_interval_steps", 0)
+        if acc is not None and steps:
             logger.info(
-                "TriSpec: %d steps, target ran in %d (%.0f%%), %d request-steps completed by "
-                "the proxy, %d escalated, %d tokens emitted, %d catch-up tokens",
+                "TriSpec: %d steps, proxy ran in %d, target in %d (%.0f%%), %d request-steps "
+                "completed by the proxy, %d escalated, %d tokens emitted, %d catch-up tokens; "
+                "step kinds: %d TriSpec, %d SD, %d plain",
+                steps,
                 acc.proxy_steps,
                 acc.target_steps,
-                100 * acc.target_steps / acc.proxy_steps,
+                100 * acc.target_steps / steps,
                 acc.proxy_completions,
                 acc.escalations,
                 acc.emitted_tokens,
                 acc.catchup_tokens,
+                acc.trispec_kind_steps,
+                acc.sd_kind_steps,
+                acc.plain_kind_steps,
             )
             if acc.per_request:
                 logger.info("TriSpec requests: %s", acc.request_summary())
             self.trispec_interval = None
+            self.trispec_interval_steps = 0
 
     for fn in (prometheus_record, logging_record):
         setattr(fn, HOOK_MARK, True)

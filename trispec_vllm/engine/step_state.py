@@ -47,3 +47,4 @@ class PreparedStep:
     cg_stats: object
     slot_by_layer: dict
     run_on_vllm_batch: Callable[[torch.nn.Module], torch.Tensor] = field(repr=False)
+    kind: str | None = None  # the cost-aware step's choice ("trispec" or "sd"), if any

@@ -48,6 +48,12 @@ class RoutingDecision:
         return ~self.proxy_completes
 
 
+def _on(t: torch.Tensor, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """`t` as `dtype` on `device`, with no device move (and no host sync) when it is
+    already there: the step routes on host tensors."""
+    return t.to(dtype) if t.device == device else t.to(device=device, dtype=dtype)
+
+
 def leading_true(flags: torch.Tensor) -> torch.Tensor:
     """Length of the run of True at the start of each row."""
     return torch.cumprod(flags.to(torch.int64), dim=1).sum(dim=1)
@@ -81,7 +87,7 @@ def route(
             f"{tuple(proxy_top1.shape)} and {tuple(proxy_margin.shape)}"
         )
     dev = draft_tokens.device
-    n = num_drafts.to(device=dev, dtype=torch.int64)
+    n = _on(num_drafts, dev, torch.int64)
     pos = torch.arange(k + 1, device=dev)
     is_draft = pos[:k].unsqueeze(0) < n.unsqueeze(1)  # [B, K]
     in_step = pos.unsqueeze(0) <= n.unsqueeze(1)  # [B, K+1]: drafts + bonus
@@ -93,10 +99,10 @@ def route(
 
     case_i = tau_a < tau_m
     if whole_step is not None:
-        whole = whole_step.to(device=dev, dtype=torch.bool)
+        whole = _on(whole_step, dev, torch.bool)
         case_i = case_i & (~whole | (tau_m == n + 1))
     if force_target is not None:
-        case_i = case_i & ~force_target.to(device=dev, dtype=torch.bool)
+        case_i = case_i & ~_on(force_target, dev, torch.bool)
 
     # Case I emits d_1..d_tau_a then the proxy's correction t_{tau_a+1}.
     draft_tokens = draft_tokens.long()
@@ -148,7 +154,7 @@ def route_own_drafts(
     """
     b, k = draft_tokens.shape
     dev = draft_tokens.device
-    n = num_drafts.to(device=dev, dtype=torch.int64)
+    n = _on(num_drafts, dev, torch.int64)
     top1 = torch.cat([draft_tokens.long(), draft_tokens.new_full((b, 1), PAD).long()], dim=1)
     # The bonus position is "trusted" exactly when a request has drafts, so that
     # tau_m = n + 1 (Case I with tau_a = n) means: every draft trusted.

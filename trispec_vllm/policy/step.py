@@ -91,15 +91,27 @@ class TriSpecStep:
         return marks == computed
 
     def plain_step(
-        self, req_ids: list[str], num_computed: np.ndarray, num_scheduled: np.ndarray, secs: float
+        self,
+        req_ids: list[str],
+        num_computed: np.ndarray,
+        num_scheduled: np.ndarray,
+        secs: float,
+        decoding: np.ndarray | None = None,
     ) -> TriSpecStats:
         """Book a step vLLM ran on its own (no drafts, no proxy): the target's KV now
-        covers every scheduled token; the proxy's watermarks stay where they were."""
+        covers every scheduled token; the proxy's watermarks stay where they were.
+        `decoding` ([B] bool): requests decoding a token, booked per request as steps
+        the target ran for."""
         ends = num_computed.astype(np.int64) + num_scheduled
         for req_id, c, end in zip(req_ids, num_computed, ends, strict=True):
             self.watermarks.settle(req_id, int(c))
             self.watermarks.target_ran(req_id, int(end))
+            self.proxy_marks.settle(req_id, int(c))
         step = TriSpecStats(target_steps=1, native_target_steps=1, plain_steps=1)
+        if decoding is not None:
+            step.per_request = {
+                r: [1, 0, 1, 0] for r, d in zip(req_ids, decoding, strict=True) if d
+            }
         step.add_times(plain=secs)
         self.stats.add(step)
         return step
@@ -165,7 +177,11 @@ class TriSpecStep:
 
         skips = np.zeros(b, dtype=np.int64)
         for i, req_id in enumerate(batch.req_ids):
-            skips[i] = self.watermarks.settle(req_id, int(batch.num_computed[i])).skips
+            c = int(batch.num_computed[i])
+            skips[i] = self.watermarks.settle(req_id, c).skips
+            # Settle the proxy's marks in every step, run or not: only the count of
+            # tokens kept right after a pass says which of its positions still hold.
+            self.proxy_marks.settle(req_id, c)
         decoding = decoding_rows(batch)
         force = ~decoding | (skips >= self.cfg.max_skips) | (proxy_logits is None)
         if self.adaptive is not None:

@@ -1,0 +1,111 @@
+"""The cost-aware step: pick, per batch size, the step kind that emits the most tokens/s.
+
+Three kinds of engine step serve the same requests:
+
+- ``trispec``: drafter -> proxy -> router -> target on the escalated sub-batch;
+- ``sd``: standard speculative decoding, the target verifies every draft and
+  the proxy does not run (it catches its KV cache up when it next runs);
+- ``plain``: vLLM's own decoding, no drafts (chosen one step ahead, when the
+  drafter proposes; only for drafters without a KV cache of their own).
+
+Which is fastest depends on the hardware and the batch: on a GPU a target pass
+over 8 requests costs about what one over 1 does, so skipping it pays; on a
+few CPU cores a large batch is compute-bound, and drafts and proxy passes are
+pure extra work. Rather than hand-set thresholds, the engine measures itself:
+per batch-size class (powers of two of the running requests) it keeps an
+exponentially weighted mean of each kind's step seconds and emitted tokens,
+tries every kind a few times, then takes the one with the most tokens per
+second, and keeps re-trying the others now and then (every `explore_every`-th
+decision of the class) so a change in the workload is noticed.
+
+In lossless mode the ``trispec`` kind is never faster than ``sd`` (it runs
+the same target pass plus the proxy), so it is not a candidate there. Every
+kind is exact in lossless mode; in lossy mode the kind of a step changes its
+tokens, so a request's output then depends on its batch and on timing.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+KINDS = ("trispec", "sd", "plain")
+
+
+def size_class(num_reqs: int) -> int:
+    """Power-of-two class of a batch size (1, 2, 4, ...)."""
+    return 1 << max(num_reqs - 1, 0).bit_length()
+
+
+@dataclass
+class KindStats:
+    seconds: float = 0.0  # EWMA of step seconds
+    tokens: float = 0.0  # EWMA of tokens emitted per step
+    samples: int = 0
+
+    def observe(self, seconds: float, tokens: int, weight: float) -> None:
+        if self.samples == 0:
+            self.seconds, self.tokens = seconds, float(tokens)
+        else:
+            self.seconds += weight * (seconds - self.seconds)
+            self.tokens += weight * (tokens - self.tokens)
+        self.samples += 1
+
+    @property
+    def rate(self) -> float:
+        return self.tokens / self.seconds if self.seconds > 0 else 0.0
+
+
+@dataclass
+class CostModel:
+    """Measured cost of each step kind per batch-size class, and the choice."""
+
+    kinds: tuple[str, ...] = KINDS
+    warmup: int = 3  # samples of each kind before exploiting
+    explore_every: int = 16  # then one decision in this many tries the next-best kind
+    weight: float = 0.2  # EWMA weight of a new sample
+    stats: dict[tuple[int, str], KindStats] = field(default_factory=dict)
+    decisions: dict[int, int] = field(default_factory=dict)
+    chosen: dict[str, int] = field(default_factory=dict)  # counts, for the metrics
+
+    def observe(self, kind: str, num_reqs: int, seconds: float, tokens: int) -> None:
+        """Book one decoding step of `kind` over `num_reqs` requests."""
+        if kind not in self.kinds or seconds <= 0:
+            return
+        key = (size_class(num_reqs), kind)
+        self.stats.setdefault(key, KindStats()).observe(seconds, tokens, self.weight)
+
+    def choose(self, num_reqs: int, allowed: tuple[str, ...] | None = None) -> str:
+        """The kind for the next step over `num_reqs` requests (among `allowed`)."""
+        options = [k for k in self.kinds if allowed is None or k in allowed]
+        if not options:
+            raise ValueError("no step kind allowed")
+        cls = size_class(num_reqs)
+        n = self.decisions.get(cls, 0)
+        self.decisions[cls] = n + 1
+        stats = {k: self.stats.get((cls, k), KindStats()) for k in options}
+        # Warm-up: the least-sampled kind first, in the order given.
+        least = min(options, key=lambda k: stats[k].samples)
+        if stats[least].samples < self.warmup:
+            kind = least
+        else:
+            ranked = sorted(options, key=lambda k: stats[k].rate, reverse=True)
+            explore = len(ranked) > 1 and n % self.explore_every == self.explore_every - 1
+            # Exploring: the least refreshed of the others.
+            kind = min(ranked[1:], key=lambda k: stats[k].samples) if explore else ranked[0]
+        self.chosen[kind] = self.chosen.get(kind, 0) + 1
+        return kind
+
+    def rates(self) -> dict[str, dict[int, float]]:
+        """Measured tokens/s per kind and size class (for logs and docs)."""
+        out: dict[str, dict[int, float]] = {}
+        for (cls, kind), st in sorted(self.stats.items()):
+            out.setdefault(kind, {})[cls] = round(st.rate, 2)
+        return out
+
+
+def step_kinds(lossless: bool, plain_allowed: bool) -> tuple[str, ...]:
+    """The kinds a cost-aware engine chooses among: no TriSpec step in lossless mode
+    (it is the SD step plus a proxy pass), no plain step for drafters with a KV cache
+    of their own (they would miss the steps without drafts)."""
+    kinds = ("sd",) if lossless else ("trispec", "sd")
+    return (*kinds, "plain") if plain_allowed else kinds
