@@ -278,6 +278,7 @@ def derived(row: Row, cfg: Config) -> dict:
     # Without TriSpec every engine step runs the target.
     target_steps = m.get("worker:target_steps", 0) if cfg.trispec else steps
     out["target_steps_per_token"] = target_steps / row.tokens if row.tokens else None
+    out["target_step_share"] = target_steps / steps if steps else None
     drafts = m.get("vllm:spec_decode_num_drafts", 0)
     if drafts:
         out["mean_accepted_length"] = 1 + m.get("vllm:spec_decode_num_accepted_tokens", 0) / drafts
@@ -299,9 +300,9 @@ def table(results: list[dict], batches: list[int]) -> str:
     """Markdown table; medians with their min-max spread where the run had rounds."""
     lines = [
         "| configuration | batch | tok/s | vs no spec | vs best SD | TTFT s | TPOT ms "
-        "| target steps/token | accepted len | proxy acc. len | escalation | Case I "
-        "| mean lambda | start lambda after | failed trials |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| target steps/token | steps with target | accepted len | proxy acc. len | escalation "
+        "| Case I | mean lambda | start lambda after | failed trials |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
 
     def f(v, fmt="{:.2f}"):
@@ -321,6 +322,7 @@ def table(results: list[dict], batches: list[int]) -> str:
             f"{spread(r, 'vs_no_spec', '{:.2f}x')} | {spread(r, 'vs_best_sd', '{:.2f}x')} | "
             f"{f(r.get('ttft_s'))} | {f(None if tpot is None else 1e3 * tpot, '{:.0f}')} | "
             f"{f(r.get('target_steps_per_token'), '{:.3f}')} | "
+            f"{f(r.get('target_step_share'), '{:.0%}')} | "
             f"{f(r.get('mean_accepted_length'))} | {f(r.get('proxy_acceptance_length'))} | "
             f"{f(r.get('escalation_rate'), '{:.0%}')} | {f(r.get('case_i_share'), '{:.0%}')} | "
             f"{f(r.get('mean_lambda'), '{:.3f}')} | {f(r.get('start_lambda_after'), '{:.3f}')} | "
@@ -492,8 +494,11 @@ def main() -> None:
     plan = [(b, {1: 2 if args.quick else 4}.get(b, b * (1 if args.quick else 2))) for b in batches]
     prompts = chat_prompts(max(n for _, n in plan))
     cfgs = configurations(pair.proxy, args.quick)
-    if args.only:
-        cfgs = [c for c in cfgs if c.label in args.only]
+    if args.only:  # any configuration by label, --quick or not
+        cfgs = [c for c in configurations(pair.proxy, False) if c.label in args.only]
+        missing = set(args.only) - {c.label for c in cfgs}
+        if missing:
+            raise SystemExit(f"unknown configuration labels: {sorted(missing)}")
     print(
         f"{len(cfgs)} configurations x {args.rounds} rounds, batches {plan} (batch, requests), "
         f"max_tokens {max_tokens}; {cpu_model()}"
