@@ -171,7 +171,9 @@ def chat_prompts(n: int) -> list[list[dict]]:
     return mixed[:n]
 
 
-def snapshot(llm) -> dict[str, float]:
+def snapshot(llm, trispec: bool | None = None) -> dict[str, float]:
+    """vLLM's metrics, and the worker's TriSpec counters when the engine has a
+    `trispec` section (None: guess from the registry, as single-engine runs may)."""
     out: dict[str, float] = {}
     for m in llm.get_metrics():
         if m.name == "vllm:iteration_tokens_total":
@@ -181,7 +183,10 @@ def snapshot(llm) -> dict[str, float]:
             out[m.name + ":count"] = out.get(m.name + ":count", 0) + m.count
         elif hasattr(m, "value") and isinstance(m.value, int | float):
             out[m.name] = out.get(m.name, 0) + m.value
-    if any(k.startswith("trispec:") for k in out):
+    # (trispec:* counters of an earlier engine stay in this process's registry)
+    if trispec is None:
+        trispec = any(k.startswith("trispec:") for k in out)
+    if trispec:
         for k, v in llm.collective_rpc("trispec_counters")[0].items():
             if isinstance(v, int | float):
                 out["worker:" + k] = v
@@ -249,14 +254,14 @@ def run_config(
     llm.chat(prompts[:1], SamplingParams(temperature=0, max_tokens=8), use_tqdm=False)
     rows = []
     for b, n in batches:
-        before = snapshot(llm)
+        before = snapshot(llm, cfg.trispec is not None)
         t0 = time.perf_counter()
         tokens = 0
         for i in range(0, n, b):
             outs = llm.chat(prompts[i : i + b], params[i : i + b], use_tqdm=False)
             tokens += sum(len(o.outputs[0].token_ids) for o in outs)
         seconds = time.perf_counter() - t0
-        after = snapshot(llm)
+        after = snapshot(llm, cfg.trispec is not None)
         delta = metrics_delta(before, after)
         rows.append(Row(cfg.label, b, tokens, seconds, delta))
         print(f"  {cfg.label:<32} batch {b:>2}: {tokens / seconds:6.2f} tok/s", flush=True)

@@ -14,9 +14,11 @@ few CPU cores a large batch is compute-bound, and drafts and proxy passes are
 pure extra work. Rather than hand-set thresholds, the engine measures itself:
 per batch-size class (powers of two of the running requests) it keeps an
 exponentially weighted mean of each kind's step seconds and emitted tokens,
-tries every kind a few times, then takes the one with the most tokens per
-second, and keeps re-trying the others now and then (every `explore_every`-th
-decision of the class) so a change in the workload is noticed.
+tries every kind in short runs, then takes the one with the most tokens per
+second, and keeps re-trying the others now and then (one run in
+`explore_every` decisions of the class) so a change in the workload is noticed.
+Only steps that follow a step of the same kind are timed: the first step after
+a switch pays the catch-up of the kind before it.
 
 In lossless mode the ``trispec`` kind is never faster than ``sd`` (it runs
 the same target pass plus the proxy), so it is not a candidate there. Every
@@ -57,22 +59,33 @@ class KindStats:
 
 @dataclass
 class CostModel:
-    """Measured cost of each step kind per batch-size class, and the choice."""
+    """Measured cost of each step kind per batch-size class, and the choice.
+
+    Kinds are run in runs of `run_length` steps (warm-up and exploration alike), and
+    only steps that follow a step of the same kind are measured: the first step after
+    a switch pays for the kind before it (the target's or the proxy's catch-up), so
+    timing it would charge one kind for another's deferred work."""
 
     kinds: tuple[str, ...] = KINDS
-    warmup: int = 3  # samples of each kind before exploiting
-    explore_every: int = 16  # then one decision in this many tries the next-best kind
+    warmup: int = 3  # measured steps of each kind before exploiting
+    explore_every: int = 48  # then one run in this many decisions tries another kind
+    run_length: int = 4  # steps a warm-up or exploration run lasts
     weight: float = 0.2  # EWMA weight of a new sample
     stats: dict[tuple[int, str], KindStats] = field(default_factory=dict)
     decisions: dict[int, int] = field(default_factory=dict)
     chosen: dict[str, int] = field(default_factory=dict)  # counts, for the metrics
+    runs: dict[int, tuple[str, int]] = field(default_factory=dict)  # class -> (kind, left)
+    last: dict[int, str] = field(default_factory=dict)  # class -> kind of its last step
 
     def observe(self, kind: str, num_reqs: int, seconds: float, tokens: int) -> None:
         """Book one decoding step of `kind` over `num_reqs` requests."""
         if kind not in self.kinds or seconds <= 0:
             return
-        key = (size_class(num_reqs), kind)
-        self.stats.setdefault(key, KindStats()).observe(seconds, tokens, self.weight)
+        cls = size_class(num_reqs)
+        previous, self.last[cls] = self.last.get(cls), kind
+        if previous != kind:
+            return  # a switch: this step paid for the previous kind's deferred work
+        self.stats.setdefault((cls, kind), KindStats()).observe(seconds, tokens, self.weight)
 
     def choose(self, num_reqs: int, allowed: tuple[str, ...] | None = None) -> str:
         """The kind for the next step over `num_reqs` requests (among `allowed`)."""
@@ -80,18 +93,28 @@ class CostModel:
         if not options:
             raise ValueError("no step kind allowed")
         cls = size_class(num_reqs)
+        run = self.runs.get(cls)
+        if run is not None and run[1] > 0 and run[0] in options:
+            self.runs[cls] = (run[0], run[1] - 1)
+            return self._chose(run[0])
         n = self.decisions.get(cls, 0)
         self.decisions[cls] = n + 1
         stats = {k: self.stats.get((cls, k), KindStats()) for k in options}
-        # Warm-up: the least-sampled kind first, in the order given.
         least = min(options, key=lambda k: stats[k].samples)
-        if stats[least].samples < self.warmup:
+        if stats[least].samples < self.warmup:  # warm-up: the least-measured kind
             kind = least
         else:
             ranked = sorted(options, key=lambda k: stats[k].rate, reverse=True)
             explore = len(ranked) > 1 and n % self.explore_every == self.explore_every - 1
             # Exploring: the least refreshed of the others.
             kind = min(ranked[1:], key=lambda k: stats[k].samples) if explore else ranked[0]
+            if not explore:
+                self.runs.pop(cls, None)
+                return self._chose(kind)
+        self.runs[cls] = (kind, self.run_length - 1)
+        return self._chose(kind)
+
+    def _chose(self, kind: str) -> str:
         self.chosen[kind] = self.chosen.get(kind, 0) + 1
         return kind
 
