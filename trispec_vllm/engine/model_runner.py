@@ -144,7 +144,11 @@ class TriSpecRunnerMixin:
         prep = self._prepare(scheduler_output, req_ids, num_sched)
         if self.trispec_cost is not None:
             kind = self._step_kind(len(req_ids))
-            if decoding_rows(prep.batch).all():
+            if not self.input_batch.all_greedy:
+                # Sampled requests draw from their seeded generators differently in each
+                # kind of step: one kind only, so a seed gives the same sample every run.
+                kind = "sd" if self.trispec.cfg.lossless else "trispec"
+            if decoding_rows(prep.batch).all() and self.input_batch.all_greedy:
                 self.trispec_measure = (kind, len(req_ids), t_start)
             prep.kind = kind
         t_prepared = time.perf_counter()
@@ -407,7 +411,7 @@ class TriSpecRunnerMixin:
         if self.trispec.speculation_disabled(num_reqs):
             return [[] for _ in range(num_reqs)]
         self.trispec_next_kind = None
-        if self.trispec_cost is not None and num_reqs:
+        if self.trispec_cost is not None and num_reqs and self.input_batch.all_greedy:
             self.trispec_next_kind = self.trispec_cost.choose(num_reqs)
             if self.trispec_next_kind == "plain":
                 return [[] for _ in range(num_reqs)]
