@@ -136,15 +136,16 @@ class TriSpecRunnerMixin:
         )
         self.trispec_measure = None
         if self._plain_step(scheduler_output, req_ids, num_sched):
-            if self.trispec_cost is not None and self._all_decoding(req_ids, num_sched):
+            if self.trispec_cost is not None and self._decoding(req_ids, num_sched).all():
                 self.trispec_measure = ("plain", len(req_ids), t_start)
             return self._vllm_step(
                 scheduler_output, intermediate_tensors, deferred, req_ids, num_sched, t_start
             )
         prep = self._prepare(scheduler_output, req_ids, num_sched)
         if self.trispec_cost is not None:
-            kind = self._step_kind(len(req_ids))
-            if not self.input_batch.all_greedy:
+            if self.input_batch.all_greedy:
+                kind = self._step_kind(len(req_ids))
+            else:
                 # Sampled requests draw from their seeded generators differently in each
                 # kind of step: one kind only, so a seed gives the same sample every run.
                 kind = "sd" if self.trispec.cfg.lossless else "trispec"
@@ -375,12 +376,11 @@ class TriSpecRunnerMixin:
         with_drafts = tuple(k for k in self.trispec_cost.kinds if k != "plain")
         return self.trispec_cost.choose(num_reqs, allowed=with_drafts)
 
-    def _all_decoding(self, req_ids, num_sched) -> bool:
-        """Whether every request of the step decodes one token (no prefill chunk)."""
+    def _decoding(self, req_ids, num_sched) -> np.ndarray:
+        """[B] bool: requests decoding one token this step (no prefill chunk)."""
         b = len(req_ids)
         computed = self.input_batch.num_computed_tokens_cpu[:b]
-        prompt = self.input_batch.num_prompt_tokens[:b]
-        return bool(((num_sched == 1) & (computed >= prompt)).all())
+        return (num_sched == 1) & (computed >= self.input_batch.num_prompt_tokens[:b])
 
     def _vllm_step(
         self, scheduler_output, intermediate_tensors, deferred, req_ids, num_sched, t_start
@@ -388,8 +388,7 @@ class TriSpecRunnerMixin:
         """vLLM's own execute_model over the already-updated batch; the target's
         watermarks advance, the proxy's stay (it catches up when it next runs)."""
         computed = self.input_batch.num_computed_tokens_cpu[: len(req_ids)].copy()
-        prompt = self.input_batch.num_prompt_tokens[: len(req_ids)]
-        decoding = (num_sched == 1) & (computed >= prompt)
+        decoding = self._decoding(req_ids, num_sched)
         self._update_states = lambda _: deferred  # the batch is already updated
         try:
             out = super().execute_model(scheduler_output, intermediate_tensors)
