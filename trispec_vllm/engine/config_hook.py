@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 
 from trispec_vllm import envs
 from trispec_vllm.config import (
+    LEARNED_DRAFTER,
     SUPPORTED_DRAFTERS,
     TriSpecConfig,
     TriSpecConfigError,
@@ -88,8 +89,8 @@ def validate_engine_config(cfg: TriSpecConfig, vllm_config: VllmConfig) -> None:
     if spec.method not in SUPPORTED_DRAFTERS:
         raise TriSpecConfigError(
             f"speculative_config method '{spec.method}' is not supported by TriSpec yet; "
-            f"use one of {', '.join(SUPPORTED_DRAFTERS)} (EAGLE-style drafters need the "
-            "proxy adapter, which is not built yet)"
+            f"use one of {', '.join(SUPPORTED_DRAFTERS)} (custom_class: TriSpec's learned "
+            f"drafter {LEARNED_DRAFTER}; vLLM's EAGLE heads read the target, not the proxy)"
         )
     if cfg.disable_by_batch_size is not None and spec.method != "ngram":
         raise TriSpecConfigError(
@@ -107,6 +108,43 @@ def validate_engine_config(cfg: TriSpecConfig, vllm_config: VllmConfig) -> None:
         vllm_config.model_config.get_vocab_size(),
         vllm_config.parallel_config.tensor_parallel_size,
     )
+    check_learned_drafter(cfg, vllm_config)
+
+
+def check_learned_drafter(cfg: TriSpecConfig, vllm_config: VllmConfig) -> None:
+    """The learned drafter's choices: its settings only with it, TP 1, a usable
+    checkpoint path (read now, before any weights load)."""
+    spec = vllm_config.speculative_config
+    learned = spec.method == "custom_class"
+    if learned and spec.model != LEARNED_DRAFTER:
+        raise TriSpecConfigError(
+            f"speculative_config 'custom_class' proposer {spec.model!r}: TriSpec runs its own "
+            f"learned drafter only ({LEARNED_DRAFTER})"
+        )
+    if not learned:
+        given = cfg.drafter_keys_set()
+        if given:
+            raise TriSpecConfigError(
+                f"{', '.join(given)}: settings of the learned drafter, which this engine does "
+                f"not use (select it with speculative_config method 'custom_class', model "
+                f"'{LEARNED_DRAFTER}')"
+            )
+        return
+    if cfg.policy != "trispec":
+        raise TriSpecConfigError("the learned drafter works with policy 'trispec' only")
+    if vllm_config.parallel_config.tensor_parallel_size > 1:
+        raise TriSpecConfigError(
+            "the learned drafter runs with tensor_parallel_size 1 only (its online updates "
+            "would have to stay identical on every rank)"
+        )
+    if cfg.drafter_checkpoint is not None:
+        from trispec_vllm.drafter import checkpoint
+        from trispec_vllm.drafter.head import fingerprint
+
+        try:
+            checkpoint.check_path(cfg.drafter_checkpoint, fingerprint(cfg.proxy_model))
+        except (checkpoint.CheckpointError, OSError) as err:
+            raise TriSpecConfigError(str(err)) from None
 
 
 def check_proxy_vocab(proxy_model: str, target_vocab: int, tp_size: int = 1) -> None:

@@ -106,9 +106,11 @@ def step_token_map(batch: StepBatch, tb: TargetBatch) -> tuple[np.ndarray, np.nd
     return np.concatenate(src), np.concatenate(dst)
 
 
-def proxy_catchup(runner, proxy, batch: StepBatch, proxy_wm: np.ndarray) -> torch.Tensor:
+def proxy_catchup(
+    runner, proxy, batch: StepBatch, proxy_wm: np.ndarray
+) -> tuple[torch.Tensor, torch.Tensor]:
     """The proxy over every request from its watermark (the tokens of steps it
-    skipped, then this step's); returns its logits at the sampled rows."""
+    skipped, then this step's); returns its (hidden states, logits) at the sampled rows."""
     bt = runner.input_batch.block_table[0]
     rows = np.arange(len(batch.req_ids))
     tb = build_target_batch(
@@ -124,4 +126,5 @@ def proxy_catchup(runner, proxy, batch: StepBatch, proxy_wm: np.ndarray) -> torc
     hidden = forward_sub_batch(runner, tb, runner.proxy_layer_names(), proxy, "proxy catch-up")
     idx = sampled_hidden_rows(batch, tb, np.zeros(rows.size, dtype=np.int64))
     (idx_dev,) = upload([torch.from_numpy(idx)], runner.device)
-    return proxy.compute_logits(hidden[idx_dev])
+    rows = hidden[idx_dev]
+    return rows, proxy.compute_logits(rows)

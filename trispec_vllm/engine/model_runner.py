@@ -22,7 +22,14 @@ from vllm.v1.worker.cpu_model_runner import CPUModelRunner
 from vllm.v1.worker.gpu_model_runner import ExecuteModelState, GPUModelRunner
 
 from trispec_vllm.config import parse_trispec_config
-from trispec_vllm.engine import cpu_workarounds, fused_drafter, kernel_warmup, proxy, ranks
+from trispec_vllm.engine import (
+    cpu_workarounds,
+    fused_drafter,
+    kernel_warmup,
+    learned_drafter,
+    proxy,
+    ranks,
+)
 from trispec_vllm.engine.batch_inputs import step_batch
 from trispec_vllm.engine.forward import forward_sub_batch, proxy_catchup, step_token_map
 from trispec_vllm.engine.stats import attach_step_stats
@@ -54,9 +61,12 @@ class TriSpecRunnerMixin:
         spec = self.vllm_config.speculative_config
         self.trispec_fused = fused_drafter.proxy_is_drafter(cfg, spec)
         self.trispec_cost = None  # the cost-aware step (policy/cost.py)
+        # The learned drafter drafts from the proxy's features: the proxy runs every step.
+        self.trispec_learned = learned_drafter.learned_drafter(self)
         # max_proxy_batch and disable_by_batch_size are the user's own choice of kind.
         overridden = cfg.max_proxy_batch is not None or cfg.disable_by_batch_size is not None
-        if cfg.cost_aware and not self.trispec_fused and not overridden:
+        learned = self.trispec_learned is not None
+        if cfg.cost_aware and not self.trispec_fused and not overridden and not learned:
             plain_ok = spec is not None and spec.method == "ngram"
             self.trispec_cost = CostModel(kinds=step_kinds(cfg.lossless, plain_ok))
         self.trispec_next_kind: str | None = None  # chosen when the drafter proposes
@@ -124,6 +134,8 @@ class TriSpecRunnerMixin:
         if self.execute_model_state is not None:
             raise RuntimeError("sample_tokens() must be called after execute_model()")
         t_start = time.perf_counter()
+        if self.trispec_learned is not None:
+            self.trispec_learned.feed(None)  # until the proxy runs in this step
         deferred = self._update_states(scheduler_output)
         self.trispec.forget(self.requests.keys())
         if not scheduler_output.total_num_scheduled_tokens:
@@ -257,12 +269,19 @@ class TriSpecRunnerMixin:
             return None, None
         proxy_wm = self.trispec.proxy_watermarks(batch)
         if (proxy_wm < batch.num_computed).any():
-            logits = proxy_catchup(self, self.trispec_proxy, batch, proxy_wm)
+            hidden_rows, logits = proxy_catchup(self, self.trispec_proxy, batch, proxy_wm)
             self.trispec.stats.proxy_catchup_tokens += int((batch.num_computed - proxy_wm).sum())
         else:
             hidden = prep.run_on_vllm_batch(self.trispec_proxy)
-            logits = self.trispec_proxy.compute_logits(hidden[prep.logits_indices])
+            hidden_rows = hidden[prep.logits_indices]
+            logits = self.trispec_proxy.compute_logits(hidden_rows)
         self.trispec.proxy_ran(batch)
+        if self.trispec_learned is not None:
+            self.trispec_learned.feed(
+                learned_drafter.step_features(
+                    batch, self.input_batch.token_ids_cpu, hidden_rows, logits
+                )
+            )
         return logits, None
 
     def _route(self, prep: PreparedStep, proxy_logits, own_known) -> StepPlan:
@@ -434,6 +453,8 @@ class TriSpecRunnerMixin:
         elapsed = time.perf_counter() - t0
         step.add_times(sample_and_draft=elapsed)
         self.trispec.stats.add_times(sample_and_draft=elapsed)
+        if self.trispec_learned is not None:
+            learned_drafter.book_counts(self.trispec_learned, step, self.trispec.stats)
         if hasattr(out, "sampled_token_ids"):
             for req_id, tokens in zip(out.req_ids, out.sampled_token_ids, strict=False):
                 if req_id in step.per_request:

@@ -1,0 +1,73 @@
+"""The drafter head's checkpoint: learned weights, optimiser state, provenance.
+
+Written atomically (a temporary file in the same folder, then `os.replace`)
+under a file lock, so a server killed mid-save, or two savers, never leave a
+torn file: a restarted server reads the last complete one.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import torch
+from filelock import FileLock
+
+FORMAT = 1
+
+
+class CheckpointError(ValueError):
+    """A drafter checkpoint that cannot be used with this proxy."""
+
+
+def save(path: str | Path, head_state: dict, learner_state: dict | None, fingerprint: str) -> None:
+    path = Path(path).expanduser()
+    payload = {
+        "format": FORMAT,
+        "fingerprint": fingerprint,
+        "head": head_state,
+        "learner": learner_state,
+    }
+    with FileLock(str(path) + ".lock"):
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                torch.save(payload, f)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+
+def load(path: str | Path, fingerprint: str) -> dict:
+    """The checkpoint at `path`, checked against the proxy's `fingerprint`."""
+    path = Path(path).expanduser()
+    with FileLock(str(path) + ".lock"):
+        try:
+            payload = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as err:  # noqa: BLE001 - any unreadable file: one clear message
+            raise CheckpointError(
+                f"drafter_checkpoint {path} is not a readable checkpoint: {err}"
+            ) from None
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise CheckpointError(f"drafter_checkpoint {path} is not a TriSpec drafter checkpoint")
+    if payload["fingerprint"] != fingerprint:
+        raise CheckpointError(
+            f"drafter_checkpoint {path} was trained for another proxy "
+            f"({payload['fingerprint']}; this proxy: {fingerprint})"
+        )
+    return payload
+
+
+def check_path(path: str | Path, fingerprint: str) -> None:
+    """Fail early (before any weights load) on a checkpoint path that cannot work."""
+    path = Path(path).expanduser()
+    if not path.parent.is_dir():
+        raise CheckpointError(f"drafter_checkpoint {path}: folder {path.parent} does not exist")
+    if path.exists():
+        load(path, fingerprint)
+    elif not os.access(path.parent, os.W_OK):
+        raise CheckpointError(f"drafter_checkpoint {path}: folder {path.parent} is not writable")
