@@ -33,7 +33,9 @@ import gc
 import json
 import os
 import platform
+import shutil
 import statistics
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -48,6 +50,10 @@ class Config:
     trispec: dict | None = None
     builtin_sd: bool = False
     lam: float | None = None
+
+
+# The learned drafter's offline warm start (`trispec-vllm train-drafter --out ...`).
+WARM_HEAD = Path("~/.cache/trispec-vllm/drafters/qwen2.5-coder-0.5b-long.pt").expanduser()
 
 
 def configurations(proxy: str, quick: bool) -> list[Config]:
@@ -65,6 +71,13 @@ def configurations(proxy: str, quick: bool) -> list[Config]:
     def tri(lam, **more):
         # The TriSpec step in every step (the cost-aware choice is its own row).
         return {"proxy_model": proxy, "margin_threshold": lam, "cost_aware": False, **more}
+
+    def learned(k):
+        return {
+            "method": "custom_class",
+            "model": "trispec_vllm.drafter.LearnedDrafter",
+            "num_speculative_tokens": k,
+        }
 
     cfgs = [
         Config("no speculation"),
@@ -91,6 +104,15 @@ def configurations(proxy: str, quick: bool) -> list[Config]:
             for lam in (0.3, 0.5, 0.7)
         ),
         Config("TriSpec draft_model k=5 lambda=0.5", draft(5), tri(0.5)),
+        # The learned drafter, learning online; the warm start runs on a fresh copy of
+        # the offline checkpoint each time (learning saves back into its checkpoint).
+        Config("TriSpec learned k=4 lambda=0.5 cold", learned(4), tri(0.5), lam=0.5),
+        Config(
+            "TriSpec learned k=4 lambda=0.5 warm",
+            learned(4),
+            tri(0.5, drafter_checkpoint=str(WARM_HEAD)),
+            lam=0.5,
+        ),
         Config(
             "TriSpec ngram lambda=0.5 disable_by_batch_size=16",
             ngram(3),
@@ -190,6 +212,9 @@ def snapshot(llm, trispec: bool | None = None) -> dict[str, float]:
         for k, v in llm.collective_rpc("trispec_counters")[0].items():
             if isinstance(v, int | float):
                 out["worker:" + k] = v
+            elif k == "times":  # seconds per phase, the learned drafter's included
+                for phase, secs in v.items():
+                    out["worker:seconds:" + phase] = secs
     return out
 
 
@@ -240,7 +265,15 @@ def run_config(
     if cfg.spec:
         kwargs["speculative_config"] = cfg.spec
     if cfg.trispec:
-        kwargs["additional_config"] = {"trispec": cfg.trispec}
+        section = dict(cfg.trispec)
+        if "drafter_checkpoint" in section:  # every run starts from the same head
+            src = Path(section["drafter_checkpoint"])
+            if not src.is_file():
+                raise SystemExit(f"{cfg.label}: no {src} (run `trispec-vllm train-drafter`)")
+            copy = Path(tempfile.mkdtemp()) / src.name
+            shutil.copyfile(src, copy)
+            section["drafter_checkpoint"] = str(copy)
+        kwargs["additional_config"] = {"trispec": section}
     llm = LLM(
         model=target,
         dtype="bfloat16",
@@ -293,6 +326,11 @@ def derived(row: Row, cfg: Config) -> dict:
         out["proxy_acceptance_length"] = m.get("worker:proxy_accepted_tokens", 0) / decode
         out["case_i_share"] = completions / decode
         out["escalation_rate"] = 1 - completions / decode
+    if m.get("worker:drafter_windows", 0):
+        out["drafter_updates"] = m.get("worker:drafter_updates", 0)
+        # Learning's and drafting's share of the measured wall time.
+        out["drafter_update_share"] = m.get("worker:seconds:drafter_update", 0) / row.seconds
+        out["drafter_draft_share"] = m.get("worker:seconds:drafter_draft", 0) / row.seconds
     if m.get("worker:lambda_count", 0):
         out["mean_lambda"] = m["worker:lambda_sum"] / m["worker:lambda_count"]
         trials = m.get("worker:adaptive_trials", 0)
