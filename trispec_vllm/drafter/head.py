@@ -22,6 +22,7 @@ milliseconds on tiny configs and reusable offline (`train-drafter`).
 
 from __future__ import annotations
 
+import copy
 import json
 from pathlib import Path
 
@@ -154,7 +155,8 @@ def build_head(proxy_dir: str | Path, device: torch.device | str = "cpu") -> Dra
     config = AutoConfig.from_pretrained(proxy_dir)
     text = config.get_text_config() if hasattr(config, "get_text_config") else config
     last = text.num_hidden_layers - 1
-    one = AutoConfig.from_pretrained(proxy_dir)
+    tied = bool(getattr(text, "tie_word_embeddings", False))
+    one = copy.deepcopy(config)
     one_text = one.get_text_config() if hasattr(one, "get_text_config") else one
     one_text.num_hidden_layers = 1
     for key in ("layer_types", "sliding_window_pattern"):
@@ -166,18 +168,18 @@ def build_head(proxy_dir: str | Path, device: torch.device | str = "cpu") -> Dra
         src = name.replace("model.layers.0.", f"model.layers.{last}.")
         wanted[src] = name
     found = _proxy_tensors(proxy_dir, wanted)
-    if getattr(text, "tie_word_embeddings", False):
+    if tied:
         found.pop("lm_head.weight", None)
-    missing = [n for n in model.state_dict() if n not in found]
-    if getattr(text, "tie_word_embeddings", False):
-        missing = [n for n in missing if n != "lm_head.weight"]
+    missing = [
+        n for n in model.state_dict() if n not in found and not (tied and n == "lm_head.weight")
+    ]
     if missing:
         raise ValueError(
             f"the proxy checkpoint {proxy_dir} lacks the tensors the drafter head copies "
             f"(its layout is not transformers' `model.layers.N`): {missing[:4]}"
         )
     model.load_state_dict(found, strict=False)
-    if getattr(text, "tie_word_embeddings", False):
+    if tied:
         model.tie_weights()
     head = DraftHead(model, text.hidden_size).to(device)
     head.proxy_fingerprint = fingerprint(proxy_dir)
