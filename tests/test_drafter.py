@@ -124,9 +124,18 @@ def test_distilling_on_a_prompt_set_raises_agreement_on_it(tiny_pair, tmp_path):
         lr=1e-3,
         batch_size=16,
         holdout=0.5,
+        draft_vocab=256,
     )
     assert report["loss_last"] < report["loss_first"]
     assert report["heldout_after"]["first"] > report["heldout_before"]["first"]
+    # The draft vocabulary starts with every top-1 token of the training half (fewer
+    # than 256 distinct); the held-out half has the same texts here, so it covers
+    # every prediction there, and restricting drafts to it loses no agreement.
+    assert report["draft_vocab"] == 256 and report["heldout_coverage"] == 1.0
+    restricted = report["heldout_after_draft_vocab"]["first"]
+    assert restricted >= report["heldout_after"]["first"]
+    fp = build_head(tiny_pair.proxy).proxy_fingerprint
+    assert checkpoint.load(tmp_path / "h.pt", fp)["draft_vocab"].numel() == 256
 
 
 def test_online_learner_updates_change_drafts(tiny_pair):
@@ -167,6 +176,55 @@ def test_checkpoint_of_another_proxy_or_garbage_is_refused(tiny_pair, llama_pair
     bad.write_bytes(b"not a checkpoint")
     with pytest.raises(checkpoint.CheckpointError, match="not a readable checkpoint"):
         checkpoint.load(bad, head.proxy_fingerprint)
+
+
+def test_draft_vocabulary_restricts_drafts_and_survives_a_checkpoint(tiny_pair, tmp_path):
+    head = build_head(tiny_pair.proxy)
+    args = (torch.randn(6, head.hidden), torch.arange(6) + 3, torch.arange(6) + 2, 4)
+    full = head.draft(*args)
+    # A vocabulary holding every token the full head drafts: the same drafts.
+    head.set_draft_vocab(torch.unique(full).flip(0))
+    assert torch.equal(head.draft(*args), full)
+    # A vocabulary without them: every draft comes from it, and the choice is the
+    # best-scoring member (the full head's argmax over those rows).
+    vocab = torch.tensor([i for i in range(50) if i not in set(full.flatten().tolist())])
+    head.set_draft_vocab(vocab)
+    small = head.draft(*args)
+    assert set(small.flatten().tolist()) <= set(vocab.tolist())
+    feats = torch.randn(5, head.hidden)
+    assert torch.equal(head.next_tokens(feats), vocab[head.logits(feats)[:, vocab].argmax(-1)])
+    path = tmp_path / "head.pt"
+    checkpoint.save(path, head.trainable_state(), None, head.proxy_fingerprint, head.draft_vocab)
+    state = checkpoint.load(path, head.proxy_fingerprint)
+    assert torch.equal(state["draft_vocab"], vocab)
+    with pytest.raises(ValueError, match="draft vocabulary"):
+        head.set_draft_vocab(torch.tensor([0, head.lm_head_weight.shape[0]]))
+    # A checkpoint whose vocabulary lies outside the proxy's is refused at load.
+    bad = tmp_path / "bad_vocab.pt"
+    checkpoint.save(bad, head.trainable_state(), None, head.proxy_fingerprint, vocab + 10**6)
+    with pytest.raises(checkpoint.CheckpointError, match="draft vocabulary"):
+        checkpoint.load(bad, head.proxy_fingerprint)
+
+
+def test_frequent_tokens_and_their_coverage():
+    from trispec_vllm.drafter.distill import ProxyTrace, coverage, frequent_tokens
+
+    top = torch.tensor([[7], [7], [3], [7], [3], [9], [1]])  # top-1 per position
+    tr = ProxyTrace(torch.zeros(7, dtype=torch.long), torch.zeros(7, 2), top, torch.ones(7, 1))
+    ids = frequent_tokens([tr], 3, vocab=12)
+    assert ids.tolist() == [7, 3, 1]  # by count, ties in id order
+    assert coverage([tr], ids, 12) == pytest.approx(6 / 7)
+    assert frequent_tokens([tr], 50, vocab=12).numel() == 12
+
+
+def test_teacher_rows_equal_the_softmax_top_m():
+    from trispec_vllm.drafter.proposer import teacher_rows
+
+    logits = torch.randn(5, 300) * 4
+    ids, probs = teacher_rows(logits, 16)
+    want_p, want_i = torch.softmax(logits, -1).topk(16, -1)
+    assert torch.equal(ids, want_i)
+    assert torch.allclose(probs, want_p, atol=1e-6)
 
 
 LEARNED = {

@@ -7,6 +7,7 @@ torn file: a restarted server reads the last complete one.
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 from pathlib import Path
@@ -21,13 +22,21 @@ class CheckpointError(ValueError):
     """A drafter checkpoint that cannot be used with this proxy."""
 
 
-def save(path: str | Path, head_state: dict, learner_state: dict | None, fingerprint: str) -> None:
+def save(
+    path: str | Path,
+    head_state: dict,
+    learner_state: dict | None,
+    fingerprint: str,
+    draft_vocab: torch.Tensor | None = None,
+) -> None:
+    """`draft_vocab`: the [N] token ids the head drafts from (None: all of them)."""
     path = Path(path).expanduser()
     payload = {
         "format": FORMAT,
         "fingerprint": fingerprint,
         "head": head_state,
         "learner": learner_state,
+        "draft_vocab": None if draft_vocab is None else draft_vocab.detach().cpu().clone(),
     }
     with FileLock(str(path) + ".lock"):
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
@@ -59,6 +68,20 @@ def load(path: str | Path, fingerprint: str) -> dict:
             f"drafter_checkpoint {path} was trained for another proxy "
             f"({payload['fingerprint']}; this proxy: {fingerprint})"
         )
+    vocab = payload.get("draft_vocab")
+    if vocab is not None:
+        size = json.loads(fingerprint).get("vocab_size")
+        ok = isinstance(vocab, torch.Tensor) and vocab.dim() == 1 and vocab.numel() > 0
+        if (
+            not ok
+            or vocab.dtype.is_floating_point
+            or int(vocab.min()) < 0
+            or (size is not None and int(vocab.max()) >= size)
+        ):
+            raise CheckpointError(
+                f"drafter_checkpoint {path}: its draft vocabulary is not a list of token ids "
+                f"of this proxy (vocab_size {size})"
+            )
     return payload
 
 

@@ -18,6 +18,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch", type=int, default=32, help="windows per optimiser step")
     p.add_argument("--max-tokens", type=int, default=384, help="tokens read per conversation")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--draft-vocab",
+        type=int,
+        default=None,
+        metavar="N",
+        help="draft from the proxy's N most frequent top-1 tokens only (default: all)",
+    )
 
 
 def texts(n: int, tokenizer_dir: Path) -> list[str]:
@@ -46,6 +53,8 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out).expanduser()
     if not out.parent.is_dir():
         raise SystemExit(f"train-drafter: folder {out.parent} does not exist")
+    if args.draft_vocab is not None and args.draft_vocab < 1:
+        raise SystemExit(f"train-drafter: --draft-vocab must be at least 1, not {args.draft_vocab}")
     proxy = Path(args.proxy).expanduser()
     if not (proxy / "config.json").is_file():
         raise SystemExit(f"train-drafter: {proxy} is not a model folder (no config.json)")
@@ -59,6 +68,7 @@ def run(args: argparse.Namespace) -> int:
         batch_size=args.batch,
         max_tokens=args.max_tokens,
         seed=args.seed,
+        draft_vocab=args.draft_vocab,
     )
     print(json.dumps(report, indent=2))
     return 0

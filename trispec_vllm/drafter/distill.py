@@ -97,6 +97,25 @@ def first_draft_agreement(
     return {"first": hits / max(total, 1), "tau": tau_sum / max(total, 1), "positions": total}
 
 
+def frequent_tokens(traces: list[ProxyTrace], n: int, vocab: int) -> torch.Tensor:
+    """[n] the tokens the proxy predicts (top-1) most often over `traces`, most
+    frequent first; ties and unseen tokens in id order (BPE ids grow with rarity)."""
+    counts = torch.zeros(vocab, dtype=torch.long)
+    for tr in traces:
+        counts += torch.bincount(tr.top_ids[:, 0], minlength=vocab)[:vocab]
+    # Stable sort on -count keeps id order among equal counts.
+    order = torch.sort(-counts, stable=True).indices
+    return order[: min(n, vocab)].clone()
+
+
+def coverage(traces: list[ProxyTrace], ids: torch.Tensor, vocab: int) -> float:
+    """Share of the proxy's top-1 predictions over `traces` that lie in `ids`."""
+    member = torch.zeros(vocab, dtype=torch.bool)
+    member[ids] = True
+    hits = sum(int(member[tr.top_ids[:, 0]].sum()) for tr in traces)
+    return hits / max(sum(int(tr.top_ids.shape[0]) for tr in traces), 1)
+
+
 def distill(
     proxy_dir: str | Path,
     texts: list[str],
@@ -108,9 +127,12 @@ def distill(
     max_tokens: int = 512,
     holdout: float = 0.1,
     seed: int = 0,
+    draft_vocab: int | None = None,
 ) -> dict:
     """Train a head on `texts` (teacher: the proxy), write it to `out`, and report
-    the held-out agreement before and after."""
+    the held-out agreement before and after. `draft_vocab`: keep the head drafting
+    from the proxy's `draft_vocab` most frequent top-1 tokens over the training
+    texts (stored in the checkpoint); None: the whole vocabulary."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     torch.manual_seed(seed)
@@ -138,8 +160,24 @@ def distill(
             logger.info("update %d/%d: loss %.3f", i + 1, updates, sum(losses[-100:]) / 100)
     t_train = time.perf_counter() - t0
     after = first_draft_agreement(head, test, k) if test else None
+    vocab_report = {}
+    if draft_vocab is not None:
+        size = head.lm_head_weight.shape[0]
+        ids = frequent_tokens(train, draft_vocab, size)
+        head.set_draft_vocab(ids)
+        vocab_report = {
+            "draft_vocab": int(ids.numel()),
+            "heldout_coverage": coverage(test, ids, size) if test else None,
+            "heldout_after_draft_vocab": first_draft_agreement(head, test, k) if test else None,
+        }
     learner.updates = 0  # the engine's online schedule starts at its KL phase
-    checkpoint.save(out, head.trainable_state(), learner.state_dict(), head.proxy_fingerprint)
+    checkpoint.save(
+        out,
+        head.trainable_state(),
+        learner.state_dict(),
+        head.proxy_fingerprint,
+        head.draft_vocab,
+    )
     return {
         "proxy": str(proxy_dir),
         "checkpoint": str(out),
@@ -151,6 +189,7 @@ def distill(
         "loss_last": sum(losses[-20:]) / max(len(losses[-20:]), 1) if losses else None,
         "heldout_before": before,
         "heldout_after": after,
+        **vocab_report,
         "seconds_trace": round(t_trace, 1),
         "seconds_train": round(t_train, 1),
     }

@@ -16,6 +16,11 @@ paged KV cache. The embedding and LM head stay frozen (the proxy's): only the
 adapter, the layer and the norm learn, so an optimiser step costs a small
 layer, not the 150k-row vocabulary.
 
+Draft vocabulary: the whole LM head, or (`set_draft_vocab`) the rows of the N
+tokens the proxy predicts most often, as EAGLE-3 does: on a 150k vocabulary the
+LM head is most of a draft's cost, and the proxy's top-1 rarely leaves the
+frequent tokens (docs/drafter.md has the measured coverage and time).
+
 Plain torch and transformers: no vLLM import, so it is testable in
 milliseconds on tiny configs and reusable offline (`train-drafter`).
 """
@@ -54,6 +59,8 @@ class DraftHead(nn.Module):
         self.lm = model  # transformers CausalLM with one decoder layer
         self.adapter = Adapter(hidden)
         self.hidden = hidden
+        self.draft_vocab: torch.Tensor | None = None  # [N] ids drafted from; None: all
+        self._draft_rows: torch.Tensor | None = None  # [N, H] their LM-head rows
         for p in self.embed.parameters():
             p.requires_grad_(False)
         for p in self.lm.get_output_embeddings().parameters():
@@ -109,6 +116,26 @@ class DraftHead(nn.Module):
     def logits(self, feats: torch.Tensor) -> torch.Tensor:
         return feats @ self.lm_head_weight.t()
 
+    def set_draft_vocab(self, ids: torch.Tensor | None) -> None:
+        """Draft from the tokens `ids` only (None: the whole vocabulary). The LM head
+        is frozen, so its rows are copied once."""
+        if ids is None:
+            self.draft_vocab = self._draft_rows = None
+            return
+        ids = torch.as_tensor(ids, dtype=torch.long).flatten()
+        vocab = self.lm_head_weight.shape[0]
+        if ids.numel() == 0 or int(ids.min()) < 0 or int(ids.max()) >= vocab:
+            raise ValueError(f"draft vocabulary ids must lie in [0, {vocab}) and be non-empty")
+        ids = ids.to(self.lm_head_weight.device)
+        self.draft_vocab = ids
+        self._draft_rows = self.lm_head_weight.detach()[ids].contiguous()
+
+    def next_tokens(self, feats: torch.Tensor) -> torch.Tensor:
+        """[...] greedy next token of each [..., H] feature over the draft vocabulary."""
+        if self.draft_vocab is None:
+            return self.logits(feats).argmax(dim=-1)
+        return self.draft_vocab[(feats @ self._draft_rows.t()).argmax(dim=-1)]
+
     @torch.inference_mode()
     def draft(
         self, features: torch.Tensor, tokens: torch.Tensor, positions: torch.Tensor, k: int
@@ -121,7 +148,7 @@ class DraftHead(nn.Module):
         out = []
         for _ in range(k):
             f = self(f, tok, pos, cache)
-            tok = self.logits(f[:, -1]).argmax(dim=-1)[:, None]
+            tok = self.next_tokens(f[:, -1])[:, None]
             out.append(tok)
             pos = pos + 1
         return torch.cat(out, dim=1)

@@ -58,9 +58,11 @@ class DrafterCounts:
 
 
 def teacher_rows(logits: torch.Tensor, m: int = TOP_M) -> tuple[torch.Tensor, torch.Tensor]:
-    """([rows, M] ids, [rows, M] probabilities) of the proxy's top-M tokens."""
-    probs, ids = torch.softmax(logits.float(), dim=-1).topk(min(m, logits.shape[-1]), dim=-1)
-    return ids, probs
+    """([rows, M] ids, [rows, M] probabilities) of the proxy's top-M tokens: a top-M
+    of the logits and one log-sum-exp, not a whole-vocabulary softmax."""
+    top, ids = logits.topk(min(m, logits.shape[-1]), dim=-1)
+    lse = torch.logsumexp(logits.float(), dim=-1, keepdim=True)
+    return ids, (top.float() - lse).exp()
 
 
 class LearnedDrafter:
@@ -105,12 +107,18 @@ class LearnedDrafter:
             if path is not None and Path(path).expanduser().exists():
                 state = checkpoint.load(path, self.head.proxy_fingerprint)
                 self.head.load_trainable(state["head"])
+                try:
+                    self.head.set_draft_vocab(state.get("draft_vocab"))
+                except ValueError as err:
+                    raise checkpoint.CheckpointError(f"drafter_checkpoint {path}: {err}") from None
                 if state.get("learner") and self.learning:
                     self.learner.load_state_dict(state["learner"])
+                vocab = self.head.draft_vocab
                 logger.info(
-                    "TriSpec: drafter head loaded from %s (%d updates so far)",
+                    "TriSpec: drafter head loaded from %s (%d updates so far; drafts over %s)",
                     path,
                     self.learner.updates,
+                    "the whole vocabulary" if vocab is None else f"{vocab.numel()} tokens",
                 )
             else:
                 logger.info("TriSpec: drafter head initialised from the proxy's last layer")
@@ -124,6 +132,7 @@ class LearnedDrafter:
             self.head.trainable_state(),
             self.learner.state_dict(),
             self.head.proxy_fingerprint,
+            self.head.draft_vocab,
         )
 
     # ------------------------------------------------------------ per step
