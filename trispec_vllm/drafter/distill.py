@@ -128,6 +128,7 @@ def distill(
     holdout: float = 0.1,
     seed: int = 0,
     draft_vocab: int | None = None,
+    rollout: bool = True,
 ) -> dict:
     """Train a head on `texts` (teacher: the proxy), write it to `out`, and report
     the held-out agreement before and after. `draft_vocab`: keep the head drafting
@@ -151,7 +152,7 @@ def distill(
         buffer.add(w)
     t_trace = time.perf_counter() - t0
     before = first_draft_agreement(head, test, k) if test else None
-    learner = OnlineLearner(head, buffer, lr, batch_size, seed, kl_only=True)
+    learner = OnlineLearner(head, buffer, lr, batch_size, seed, kl_only=True, rollout=rollout)
     t0 = time.perf_counter()
     losses = []
     for i in range(updates):

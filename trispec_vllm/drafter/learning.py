@@ -147,9 +147,31 @@ def _negatives(vocab: int, device, tokens: torch.Tensor) -> torch.Tensor:
     return torch.randperm(vocab, generator=g)[:NEGATIVES].to(device)
 
 
-def dvi_loss(head, batch: dict[str, torch.Tensor], update: int) -> tuple[torch.Tensor, dict]:
-    """DVI's loss at optimiser step `update` over a sampled batch of windows."""
-    feats = head(batch["features"], batch["tokens"], batch["positions"])  # [N, L, H]
+def dvi_loss(
+    head, batch: dict[str, torch.Tensor], update: int, rollout: bool = True
+) -> tuple[torch.Tensor, dict]:
+    """DVI's loss at optimiser step `update` over a sampled batch of windows.
+
+    `rollout` adds a second pass in which every position after a window's first
+    reads the head's own output feature of the position before (from the first,
+    teacher-fed pass) instead of the proxy's, as a draft chain does from its
+    second draft on: one step of EAGLE-3's training-time test. Teacher features
+    alone train the first draft only."""
+    teacher = head(batch["features"], batch["tokens"], batch["positions"])  # [N, L, H]
+    loss, parts = _pass_loss(head, batch, teacher, update)
+    if rollout and teacher.shape[1] > 1:
+        own = torch.cat([batch["features"][:, :1].to(teacher.dtype), teacher[:, :-1]], dim=1)
+        chained = head(own, batch["tokens"], batch["positions"])
+        loss_r, parts_r = _pass_loss(head, batch, chained, update)
+        loss = loss + loss_r
+        parts.update({f"rollout_{k}": v for k, v in parts_r.items()})
+    return loss, parts
+
+
+def _pass_loss(
+    head, batch: dict[str, torch.Tensor], feats: torch.Tensor, update: int
+) -> tuple[torch.Tensor, dict]:
+    """DVI's loss terms for one pass's [N, L, H] output features."""
     valid = batch["valid"]
     t_ids, t_probs = batch["teacher_ids"], batch["teacher_probs"]
     m = t_ids.shape[-1]
@@ -209,8 +231,10 @@ class OnlineLearner:
         batch_size: int,
         seed: int = 0,
         kl_only: bool = False,
+        rollout: bool = True,
     ) -> None:
         self.head, self.buffer, self.batch_size = head, buffer, batch_size
+        self.rollout = rollout  # train the chain's own-feature positions too
         self.kl_only = kl_only  # offline distillation: no rewards, the teacher's KL throughout
         self.optimizer = torch.optim.AdamW(head.trainable(), lr=lr, weight_decay=1e-2)
         self.generator = torch.Generator().manual_seed(seed)
@@ -220,7 +244,8 @@ class OnlineLearner:
         self.head.train()
         with torch.enable_grad(), torch.inference_mode(False):
             batch = self.buffer.sample(self.batch_size, self.generator)
-            loss, _ = dvi_loss(self.head, batch, 0 if self.kl_only else self.updates)
+            update = 0 if self.kl_only else self.updates
+            loss, _ = dvi_loss(self.head, batch, update, self.rollout)
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             nn.utils.clip_grad_norm_(self.head.trainable(), 1.0)
