@@ -8,6 +8,11 @@ import pytest
 
 # vLLM on CPU sizes its KV cache from this (GiB); without it, it claims most of RAM.
 os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+# Offline engines (`LLM`) run their engine core in the test process: the same engine,
+# scheduler and worker, without spawning a process that imports vLLM again (about
+# 25 s of each engine's start here). Servers and the demo run as users run them:
+# their subprocesses drop this (trispec_vllm.testing.server.user_env).
+os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
 
 
 @pytest.fixture(scope="session")

@@ -3,7 +3,6 @@ pair's imports (installed by the same install step)."""
 
 from __future__ import annotations
 
-import os
 import re
 import subprocess
 import sys
@@ -54,7 +53,9 @@ def test_report_says_slower_when_slower():
 def test_tiny_demo_runs_end_to_end(tmp_path):
     """`trispec-vllm demo --tiny` as a user runs it: four engines, one table."""
     cli = Path(sys.executable).with_name("trispec-vllm")
-    env = {**os.environ, "TRISPEC_CACHE": str(tmp_path), "VLLM_CPU_KVCACHE_SPACE": "1"}
+    from trispec_vllm.testing.server import user_env
+
+    env = user_env({"TRISPEC_CACHE": str(tmp_path), "VLLM_CPU_KVCACHE_SPACE": "1"})
     proc = subprocess.run(
         [str(cli), "demo", "--tiny", "--max-tokens", "24"],
         capture_output=True,

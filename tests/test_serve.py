@@ -17,7 +17,7 @@ openai = pytest.importorskip("openai")
 pytestmark = pytest.mark.vllm
 
 from trispec_vllm.metrics import COUNTERS  # noqa: E402
-from trispec_vllm.testing.server import TINY_SERVER_ARGS, Server  # noqa: E402
+from trispec_vllm.testing.server import TINY_SERVER_ARGS, Server, user_env  # noqa: E402
 
 COMMON = [*TINY_SERVER_ARGS, "--seed", "0"]
 PROMPTS = ["def add(a, b): return a + b\n" * 2, "hello world hello world ", "x = [1, 2, 3]\n"]
@@ -197,6 +197,7 @@ def test_bad_trispec_config_exits_before_weights_load(tiny_pair):
         capture_output=True,
         text=True,
         timeout=180,
+        env=user_env(),
     )
     assert proc.returncode != 0
     assert "proxy_model '/no/such/proxy' does not exist" in proc.stdout + proc.stderr

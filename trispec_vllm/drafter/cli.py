@@ -25,6 +25,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         metavar="N",
         help="draft from the proxy's N most frequent top-1 tokens only (default: all)",
     )
+    p.add_argument(
+        "--no-rollout",
+        action="store_true",
+        help="train on the proxy's features only (no pass over the head's own features)",
+    )
 
 
 def texts(n: int, tokenizer_dir: Path) -> list[str]:
@@ -69,6 +74,7 @@ def run(args: argparse.Namespace) -> int:
         max_tokens=args.max_tokens,
         seed=args.seed,
         draft_vocab=args.draft_vocab,
+        rollout=not args.no_rollout,
     )
     print(json.dumps(report, indent=2))
     return 0

@@ -22,6 +22,14 @@ TINY_SERVER_ARGS = [
 ]
 
 
+def user_env(extra: dict | None = None) -> dict[str, str]:
+    """This process's environment for a child that must run vLLM as a user does:
+    without the test suite's in-process engine switch (tests/conftest.py)."""
+    env = {**os.environ, **(extra or {})}
+    env.pop("VLLM_ENABLE_V1_MULTIPROCESSING", None)
+    return env
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -36,7 +44,7 @@ class Server:
     ) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        env = {**os.environ, **(env or {})}
+        env = user_env(env)
         if "--kv-cache-memory-bytes" in argv:
             env.pop("VLLM_CPU_KVCACHE_SPACE", None)  # it would override the flag on CPU
         else:
