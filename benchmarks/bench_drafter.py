@@ -1,9 +1,11 @@
-"""Does a reduced draft vocabulary pay for the learned drafter? Coverage and time.
+"""The learned drafter's head on the real proxy, without an engine: draft-vocabulary
+coverage and draft time, and (--train N) what rollout training changes.
 
 python benchmarks/bench_drafter.py [--proxy DIR] [--vocab 8192 16384 32768]
-    [--batches 1 8] [--k 4] [--rounds 5] [--out benchmarks/results/drafter_vocab.json]
+    [--batches 1 8] [--k 4] [--rounds 5] [--train 800 --save FILE]
+    [--out benchmarks/results/drafter_vocab.json]
 
-Two measurements on the real proxy (no engine):
+Measurements:
 - coverage: the proxy reads ShareGPT conversations and HumanEval problems with
   their reference solutions (teacher forcing, transformers); the N tokens it
   predicts (top-1) most often on the first 75% of each set form the draft
@@ -13,6 +15,12 @@ Two measurements on the real proxy (no engine):
 - time: `DraftHead.draft` (k tokens, the head's own chain) per call at each
   batch size, with the whole LM head and with each reduced vocabulary, in
   interleaved rounds (median and min-max over rounds).
+- training (--train N): two heads trained N updates each on the training
+  traces (teacher: the proxy, as `train-drafter` does), one on the proxy's
+  features only and one with rollout (`dvi_loss`), same seed; held-out
+  first-draft agreement and tau (leading drafts equal to the proxy's greedy
+  continuation where the text follows it), with the whole vocabulary and with
+  the first --vocab size. --save writes the rollout head with that vocabulary.
 """
 
 from __future__ import annotations
@@ -66,7 +74,63 @@ def coverage_table(proxy_dir: Path, vocabs: list[int], n_chat: int, n_code: int,
             row[name] = coverage(trs[split[name] :], ids, size)
         out.append(row)
     positions = {name: sum(int(tr.tokens.numel()) for tr in trs) for name, trs in sets.items()}
-    return out, positions, train, size
+    return out, positions, train, size, {n: trs[split[n] :] for n, trs in sets.items()}
+
+
+def train_compare(
+    proxy_dir: Path,
+    train,
+    test,
+    k: int,
+    updates: int,
+    lr: float,
+    vocab: int,
+    size: int,
+    save: Path | None,
+):
+    from trispec_vllm.drafter import checkpoint
+    from trispec_vllm.drafter.distill import first_draft_agreement, frequent_tokens, windows
+    from trispec_vllm.drafter.head import build_head
+    from trispec_vllm.drafter.learning import OnlineLearner, ReplayBuffer
+
+    ws = [w for tr in train for w in windows(tr, k + 1)]
+    ids = frequent_tokens(train, vocab, size)
+    rows = []
+    for rollout in (False, True):
+        torch.manual_seed(0)
+        head = build_head(proxy_dir)
+        buf = ReplayBuffer(len(ws), k + 1, head.hidden, "cpu")
+        for w in ws:
+            buf.add(w)
+        learner = OnlineLearner(head, buf, lr, 32, seed=0, kl_only=True, rollout=rollout)
+        t0 = time.perf_counter()
+        for _ in range(updates):
+            learner.update()
+        seconds = time.perf_counter() - t0
+        for vocab_ids in (None, ids):
+            head.set_draft_vocab(vocab_ids)
+            for name, trs in test.items():
+                a = first_draft_agreement(head, trs, k)
+                rows.append(
+                    {
+                        "rollout": rollout,
+                        "vocab": size if vocab_ids is None else vocab,
+                        "set": name,
+                        "first": a["first"],
+                        "tau": a["tau"],
+                        "train_seconds": seconds,
+                    }
+                )
+        if rollout and save is not None:
+            learner.updates = 0
+            checkpoint.save(
+                save,
+                head.trainable_state(),
+                learner.state_dict(),
+                head.proxy_fingerprint,
+                head.draft_vocab,
+            )
+    return rows
 
 
 def time_drafts(proxy_dir: Path, vocabs, batches, k: int, rounds: int, train, size):
@@ -114,13 +178,22 @@ def main() -> None:
     ap.add_argument("--chat", type=int, default=48, help="ShareGPT conversations read")
     ap.add_argument("--code", type=int, default=40, help="HumanEval problems read")
     ap.add_argument("--max-tokens", type=int, default=384)
+    ap.add_argument("--train", type=int, default=0, metavar="N", help="updates per head")
+    ap.add_argument("--lr", type=float, default=1e-3)
+    ap.add_argument("--save", type=Path, default=None, help="write the rollout head here")
     ap.add_argument("--out", default="benchmarks/results/drafter_vocab.json")
     args = ap.parse_args()
     proxy = Path(args.proxy).expanduser()
-    cov, positions, train, size = coverage_table(
+    cov, positions, train, size, test = coverage_table(
         proxy, args.vocab, args.chat, args.code, args.max_tokens
     )
     timing = time_drafts(proxy, args.vocab, args.batches, args.k, args.rounds, train, size)
+    training = []
+    if args.train:
+        save = args.save.expanduser() if args.save else None
+        training = train_compare(
+            proxy, train, test, args.k, args.train, args.lr, args.vocab[0], size, save
+        )
     hw = cpu_model()
     print(f"\nHardware: {hw}, torch threads {torch.get_num_threads()}; proxy {proxy.name}")
     print(f"Held-out coverage of the proxy's top-1 (positions read: {positions})")
@@ -136,9 +209,20 @@ def main() -> None:
             f"{r['ms_median']:.1f} ({r['ms_min']:.1f}-{r['ms_max']:.1f}) | "
             f"{r['ms_median'] / full[r['batch']]:.2f}x |"
         )
+    if training:
+        print(f"\nHeld-out agreement after {args.train} updates (lr {args.lr}, 32 windows each)")
+        print("| training | draft vocabulary | set | first draft = proxy top-1 | tau |")
+        print("|---|---|---|---|---|")
+        for r in training:
+            label = "rollout" if r["rollout"] else "proxy features only"
+            print(
+                f"| {label} ({r['train_seconds']:.0f} s) | {r['vocab']} | {r['set']} | "
+                f"{r['first']:.1%} | {r['tau']:.3f} |"
+            )
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     payload = {"hardware": hw, "k": args.k, "coverage": cov, "positions": positions}
+    payload["training"] = {"updates": args.train, "lr": args.lr, "rows": training}
     out.write_text(json.dumps({**payload, "timing": timing}, indent=2))
     print(f"\nwrote {out}")
 

@@ -56,7 +56,7 @@ class Config:
 WARM_HEAD = Path("~/.cache/trispec-vllm/drafters/qwen2.5-coder-0.5b-long.pt").expanduser()
 
 
-def configurations(proxy: str, quick: bool) -> list[Config]:
+def configurations(proxy: str, quick: bool, warm_head: Path = WARM_HEAD) -> list[Config]:
     def ngram(k):
         return {
             "method": "ngram",
@@ -110,7 +110,7 @@ def configurations(proxy: str, quick: bool) -> list[Config]:
         Config(
             "TriSpec learned k=4 lambda=0.5 warm",
             learned(4),
-            tri(0.5, drafter_checkpoint=str(WARM_HEAD)),
+            tri(0.5, drafter_checkpoint=str(warm_head)),
             lam=0.5,
         ),
         Config(
@@ -521,6 +521,12 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=1000, help="request i gets seed SEED + i")
     ap.add_argument("--out", default=None)
     ap.add_argument("--rounds", type=int, default=3, help="interleaved repeats (median, spread)")
+    ap.add_argument(
+        "--warm-head",
+        type=Path,
+        default=WARM_HEAD,
+        help="train-drafter checkpoint the learned drafter's warm rows start from",
+    )
     args = ap.parse_args()
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "4")
     if args.temperature > 0:
@@ -536,9 +542,10 @@ def main() -> None:
     # Requests per batch size: enough groups to average over, few enough to finish.
     plan = [(b, {1: 2 if args.quick else 4}.get(b, b * (1 if args.quick else 2))) for b in batches]
     prompts = chat_prompts(max(n for _, n in plan))
-    cfgs = configurations(pair.proxy, args.quick)
+    warm = args.warm_head.expanduser()
+    cfgs = configurations(pair.proxy, args.quick, warm)
     if args.only:  # any configuration by label, --quick or not
-        cfgs = [c for c in configurations(pair.proxy, False) if c.label in args.only]
+        cfgs = [c for c in configurations(pair.proxy, False, warm) if c.label in args.only]
         missing = set(args.only) - {c.label for c in cfgs}
         if missing:
             raise SystemExit(f"unknown configuration labels: {sorted(missing)}")

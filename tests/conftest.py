@@ -15,6 +15,37 @@ os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
 os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
 
 
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item):
+    if item.get_closest_marker("vllm") is not None:
+        _cpu_kernel_overrides_once()
+
+
+def _cpu_kernel_overrides_once() -> None:
+    """With engine cores in one process, vLLM 0.32's CPU worker would re-register its
+    Triton-kernel overrides at every engine start, scanning every loaded module; once
+    the ngram drafter has imported numba, that scan fails on llvmlite's library
+    wrapper (AttributeError: '_lib_fn_wrapper' object has no attribute 'get'). A
+    process needs the registration once (it rebinds module attributes for good), as
+    each engine process of a user's run does: so the test process registers once."""
+    try:
+        from vllm.platforms.cpu import CpuPlatform
+    except ImportError:
+        return
+    register = CpuPlatform.register_triton_kernel_overrides
+    if getattr(register, "trispec_once", False):
+        return
+    done = []
+
+    def once(cls) -> None:
+        if not done:
+            register()
+            done.append(True)
+
+    once.trispec_once = True
+    CpuPlatform.register_triton_kernel_overrides = classmethod(once)
+
+
 @pytest.fixture(scope="session")
 def tiny_pair(tmp_path_factory):
     from trispec_vllm.testing import make_tiny_pair
