@@ -70,6 +70,7 @@ def worker_probes():
         log = {"sub_batches": [], "passes": []}
         worker.trispec_budget_probe = log
         split, forward = fwd.split_target_batch, fwd._forward
+        worker.trispec_budget_originals = split, forward
 
         def split_probe(tb, max_tokens):
             batch = worker.model_runner.trispec_state.batch  # this step's, by input-batch row
@@ -96,12 +97,18 @@ def worker_probes():
         return True
 
     def read(worker):
+        """The log, with `forward`'s own functions back (the worker may live in the
+        test process, whose later engines must not run the probes)."""
+        import trispec_vllm.engine.forward as fwd
+
+        fwd.split_target_batch, fwd._forward = worker.trispec_budget_originals
         return dict(worker.trispec_budget_probe)
 
     def bypass(worker):
         """What the engine did before the fix: one pass, whatever its length."""
         import trispec_vllm.engine.forward as fwd
 
+        worker.trispec_budget_originals = fwd.split_target_batch, fwd._forward
         fwd.split_target_batch = lambda tb, max_tokens: [tb]
         return True
 
@@ -174,9 +181,11 @@ def test_catchup_beside_a_full_prefill_chunk_stays_in_budget(tiny_pair, referenc
     monkeypatch.setenv("VLLM_ALLOW_INSECURE_SERIALIZATION", "1")
     install, read, _ = worker_probes()
     llm = budget_llm(tiny_pair)
-    assert llm.collective_rpc(install, timeout=120) == [True]
-    got = run_in_waves(llm)
-    probe = llm.collective_rpc(read, timeout=120)[0]
+    try:
+        assert llm.collective_rpc(install, timeout=120) == [True]
+        got = run_in_waves(llm)
+    finally:
+        probe = llm.collective_rpc(read, timeout=120)[0]
     c = llm.collective_rpc("trispec_counters")[0]
     close(llm)
     assert got == reference
