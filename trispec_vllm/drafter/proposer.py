@@ -107,10 +107,7 @@ class LearnedDrafter:
             if path is not None and Path(path).expanduser().exists():
                 state = checkpoint.load(path, self.head.proxy_fingerprint)
                 self.head.load_trainable(state["head"])
-                try:
-                    self.head.set_draft_vocab(state.get("draft_vocab"))
-                except ValueError as err:
-                    raise checkpoint.CheckpointError(f"drafter_checkpoint {path}: {err}") from None
+                self.head.set_draft_vocab(state.get("draft_vocab"))  # checked by load()
                 if state.get("learner") and self.learning:
                     self.learner.load_state_dict(state["learner"])
                 vocab = self.head.draft_vocab
