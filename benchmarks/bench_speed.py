@@ -37,7 +37,8 @@ import shutil
 import statistics
 import tempfile
 import time
-from dataclasses import dataclass, field
+from contextlib import contextmanager
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -374,18 +375,76 @@ def table(results: list[dict], batches: list[int]) -> str:
     return "\n".join(lines)
 
 
+RUNTIME_VARS = ("LD_PRELOAD", "VLLM_CPU_NUM_OF_RESERVED_CPU")
+VLLM_DEFAULTS = " [vLLM CPU defaults]"
+
+
+@contextmanager
+def cpu_runtime_env(name: str):
+    """Engines started inside run with `trispec_vllm.cpu_runtime`'s set-up ("tuned":
+    tcmalloc and Intel OpenMP preloaded, no reserved core on 2 cores) or with vLLM's
+    defaults ("vllm": neither). vLLM's engine processes are spawned, so they read it."""
+    from trispec_vllm import cpu_runtime
+
+    saved = {k: os.environ.get(k) for k in RUNTIME_VARS}
+    for k in RUNTIME_VARS:
+        os.environ.pop(k, None)
+    if name == "tuned":
+        cpu_runtime.apply()
+    try:
+        yield {k: os.environ[k] for k in RUNTIME_VARS if k in os.environ}
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def runtime_effect(results: list[dict]) -> list[dict]:
+    """Per configuration and batch: tuned tok/s over vLLM-defaults tok/s, per round."""
+    out = []
+    by_key = {(r["config"], r["batch"]): r for r in results}
+    for r in results:
+        base = by_key.get((r["config"] + VLLM_DEFAULTS, r["batch"]))
+        if base is None:
+            continue
+        ratios = [
+            a["tokens_per_s"] / b["tokens_per_s"]
+            for a, b in zip(r["rounds"], base["rounds"], strict=True)
+        ]
+        out.append(
+            {
+                "config": r["config"],
+                "batch": r["batch"],
+                "tuned_over_vllm_defaults": statistics.median(ratios),
+                "range": [min(ratios), max(ratios)],
+            }
+        )
+    return out
+
+
 def cpu_model() -> str:
-    """The CPU's model name and core count, for every table's hardware line."""
+    """The CPU's model name, cores and widest vector ISA, for every table's hardware
+    line: without AVX512-BF16, vLLM's CPU linear layers in bf16 cost time in proportion
+    to the tokens in the pass, which changes every speculative configuration's speed."""
+    name, flags = platform.processor() or platform.machine(), set()
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
+            if line.startswith("model name") and name in (platform.processor(), platform.machine()):
                 name = line.split(":", 1)[1].strip()
+            elif line.startswith("flags"):
+                flags = set(line.split(":", 1)[1].split())
                 break
-        else:
-            name = platform.processor() or platform.machine()
     except OSError:
-        name = platform.processor() or platform.machine()
-    return f"{name}, {os.cpu_count()} cores"
+        pass
+    isa = next(
+        (label for flag, label in ISA_LABELS if flag in flags), "no AVX2" if flags else "ISA ?"
+    )
+    return f"{name}, {os.cpu_count()} cores, {isa}"
+
+
+ISA_LABELS = (("avx512_bf16", "AVX512-BF16"), ("avx512f", "AVX-512, no BF16"), ("avx2", "AVX2"))
 
 
 def with_ratios(rows: list[dict], builtin: set[str]) -> None:
@@ -522,6 +581,14 @@ def main() -> None:
     ap.add_argument("--out", default=None)
     ap.add_argument("--rounds", type=int, default=3, help="interleaved repeats (median, spread)")
     ap.add_argument(
+        "--runtime",
+        choices=("tuned", "vllm", "both"),
+        default="tuned",
+        help="CPU runtime of every engine: tuned (trispec_vllm.cpu_runtime: tcmalloc + "
+        "Intel OpenMP preloaded, no reserved core on 2 cores), vLLM's defaults, or both "
+        "interleaved (labels of the latter end in '[vLLM CPU defaults]')",
+    )
+    ap.add_argument(
         "--warm-head",
         type=Path,
         default=WARM_HEAD,
@@ -553,23 +620,34 @@ def main() -> None:
         f"{len(cfgs)} configurations x {args.rounds} rounds, batches {plan} (batch, requests), "
         f"max_tokens {max_tokens}; {cpu_model()}"
     )
-    builtin = {c.label for c in cfgs if c.builtin_sd}
+    runtimes = {"both": ["tuned", "vllm"]}.get(args.runtime, [args.runtime])
+    cfgs = [
+        (replace(c, label=c.label + VLLM_DEFAULTS) if rt == "vllm" and len(runtimes) > 1 else c, rt)
+        for c in cfgs
+        for rt in runtimes
+    ]
+    with cpu_runtime_env("tuned") as tuned_env:
+        pass
+    print(f"CPU runtime {args.runtime}; tuned means {tuned_env or 'nothing to add here'}")
+    builtin = {c.label for c, _ in cfgs if c.builtin_sd}
     per_round: list[list[dict]] = []
     for rnd in range(args.rounds):
         print(f"round {rnd + 1}/{args.rounds}", flush=True)
         rows: list[dict] = []
         # Alternate the order so no configuration always runs first after a cold start.
-        for cfg in cfgs if rnd % 2 == 0 else cfgs[::-1]:
-            for row in run_config(
-                cfg,
-                pair.target,
-                prompts,
-                plan,
-                max_tokens,
-                args.eager,
-                args.temperature,
-                args.seed,
-            ):
+        for cfg, rt in cfgs if rnd % 2 == 0 else cfgs[::-1]:
+            with cpu_runtime_env(rt):
+                cfg_rows = run_config(
+                    cfg,
+                    pair.target,
+                    prompts,
+                    plan,
+                    max_tokens,
+                    args.eager,
+                    args.temperature,
+                    args.seed,
+                )
+            for row in cfg_rows:
                 rows.append(
                     {
                         "config": cfg.label,
@@ -583,7 +661,7 @@ def main() -> None:
                     }
                 )
         with_ratios(rows, builtin)
-        order = {(c.label, b): i for i, c in enumerate(cfgs) for b, _ in plan}
+        order = {(c.label, b): i for i, (c, _) in enumerate(cfgs) for b, _ in plan}
         per_round.append(sorted(rows, key=lambda r: order[(r["config"], r["batch"])]))
     results = summarise(per_round)
 
@@ -603,19 +681,32 @@ def main() -> None:
                 "seed": args.seed if args.temperature > 0 else None,
                 "plan": plan,
                 "rounds": args.rounds,
+                "runtime": args.runtime,
+                "tuned_runtime_env": tuned_env,
+                "runtime_effect": runtime_effect(results),
                 "results": results,
             },
             indent=1,
         )
     )
     md = table(results, batches)
+    effect = runtime_effect(results)
+    if effect:
+        md += "\n\nCPU runtime, tuned over vLLM's defaults (median of rounds, min-max):\n\n"
+        md += "| configuration | batch | tuned / defaults |\n|---|---|---|\n"
+        md += "\n".join(
+            f"| {e['config']} | {e['batch']} | {e['tuned_over_vllm_defaults']:.2f}x "
+            f"({e['range'][0]:.2f}-{e['range'][1]:.2f}) |"
+            for e in effect
+        )
     sampling = (
         f"temperature {args.temperature}, seed {args.seed} + i"
         if args.temperature > 0
         else "greedy"
     )
     out.with_suffix(".md").write_text(
-        f"Machine: {machine}; max_tokens {max_tokens}; {sampling}; (batch, requests) {plan}; "
+        f"Machine: {machine}; CPU runtime {args.runtime} ({tuned_env}); max_tokens {max_tokens}; "
+        f"{sampling}; (batch, requests) {plan}; "
         f"medians of {args.rounds} interleaved rounds (min-max)\n\n" + md + "\n"
     )
     plots(results, out)

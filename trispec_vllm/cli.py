@@ -1,4 +1,4 @@
-"""`trispec-vllm` command line: demo, self-check, fetch-models, train-drafter, serve."""
+"""`trispec-vllm` command line: demo, self-check, fetch-models, train-drafter, serve, cpu-env."""
 
 from __future__ import annotations
 
@@ -17,6 +17,10 @@ def main(argv: list[str] | None = None) -> int:
         "--tiny", action="store_true", help="tiny random pair (no download, noise text)"
     )
     demo.add_argument("--verbose", action="store_true", help="show vLLM's INFO logging")
+    sub.add_parser(
+        "cpu-env",
+        help='print the exports vLLM\'s CPU runtime wants (eval "$(trispec-vllm cpu-env)")',
+    )
     from trispec_vllm import fetch, serve
     from trispec_vllm.drafter import cli as drafter_cli
 
@@ -51,6 +55,11 @@ def main(argv: list[str] | None = None) -> int:
     if rest:
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
 
+    if args.command == "cpu-env":
+        from trispec_vllm import cpu_runtime
+
+        sys.stdout.write(cpu_runtime.shell_exports(cpu_runtime.recommended()))
+        return 0
     if args.command == "selfcheck":
         from trispec_vllm import selfcheck
 

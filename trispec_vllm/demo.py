@@ -146,6 +146,15 @@ def run(
     verbose: bool = False,
 ) -> int:
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "2" if not tiny else "1")
+    import torch
+
+    if not torch.cuda.is_available():  # vLLM's engine processes inherit it
+        from trispec_vllm import cpu_runtime
+
+        added = cpu_runtime.apply()
+        if added:
+            shown = ", ".join(f"{k}={v}" for k, v in added.items())
+            print(f"[demo] CPU runtime (see `trispec-vllm cpu-env`): {shown}", flush=True)
     if not verbose:  # vLLM's log (engine start-up, per-interval stats) is noise here
         os.environ.setdefault("VLLM_LOGGING_LEVEL", "ERROR")
     spec = {

@@ -33,6 +33,11 @@ VARIABLES: dict[str, tuple[str | None, str]] = {
         "Set to 1 to compare every step's routing across tensor-parallel ranks and raise "
         "on a difference (one small all-gather per step; the tests turn it on).",
     ),
+    "TRISPEC_TCMALLOC": (
+        None,
+        "Path of libtcmalloc for `trispec-vllm cpu-env` and the demo to preload "
+        "(default: found through the dynamic linker's cache).",
+    ),
     "TRISPEC_SKIP_VERSION_CHECK": (
         None,
         "Set to 1 to import trispec-vllm next to a vLLM other than the pinned one.",

