@@ -88,25 +88,18 @@ def train_compare(
     size: int,
     save: Path | None,
 ):
-    from trispec_vllm.drafter import checkpoint
-    from trispec_vllm.drafter.distill import first_draft_agreement, frequent_tokens, windows
-    from trispec_vllm.drafter.head import build_head
-    from trispec_vllm.drafter.learning import OnlineLearner, ReplayBuffer
+    from trispec_vllm.drafter.distill import (
+        first_draft_agreement,
+        frequent_tokens,
+        save_head,
+        train_head,
+    )
 
-    ws = [w for tr in train for w in windows(tr, k + 1)]
     ids = frequent_tokens(train, vocab, size)
     rows = []
     for rollout in (False, True):
-        torch.manual_seed(0)
-        head = build_head(proxy_dir)
-        buf = ReplayBuffer(len(ws), k + 1, head.hidden, "cpu")
-        for w in ws:
-            buf.add(w)
-        learner = OnlineLearner(head, buf, lr, 32, seed=0, kl_only=True, rollout=rollout)
-        t0 = time.perf_counter()
-        for _ in range(updates):
-            learner.update()
-        seconds = time.perf_counter() - t0
+        trained = train_head(proxy_dir, train, k, updates, lr, rollout=rollout)
+        head = trained.head
         for vocab_ids in (None, ids):
             head.set_draft_vocab(vocab_ids)
             for name, trs in test.items():
@@ -118,18 +111,11 @@ def train_compare(
                         "set": name,
                         "first": a["first"],
                         "tau": a["tau"],
-                        "train_seconds": seconds,
+                        "train_seconds": trained.seconds,
                     }
                 )
         if rollout and save is not None:
-            learner.updates = 0
-            checkpoint.save(
-                save,
-                head.trainable_state(),
-                learner.state_dict(),
-                head.proxy_fingerprint,
-                head.draft_vocab,
-            )
+            save_head(save, trained)
     return rows
 
 

@@ -54,8 +54,17 @@ QUALITY = "quality.json"
 QUALITY_T07 = "quality_t07.json"
 ALIGNMENT = "alignment.json"
 LOAD = "load_test.json"
+SPEED_AVX2 = "speed_avx2.json"
+COST_MODEL = "cost_model.json"
+PASS_COSTS = "pass_costs_cpu.json"
+LEARNING = "learning_cold.json"
 # Plots the docs show (written by the benchmarks next to their JSON).
-PLOTS = ("speed_vs_batch.png", "speed_adaptive_vs_lambda.png", "alignment_margins.png")
+PLOTS = (
+    "speed_vs_batch.png",
+    "speed_adaptive_vs_lambda.png",
+    "alignment_margins.png",
+    "learning_cold.png",
+)
 
 
 def _bench(name: str):
@@ -470,6 +479,58 @@ def load_test() -> str:
     return block(md_table(header, rows))
 
 
+def cost_model() -> str:
+    """Predicted against measured decode speed (cost_model.py's check)."""
+    d = load(COST_MODEL)
+    proj = d["projection_costs"]["device"] if d.get("projection_costs") else None
+    hardware = f"{d['pass_costs']['device']} (pass costs), speed run {Path(d['speed_run']).name}"
+    return block(_bench("cost_model").table(d["rows"], hardware, proj))
+
+
+def pass_costs() -> str:
+    d = load(PASS_COSTS)
+    sizes = sorted({int(n) for v in d["seconds"].values() for n in v})
+    rows = [
+        [str(n)] + [fmt(1e3 * d["seconds"][m].get(str(n)), "{:.0f}") for m in ("target", "proxy")]
+        for n in sizes
+    ]
+    head = f"Hardware: {d['device']}\n\n"
+    return block(head + md_table(["tokens in the pass", "target ms", "proxy ms"], rows))
+
+
+def learning() -> str:
+    """The learned drafter's learning curve, learning on against off, per group."""
+    d = load(LEARNING)
+    on, off = d["arms"]["learning on"], d["arms"]["learning off"]
+    rows = [
+        [
+            str(a["requests_served"]),
+            fmt(a["proxy_acceptance_length"]),
+            fmt(b["proxy_acceptance_length"]),
+            str(a["drafter_updates"]),
+            fmt(a["mean_loss"], "{:.3f}"),
+            fmt(a["tokens_per_s"]),
+            fmt(b["tokens_per_s"]),
+        ]
+        for a, b in zip(on, off, strict=True)
+    ]
+    head = (
+        f"Hardware: {d['machine']}; {d['requests']} requests, batch {d['batch']}, "
+        f"{d['max_tokens']} tokens, k={d['k']}, lambda {d['lambda']}, {d.get('dtype')}, "
+        f"update every {d.get('drafter_update_every')} steps, {d['start']} start\n\n"
+    )
+    header = [
+        "requests served",
+        "tau_a/step, learning on",
+        "tau_a/step, off",
+        "updates in the group",
+        "mean loss",
+        "tok/s on",
+        "tok/s off",
+    ]
+    return block(head + md_table(header, rows))
+
+
 BLOCKS: dict[str, Callable[[], str]] = {
     "status": status,
     "machine": machine,
@@ -484,6 +545,10 @@ BLOCKS: dict[str, Callable[[], str]] = {
     "quality-t07": quality_sampled,
     "alignment": alignment,
     "load-test": load_test,
+    "speed-avx2": lambda: speed_table(SPEED_AVX2),
+    "cost-model": cost_model,
+    "pass-costs": pass_costs,
+    "learning": learning,
 }
 
 
@@ -509,7 +574,7 @@ def render(text: str, where: Path) -> str:
 def unreferenced() -> list[str]:
     """Results files no block reads and no document links to."""
     used = {SPEED, SPEED_POLICIES, SPEED_ADAPTIVE, SPEED_T07, QUALITY, QUALITY_T07}
-    used |= {ALIGNMENT, LOAD, *PLOTS}
+    used |= {ALIGNMENT, LOAD, SPEED_AVX2, COST_MODEL, PASS_COSTS, LEARNING, *PLOTS}
     text = "".join(p.read_text() for p in documents() if p.exists())
     return sorted(
         p.name

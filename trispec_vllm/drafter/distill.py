@@ -116,6 +116,59 @@ def coverage(traces: list[ProxyTrace], ids: torch.Tensor, vocab: int) -> float:
     return hits / max(sum(int(tr.top_ids.shape[0]) for tr in traces), 1)
 
 
+@dataclass
+class Trained:
+    """A head trained offline, with what it took."""
+
+    head: DraftHead
+    learner: OnlineLearner
+    losses: list[float]
+    windows: int
+    seconds: float
+
+
+def train_head(
+    proxy_dir: str | Path,
+    traces: list[ProxyTrace],
+    k: int,
+    updates: int,
+    lr: float,
+    batch_size: int = 32,
+    seed: int = 0,
+    rollout: bool = True,
+) -> Trained:
+    """A fresh head (the proxy's last layer) distilled on every window of `traces`
+    (DVI's KL phase only: the proxy is the teacher)."""
+    torch.manual_seed(seed)
+    head = build_head(proxy_dir)
+    ws = [w for tr in traces for w in windows(tr, k + 1)]
+    buffer = ReplayBuffer(max(len(ws), 1), k + 1, head.hidden, "cpu")
+    for w in ws:
+        buffer.add(w)
+    learner = OnlineLearner(head, buffer, lr, batch_size, seed, kl_only=True, rollout=rollout)
+    t0 = time.perf_counter()
+    losses = []
+    for i in range(updates):
+        losses.append(learner.update())
+        if (i + 1) % 100 == 0:
+            logger.info("update %d/%d: loss %.3f", i + 1, updates, sum(losses[-100:]) / 100)
+    return Trained(head, learner, losses, len(ws), time.perf_counter() - t0)
+
+
+def save_head(out: str | Path, trained: Trained) -> None:
+    """Write the checkpoint `drafter_checkpoint` loads; the engine's online schedule
+    starts at its KL phase."""
+    trained.learner.updates = 0
+    head = trained.head
+    checkpoint.save(
+        out,
+        head.trainable_state(),
+        trained.learner.state_dict(),
+        head.proxy_fingerprint,
+        head.draft_vocab,
+    )
+
+
 def distill(
     proxy_dir: str | Path,
     texts: list[str],
@@ -140,26 +193,15 @@ def distill(
     proxy_dir = Path(proxy_dir).expanduser()
     tok = AutoTokenizer.from_pretrained(proxy_dir)
     proxy = AutoModelForCausalLM.from_pretrained(proxy_dir, dtype=torch.float32).eval()
-    head = build_head(proxy_dir)
     t0 = time.perf_counter()
     traces = [trace(proxy, tok(t).input_ids[:max_tokens]) for t in texts]
     traces = [tr for tr in traces if tr.tokens.shape[0] >= 3]
     n_test = max(1, int(len(traces) * holdout)) if len(traces) > 1 else 0
     test, train = traces[:n_test], traces[n_test:] or traces
-    all_windows = [w for tr in train for w in windows(tr, k + 1)]
-    buffer = ReplayBuffer(max(len(all_windows), 1), k + 1, head.hidden, "cpu")
-    for w in all_windows:
-        buffer.add(w)
     t_trace = time.perf_counter() - t0
-    before = first_draft_agreement(head, test, k) if test else None
-    learner = OnlineLearner(head, buffer, lr, batch_size, seed, kl_only=True, rollout=rollout)
-    t0 = time.perf_counter()
-    losses = []
-    for i in range(updates):
-        losses.append(learner.update())
-        if (i + 1) % 100 == 0:
-            logger.info("update %d/%d: loss %.3f", i + 1, updates, sum(losses[-100:]) / 100)
-    t_train = time.perf_counter() - t0
+    before = first_draft_agreement(build_head(proxy_dir), test, k) if test else None
+    trained = train_head(proxy_dir, train, k, updates, lr, batch_size, seed, rollout)
+    head, losses = trained.head, trained.losses
     after = first_draft_agreement(head, test, k) if test else None
     vocab_report = {}
     if draft_vocab is not None:
@@ -171,19 +213,12 @@ def distill(
             "heldout_coverage": coverage(test, ids, size) if test else None,
             "heldout_after_draft_vocab": first_draft_agreement(head, test, k) if test else None,
         }
-    learner.updates = 0  # the engine's online schedule starts at its KL phase
-    checkpoint.save(
-        out,
-        head.trainable_state(),
-        learner.state_dict(),
-        head.proxy_fingerprint,
-        head.draft_vocab,
-    )
+    save_head(out, trained)
     return {
         "proxy": str(proxy_dir),
         "checkpoint": str(out),
         "texts": len(texts),
-        "train_windows": len(all_windows),
+        "train_windows": trained.windows,
         "test_texts": len(test),
         "updates": updates,
         "loss_first": losses[0] if losses else None,
@@ -192,5 +227,5 @@ def distill(
         "heldout_after": after,
         **vocab_report,
         "seconds_trace": round(t_trace, 1),
-        "seconds_train": round(t_train, 1),
+        "seconds_train": round(trained.seconds, 1),
     }
