@@ -50,7 +50,11 @@ def group_row(delta: dict, served: int, seconds: float) -> dict:
     steps = delta.get("worker:decode_request_steps", 0)
     updates = delta.get("worker:drafter_updates", 0)
     drafts = delta.get("vllm:spec_decode_num_drafts", 0)
-    times = {k.removeprefix("worker:seconds:"): v for k, v in delta.items() if "seconds:" in k}
+    times = {
+        k.removeprefix("worker:seconds:"): v
+        for k, v in delta.items()
+        if k.startswith("worker:seconds:")
+    }
     total = sum(times.values()) or 1.0
     return {
         "requests_served": served,
