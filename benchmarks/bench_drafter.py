@@ -94,12 +94,14 @@ def train_compare(
         save_head,
         train_head,
     )
+    from trispec_vllm.drafter.head import build_head
 
     ids = frequent_tokens(train, vocab, size)
     rows = []
     for rollout in (False, True):
-        trained = train_head(proxy_dir, train, k, updates, lr, rollout=rollout)
-        head = trained.head
+        torch.manual_seed(0)
+        head = build_head(proxy_dir)
+        trained = train_head(head, train, k, updates, lr, rollout=rollout)
         for vocab_ids in (None, ids):
             head.set_draft_vocab(vocab_ids)
             for name, trs in test.items():

@@ -392,7 +392,7 @@ def cpu_runtime_env(name: str):
     if name == "tuned":
         cpu_runtime.apply()
     try:
-        yield {k: os.environ[k] for k in RUNTIME_VARS if k in os.environ}
+        yield
     finally:
         for k, v in saved.items():
             if v is None:
@@ -428,16 +428,15 @@ def cpu_model() -> str:
     """The CPU's model name, cores and widest vector ISA, for every table's hardware
     line: without AVX512-BF16, vLLM's CPU linear layers in bf16 cost time in proportion
     to the tokens in the pass, which changes every speculative configuration's speed."""
-    name, flags = platform.processor() or platform.machine(), set()
+    fields: dict[str, str] = {}
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name") and name in (platform.processor(), platform.machine()):
-                name = line.split(":", 1)[1].strip()
-            elif line.startswith("flags"):
-                flags = set(line.split(":", 1)[1].split())
-                break
+            key, _, value = line.partition(":")
+            fields.setdefault(key.strip(), value.strip())
     except OSError:
         pass
+    name = fields.get("model name") or platform.processor() or platform.machine()
+    flags = set(fields.get("flags", "").split())
     isa = next(
         (label for flag, label in ISA_LABELS if flag in flags), "no AVX2" if flags else "ISA ?"
     )
@@ -626,8 +625,9 @@ def main() -> None:
         for c in cfgs
         for rt in runtimes
     ]
-    with cpu_runtime_env("tuned") as tuned_env:
-        pass
+    from trispec_vllm import cpu_runtime
+
+    tuned_env = cpu_runtime.recommended({})  # what "tuned" adds to an empty environment
     print(f"CPU runtime {args.runtime}; tuned means {tuned_env or 'nothing to add here'}")
     builtin = {c.label for c, _ in cfgs if c.builtin_sd}
     per_round: list[list[dict]] = []

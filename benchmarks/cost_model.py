@@ -113,8 +113,8 @@ def shape_of(row: dict) -> StepShape:
     decode_steps = max(1, raw["engine_steps"] - groups)  # one prefill step per group
     tokens = (raw["vllm:generation_tokens"] - raw["vllm:request_success"]) / decode_steps
     if row.get("trispec") is None:
-        kind = "plain" if "spec" in label and "no " in label else "draft_model"
-        kind = "ngram" if "ngram" in label else kind
+        kind = "ngram" if "ngram" in label else "draft_model"
+        kind = "plain" if label.startswith("no speculation") else kind
         return StepShape(kind, b, k, tokens)
     steps = max(1, raw["engine_steps"])
     ts = raw.get("worker:target_steps", 0)

@@ -128,7 +128,7 @@ class Trained:
 
 
 def train_head(
-    proxy_dir: str | Path,
+    head: DraftHead,
     traces: list[ProxyTrace],
     k: int,
     updates: int,
@@ -137,10 +137,8 @@ def train_head(
     seed: int = 0,
     rollout: bool = True,
 ) -> Trained:
-    """A fresh head (the proxy's last layer) distilled on every window of `traces`
-    (DVI's KL phase only: the proxy is the teacher)."""
-    torch.manual_seed(seed)
-    head = build_head(proxy_dir)
+    """Distil `head` (fresh from `build_head`) on every window of `traces` (DVI's KL
+    phase only: the proxy is the teacher)."""
     ws = [w for tr in traces for w in windows(tr, k + 1)]
     buffer = ReplayBuffer(max(len(ws), 1), k + 1, head.hidden, "cpu")
     for w in ws:
@@ -199,9 +197,10 @@ def distill(
     n_test = max(1, int(len(traces) * holdout)) if len(traces) > 1 else 0
     test, train = traces[:n_test], traces[n_test:] or traces
     t_trace = time.perf_counter() - t0
-    before = first_draft_agreement(build_head(proxy_dir), test, k) if test else None
-    trained = train_head(proxy_dir, train, k, updates, lr, batch_size, seed, rollout)
-    head, losses = trained.head, trained.losses
+    head = build_head(proxy_dir)
+    before = first_draft_agreement(head, test, k) if test else None
+    trained = train_head(head, train, k, updates, lr, batch_size, seed, rollout)
+    losses = trained.losses
     after = first_draft_agreement(head, test, k) if test else None
     vocab_report = {}
     if draft_vocab is not None:
