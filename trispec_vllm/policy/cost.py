@@ -14,11 +14,19 @@ few CPU cores a large batch is compute-bound, and drafts and proxy passes are
 pure extra work. Rather than hand-set thresholds, the engine measures itself:
 per batch-size class (powers of two of the running requests) it keeps an
 exponentially weighted mean of each kind's step seconds and emitted tokens,
-tries every kind in short runs, then takes the one with the most tokens per
-second, and keeps re-trying the others now and then (one run in
-`explore_every` decisions of the class) so a change in the workload is noticed.
-Only steps that follow a step of the same kind are timed: the first step after
-a switch pays the catch-up of the kind before it.
+tries every kind in short runs (plain decoding first: it is the baseline),
+then takes the one with the most tokens per second, and keeps re-trying the
+others now and then (one run in `explore_every` decisions of the class) so a
+change in the workload is noticed. A speculative kind must beat plain decoding
+by `plain_margin` to be chosen over it: plain decoding is exact and costs no
+quality, so a tie or a gain inside the noise goes to it. Only steps that follow
+a step of the same kind are timed: the first step after a switch pays the
+catch-up of the kind before it.
+
+The choice is made after the drafter proposed, so a step whose drafter found
+nothing (ngram on text that does not repeat) is never an ``sd`` step: without
+drafts and without the proxy it is plain decoding, and booking it as ``sd``
+would credit speculative decoding with plain decoding's speed.
 
 In lossless mode the ``trispec`` kind is never faster than ``sd`` (it runs
 the same target pass plus the proxy), so it is not a candidate there. Every
@@ -71,6 +79,7 @@ class CostModel:
     explore_every: int = 48  # then one run in this many decisions tries another kind
     run_length: int = 4  # steps a warm-up or exploration run lasts
     weight: float = 0.2  # EWMA weight of a new sample
+    plain_margin: float = 0.05  # a speculative kind must beat plain by this share
     stats: dict[tuple[int, str], KindStats] = field(default_factory=dict)
     decisions: dict[int, int] = field(default_factory=dict)
     chosen: dict[str, int] = field(default_factory=dict)  # counts, for the metrics
@@ -100,11 +109,13 @@ class CostModel:
         n = self.decisions.get(cls, 0)
         self.decisions[cls] = n + 1
         stats = {k: self.stats.get((cls, k), KindStats()) for k in options}
-        least = min(options, key=lambda k: stats[k].samples)
-        if stats[least].samples < self.warmup:  # warm-up: the least-measured kind
+        # Warm-up: the least-measured kind, plain decoding first on a tie.
+        least = min(options, key=lambda k: (stats[k].samples, k != "plain"))
+        if stats[least].samples < self.warmup:
             kind = least
         else:
-            ranked = sorted(options, key=lambda k: stats[k].rate, reverse=True)
+            bonus = {"plain": 1.0 + self.plain_margin}
+            ranked = sorted(options, key=lambda k: stats[k].rate * bonus.get(k, 1.0), reverse=True)
             explore = len(ranked) > 1 and n % self.explore_every == self.explore_every - 1
             # Exploring: the least refreshed of the others.
             kind = min(ranked[1:], key=lambda k: stats[k].samples) if explore else ranked[0]
@@ -124,6 +135,15 @@ class CostModel:
         for (cls, kind), st in sorted(self.stats.items()):
             out.setdefault(kind, {})[cls] = round(st.rate, 2)
         return out
+
+
+def kinds_for(kinds: tuple[str, ...], drafted: bool) -> tuple[str, ...]:
+    """The candidates once the drafter has proposed: with no draft in the batch an
+    ``sd`` step would be plain decoding, so only the proxy's step and plain remain
+    (all of `kinds` if that leaves none: a drafter without a plain option)."""
+    if drafted:
+        return kinds
+    return tuple(k for k in kinds if k != "sd") or kinds
 
 
 def step_kinds(lossless: bool, plain_allowed: bool) -> tuple[str, ...]:
