@@ -157,7 +157,7 @@ class TriSpecRunnerMixin:
         prep = self._prepare(scheduler_output, req_ids, num_sched)
         if self.trispec_cost is not None:
             if self.input_batch.all_greedy:
-                kind = self._step_kind(len(req_ids), bool(prep.batch.num_drafts.any()))
+                kind = self._step_kind(len(req_ids))
             else:
                 # Sampled requests draw from their seeded generators differently in each
                 # kind of step: one kind only, so a seed gives the same sample every run.
@@ -388,15 +388,17 @@ class TriSpecRunnerMixin:
         computed = self.input_batch.num_computed_tokens_cpu[: len(req_ids)]
         return self.trispec.target_up_to_date(req_ids, computed)
 
-    def _step_kind(self, num_reqs: int, drafted: bool) -> str:
+    def _step_kind(self, num_reqs: int) -> str:
         """This step's kind among those that run TriSpec's path: the one chosen when
         the drafter proposed, or a fresh choice (first step, or a plain choice the step
         could not follow because the target still had positions to catch up)."""
         kind = self.trispec_next_kind
         if kind in ("trispec", "sd"):
             return kind
-        kinds = kinds_for(self.trispec_cost.kinds, drafted)
-        return self.trispec_cost.choose(num_reqs, allowed=tuple(k for k in kinds if k != "plain"))
+        # Not plain: the target has positions to catch up, which vLLM's own step cannot
+        # (without drafts, an SD step is that catch-up plus plain decoding, booked so).
+        kinds = tuple(k for k in self.trispec_cost.kinds if k != "plain")
+        return self.trispec_cost.choose(num_reqs, allowed=kinds)
 
     def _decoding(self, req_ids, num_sched) -> np.ndarray:
         """[B] bool: requests decoding one token this step (no prefill chunk)."""
