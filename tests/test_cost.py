@@ -96,3 +96,26 @@ def test_without_drafts_there_is_no_sd_step():
     assert kinds_for(("sd", "plain"), drafted=False) == ("plain",)
     assert kinds_for(("trispec", "sd"), drafted=True) == ("trispec", "sd")
     assert kinds_for(("sd",), drafted=False) == ("sd",)  # nothing else to run
+
+
+def test_a_clearly_slower_kind_is_dropped_after_one_measured_step():
+    """Each step of a slow kind costs: its warm-up run ends once it measures below
+    half another kind's rate (the switch step before it is not a measurement)."""
+    model = CostModel(warmup=3, run_length=4, explore_every=1000)
+    picks = run(model, {"trispec": 3, "sd": 9, "plain": 10}, 1, 60)
+    assert picks[:10] == ["plain"] * 4 + ["trispec"] * 2 + ["sd"] * 4
+    assert picks[10:] == ["plain"] * 50
+
+
+def test_exploration_backs_off_while_it_confirms_the_choice():
+    model = CostModel(warmup=1, run_length=2, explore_every=8, max_backoff=8)
+    picks = run(model, {"trispec": 12, "sd": 9, "plain": 10}, 1, 600)
+    later = picks[6:]
+    starts = [
+        i for i in range(1, len(later)) if later[i] != "trispec" and later[i - 1] == "trispec"
+    ]
+    gaps = [b - a for a, b in zip(starts, starts[1:], strict=False)]
+    # 8, 16, 32, then 64 decisions apart (max_backoff * explore_every), plus the runs.
+    assert gaps == sorted(gaps) and gaps[0] <= 2 * 8 + 2 and gaps[-1] >= 8 * 8, gaps
+    assert max(gaps) <= 8 * 8 + 2, gaps
+    assert {"sd", "plain"} <= set(later)

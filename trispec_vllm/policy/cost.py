@@ -16,8 +16,12 @@ per batch-size class (powers of two of the running requests) it keeps an
 exponentially weighted mean of each kind's step seconds and emitted tokens,
 tries every kind in short runs (plain decoding first: it is the baseline),
 then takes the one with the most tokens per second, and keeps re-trying the
-others now and then (one run in `explore_every` decisions of the class) so a
-change in the workload is noticed. A speculative kind must beat plain decoding
+others now and then (one run in `explore_every` decisions of the class, an
+interval that doubles, up to `max_backoff` times, while the re-tries keep
+confirming the choice) so a change in the workload is noticed. Trying a kind
+is not free: on a CPU whose passes cost their tokens, a TriSpec step can take
+several plain steps' time, so a run stops as soon as its kind has measured
+below `abandon` times another kind's rate. A speculative kind must beat plain decoding
 by `plain_margin` to be chosen over it: plain decoding is exact and costs no
 quality, so a tie or a gain inside the noise goes to it. Only steps that follow
 a step of the same kind are timed: the first step after a switch pays the
@@ -51,8 +55,10 @@ class KindStats:
     seconds: float = 0.0  # EWMA of step seconds
     tokens: float = 0.0  # EWMA of tokens emitted per step
     samples: int = 0
+    last: float = 0.0  # tokens/s of the latest sample
 
     def observe(self, seconds: float, tokens: int, weight: float) -> None:
+        self.last = tokens / seconds
         if self.samples == 0:
             self.seconds, self.tokens = seconds, float(tokens)
         else:
@@ -80,10 +86,17 @@ class CostModel:
     run_length: int = 4  # steps a warm-up or exploration run lasts
     weight: float = 0.2  # EWMA weight of a new sample
     plain_margin: float = 0.05  # a speculative kind must beat plain by this share
+    abandon: float = 0.5  # a run stops once its kind is measured below this share of another
+    max_backoff: int = 8  # exploration intervals grow up to this many times explore_every
     stats: dict[tuple[int, str], KindStats] = field(default_factory=dict)
     decisions: dict[int, int] = field(default_factory=dict)
     chosen: dict[str, int] = field(default_factory=dict)  # counts, for the metrics
-    runs: dict[int, tuple[str, int]] = field(default_factory=dict)  # class -> (kind, left)
+    # class -> (kind, steps left, its samples when the run began)
+    runs: dict[int, tuple[str, int, int]] = field(default_factory=dict)
+    since: dict[int, int] = field(default_factory=dict)  # class -> decisions since exploring
+    interval: dict[int, int] = field(default_factory=dict)  # class -> current interval
+    explored: dict[int, bool] = field(default_factory=dict)  # class -> explored since last pick
+    best: dict[int, str] = field(default_factory=dict)  # class -> kind last exploited
     last: dict[int, str] = field(default_factory=dict)  # class -> kind of its last step
 
     def observe(self, kind: str, num_reqs: int, seconds: float, tokens: int) -> None:
@@ -102,27 +115,57 @@ class CostModel:
         if not options:
             raise ValueError("no step kind allowed")
         cls = size_class(num_reqs)
-        run = self.runs.get(cls)
-        if run is not None and run[1] > 0 and run[0] in options:
-            self.runs[cls] = (run[0], run[1] - 1)
-            return self._chose(run[0])
-        n = self.decisions.get(cls, 0)
-        self.decisions[cls] = n + 1
         stats = {k: self.stats.get((cls, k), KindStats()) for k in options}
-        # Warm-up: the least-measured kind, plain decoding first on a tie.
-        least = min(options, key=lambda k: (stats[k].samples, k != "plain"))
-        if stats[least].samples < self.warmup:
-            kind = least
-        else:
-            bonus = {"plain": 1.0 + self.plain_margin}
-            ranked = sorted(options, key=lambda k: stats[k].rate * bonus.get(k, 1.0), reverse=True)
-            explore = len(ranked) > 1 and n % self.explore_every == self.explore_every - 1
-            # Exploring: the least refreshed of the others.
-            kind = min(ranked[1:], key=lambda k: stats[k].samples) if explore else ranked[0]
-            if not explore:
-                self.runs.pop(cls, None)
+        run = self.runs.pop(cls, None)
+        if run is not None and run[1] > 0 and run[0] in options:
+            kind, left, at_start = run
+            fresh = stats[kind].samples > at_start  # measured in this run
+            if not (fresh and self._clearly_slower(kind, stats, latest=True)):
+                self.runs[cls] = (kind, left - 1, at_start)
                 return self._chose(kind)
-        self.runs[cls] = (kind, self.run_length - 1)
+        self.decisions[cls] = self.decisions.get(cls, 0) + 1
+        # Warm-up: the least-measured kind, plain decoding first on a tie.
+        warming = [
+            k
+            for k in options
+            if stats[k].samples < self.warmup and not self._clearly_slower(k, stats)
+        ]
+        if warming:
+            return self._run(cls, min(warming, key=lambda k: (stats[k].samples, k != "plain")))
+        bonus = {"plain": 1.0 + self.plain_margin}
+        ranked = sorted(options, key=lambda k: stats[k].rate * bonus.get(k, 1.0), reverse=True)
+        if self.explored.pop(cls, False):
+            # Back off while exploring keeps confirming the choice; reset when it moved it.
+            kept = self.best.get(cls) == ranked[0]
+            interval = self.interval.get(cls, self.explore_every)
+            self.interval[cls] = (
+                min(2 * interval, self.max_backoff * self.explore_every)
+                if kept
+                else self.explore_every
+            )
+        self.best[cls] = ranked[0]
+        since = self.since.get(cls, 0) + 1
+        if len(ranked) > 1 and since >= self.interval.get(cls, self.explore_every):
+            self.since[cls] = 0
+            self.explored[cls] = True
+            # Exploring: the least refreshed of the others.
+            return self._run(cls, min(ranked[1:], key=lambda k: stats[k].samples))
+        self.since[cls] = since
+        return self._chose(ranked[0])
+
+    def _clearly_slower(self, kind: str, stats: dict[str, KindStats], latest: bool = False) -> bool:
+        """Measured (its latest sample, with `latest`), and at under `abandon` times
+        another measured kind's rate: no need to finish its warm-up or exploration
+        run, each step of which costs."""
+        st = stats[kind]
+        if not st.samples:
+            return False
+        best = max((o.rate for k, o in stats.items() if k != kind and o.samples), default=0.0)
+        return (st.last if latest else st.rate) < self.abandon * best
+
+    def _run(self, cls: int, kind: str) -> str:
+        at_start = self.stats.get((cls, kind), KindStats()).samples
+        self.runs[cls] = (kind, self.run_length - 1, at_start)
         return self._chose(kind)
 
     def _chose(self, kind: str) -> str:
