@@ -5,7 +5,8 @@ passes fall to one thread once the drafter has proposed (see
 `trispec_vllm.cpu_runtime`); this script shows it on the real target: the
 same prompt prefilled three times (the first before any proposal), then a
 prefill plus 16 decoded tokens, in a plain engine and in vLLM's ngram
-engine under `NUMBA_THREADING_LAYER=omp` and `=workqueue`. Each engine runs
+engine under `NUMBA_THREADING_LAYER=omp` (with and without `LD_PRELOAD`) and
+`=workqueue`. Each engine runs
 in its own process, since the layer is fixed when numba first starts threads.
 
     python benchmarks/bench_threads.py --out benchmarks/results/threads.json
@@ -29,7 +30,13 @@ NGRAM = {
     "prompt_lookup_min": 2,
     "prompt_lookup_max": 3,
 }
-SETTINGS = [("plain", None), ("ngram", "omp"), ("ngram", "workqueue")]
+# (engine, numba layer, Intel OpenMP and tcmalloc preloaded)
+SETTINGS = [
+    ("plain", None, True),
+    ("ngram", "omp", True),
+    ("ngram", "omp", False),
+    ("ngram", "workqueue", True),
+]
 
 
 def child(engine: str) -> dict:
@@ -45,9 +52,8 @@ def child(engine: str) -> dict:
         model=pair.target, dtype="bfloat16", max_model_len=2048, seed=0, enforce_eager=True, **kw
     )
     prompt = chat_prompts(4)[1]
-    n = len(
-        llm.get_tokenizer().apply_chat_template(prompt, add_generation_prompt=True, tokenize=True)
-    )
+    ids = llm.get_tokenizer().apply_chat_template(prompt, add_generation_prompt=True)
+    n = len(ids["input_ids"] if hasattr(ids, "keys") else ids)
     out = {"prompt_tokens": n, "prefill_s": []}
     for _ in range(3):
         t = time.perf_counter()
@@ -77,10 +83,12 @@ def main() -> None:
 
     rows = []
     print(f"hardware: {cpu_model()}")
-    for engine, layer in SETTINGS:
+    for engine, layer, preload in SETTINGS:
         env = dict(os.environ)
         env.update(cpu_runtime.recommended(env))
         env["NUMBA_THREADING_LAYER"] = layer or "workqueue"
+        if not preload:
+            env.pop("LD_PRELOAD", None)
         proc = subprocess.run(
             [sys.executable, __file__, "--child", engine],
             env=env,
@@ -89,9 +97,10 @@ def main() -> None:
             check=True,
         )
         result = json.loads(proc.stdout.split("RESULT ", 1)[1])
-        rows.append({"engine": engine, "numba_layer": layer, **result})
+        rows.append({"engine": engine, "numba_layer": layer, "preload": preload, **result})
         print(
-            f"{engine:<6} numba {layer or '-':<10} prefill {result['prefill_s']} s, "
+            f"{engine:<6} numba {layer or '-':<10} preload {preload!s:<5} "
+            f"prefill {result['prefill_s']} s, "
             f"prefill + 16 tokens {result['prefill_and_16_tokens_s']} s",
             flush=True,
         )

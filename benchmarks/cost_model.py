@@ -9,7 +9,7 @@ routing counts of a `bench_speed.py` run give (per engine step: how often the
 proxy and the target ran, over how many tokens, how many tokens came out):
 
     plain          T(B) + o(B)
-    SD, ngram k    T(B(k+1)) + o(B)
+    SD, ngram k    T(B + d) + o(B)      (d: draft tokens per step, from vLLM's counters)
     SD, draft k    T(B(k+1)) + P(B(k+1)) + (k-1) P(B) + o(B)
     TriSpec        p_P P(B(k+1) + c_P) + p_T T(n_T) + o(B)   (+ the drafter's passes)
 
@@ -78,6 +78,7 @@ class StepShape:
     target_share: float = 1.0  # share of steps the target ran
     target_tokens: float = 0.0  # TriSpec: tokens per target pass
     drafter: str = "ngram"  # TriSpec: its drafter ("ngram", "draft_model", "learned")
+    draft_tokens: float | None = None  # ngram SD: drafts verified per step (None: B k)
 
 
 def step_seconds(shape: StepShape, costs: PassCosts, overhead: float) -> float:
@@ -87,8 +88,9 @@ def step_seconds(shape: StepShape, costs: PassCosts, overhead: float) -> float:
     P = lambda n: costs.cost("proxy", n)  # noqa: E731
     if shape.kind == "plain":
         return T(b) + overhead
-    if shape.kind == "ngram":
-        return T(b * (k + 1)) + overhead
+    if shape.kind == "ngram":  # ngram finds no draft in many steps: those are plain
+        d = b * k if shape.draft_tokens is None else shape.draft_tokens
+        return T(b + d) + overhead
     if shape.kind == "draft_model":
         return T(b * (k + 1)) + P(b * (k + 1)) + (k - 1) * P(b) + overhead
     if shape.kind != "trispec":
@@ -115,7 +117,9 @@ def shape_of(row: dict) -> StepShape:
     if row.get("trispec") is None:
         kind = "ngram" if "ngram" in label else "draft_model"
         kind = "plain" if label.startswith("no speculation") else kind
-        return StepShape(kind, b, k, tokens)
+        drafted = raw.get("vllm:spec_decode_num_draft_tokens")
+        d = None if drafted is None else drafted / decode_steps
+        return StepShape(kind, b, k, tokens, draft_tokens=d)
     steps = max(1, raw["engine_steps"])
     ts = raw.get("worker:target_steps", 0)
     ps = raw.get("worker:proxy_steps", 0)
