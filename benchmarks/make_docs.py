@@ -576,7 +576,16 @@ def render(text: str, where: Path) -> str:
 def unreferenced() -> list[str]:
     """Results files no block reads and no document links to."""
     used = {SPEED, SPEED_POLICIES, SPEED_ADAPTIVE, SPEED_T07, QUALITY, QUALITY_T07}
-    used |= {ALIGNMENT, LOAD, SPEED_AVX2, SPEED_AVX2_DEFAULT, COST_MODEL, PASS_COSTS, LEARNING, *PLOTS}
+    used |= {
+        ALIGNMENT,
+        LOAD,
+        SPEED_AVX2,
+        SPEED_AVX2_DEFAULT,
+        COST_MODEL,
+        PASS_COSTS,
+        LEARNING,
+        *PLOTS,
+    }
     text = "".join(p.read_text() for p in documents() if p.exists())
     return sorted(
         p.name
