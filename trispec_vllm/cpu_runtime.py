@@ -12,7 +12,7 @@ fixed when its processes start, so they are environment variables:
 - vLLM's ngram drafter runs on numba, whose default threading layer on these
   machines is OpenMP, the runtime torch's own threads live in. After the
   drafter's first proposal (it asks numba for one thread) the model's passes run
-  on one thread: in an ngram engine on 2 cores a 300-token prefill took 12.6 s
+  on one thread: in an ngram engine on 2 cores a 51-token chat prompt took 12.6 s to prefill
   instead of 6.4 s and decoding ran at half speed (docs/benchmarks.md, CPU
   runtime). numba's own `workqueue` layer (`NUMBA_THREADING_LAYER=workqueue`)
   leaves torch's threads alone, and the drafter uses one thread either way.
