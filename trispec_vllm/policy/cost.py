@@ -89,7 +89,6 @@ class CostModel:
     abandon: float = 0.5  # a run stops once its kind is measured below this share of another
     max_backoff: int = 8  # exploration intervals grow up to this many times explore_every
     stats: dict[tuple[int, str], KindStats] = field(default_factory=dict)
-    decisions: dict[int, int] = field(default_factory=dict)
     chosen: dict[str, int] = field(default_factory=dict)  # counts, for the metrics
     # class -> (kind, steps left, its samples when the run began)
     runs: dict[int, tuple[str, int, int]] = field(default_factory=dict)
@@ -123,7 +122,6 @@ class CostModel:
             if not (fresh and self._clearly_slower(kind, stats, latest=True)):
                 self.runs[cls] = (kind, left - 1, at_start)
                 return self._chose(kind)
-        self.decisions[cls] = self.decisions.get(cls, 0) + 1
         # Warm-up: the least-measured kind, plain decoding first on a tie.
         warming = [
             k
