@@ -57,15 +57,17 @@ class Config:
 WARM_HEAD = Path("~/.cache/trispec-vllm/drafters/qwen2.5-coder-0.5b-long.pt").expanduser()
 
 
-def configurations(proxy: str, quick: bool, warm_head: Path = WARM_HEAD) -> list[Config]:
-    def ngram(k):
-        return {
-            "method": "ngram",
-            "num_speculative_tokens": k,
-            "prompt_lookup_max": 3,
-            "prompt_lookup_min": 2,
-        }
+def ngram(k: int) -> dict:
+    """vLLM's ngram drafter with k drafts, as every benchmark here configures it."""
+    return {
+        "method": "ngram",
+        "num_speculative_tokens": k,
+        "prompt_lookup_max": 3,
+        "prompt_lookup_min": 2,
+    }
 
+
+def configurations(proxy: str, quick: bool, warm_head: Path = WARM_HEAD) -> list[Config]:
     def draft(k):
         return {"method": "draft_model", "model": proxy, "num_speculative_tokens": k}
 

@@ -24,12 +24,6 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-NGRAM = {
-    "method": "ngram",
-    "num_speculative_tokens": 3,
-    "prompt_lookup_min": 2,
-    "prompt_lookup_max": 3,
-}
 # (engine, numba layer, Intel OpenMP and tcmalloc preloaded)
 SETTINGS = [
     ("plain", None, True),
@@ -41,13 +35,13 @@ SETTINGS = [
 
 def child(engine: str) -> dict:
     """One engine in this process: the timings, as a dict."""
-    from bench_speed import chat_prompts
+    from bench_speed import chat_prompts, ngram
     from vllm import LLM, SamplingParams
 
     from trispec_vllm.fetch import fetch_pair
 
     pair = fetch_pair()
-    kw = {"speculative_config": NGRAM} if engine == "ngram" else {}
+    kw = {"speculative_config": ngram(3)} if engine == "ngram" else {}
     llm = LLM(
         model=pair.target, dtype="bfloat16", max_model_len=2048, seed=0, enforce_eager=True, **kw
     )
