@@ -276,8 +276,25 @@ def test_proxy_marks_settle_in_steps_the_proxy_skips():
         step.proxy_ran(step_batch([3, 3], drafts, computed=(10, 10)))
         after = step_batch([3, 3], drafts, computed=(12, 12))
         if skipped == "sd":
+            step.begin_step(after)
             step.plan(after, None)
         else:
             step.plain_step(after.req_ids, after.num_computed, np.array([1, 1]), 0.0)
         later = step_batch([3, 3], drafts, computed=(16, 16))
         assert step.proxy_watermarks(later).tolist() == [12, 12], skipped
+
+
+def test_proxy_marks_hold_the_positions_of_the_steps_own_pass():
+    """A step settles the marks first, then the proxy runs over 10..13 and the step is
+    routed: with 12 tokens kept, the next step's proxy starts at 12, not back at 10
+    (which would redo the last pass's positions in every step)."""
+    drafts = [1, 2, 3, 4, 5, 6]
+    step = TriSpecStep(make_config(proxy_model="p"))
+    now = step_batch([3, 3], drafts, computed=(10, 10))
+    step.begin_step(now)
+    assert step.proxy_watermarks(now).tolist() == [0, 0]  # new requests: nothing yet
+    step.proxy_ran(now)
+    step.plan(now, confident_logits([1, 2, 3, 9, 4, 5, 6, 9]))
+    nxt = step_batch([3, 3], drafts, computed=(12, 12))
+    step.begin_step(nxt)
+    assert step.proxy_watermarks(nxt).tolist() == [12, 12]

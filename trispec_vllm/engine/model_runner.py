@@ -155,6 +155,7 @@ class TriSpecRunnerMixin:
                 scheduler_output, intermediate_tensors, deferred, req_ids, num_sched, t_start
             )
         prep = self._prepare(scheduler_output, req_ids, num_sched)
+        self.trispec.begin_step(prep.batch)
         if self.trispec_cost is not None:
             if self.input_batch.all_greedy:
                 kind = self._step_kind(len(req_ids))
@@ -380,13 +381,24 @@ class TriSpecRunnerMixin:
         """Whether this step is plain decoding, run by vLLM's own code: a batch at
         `disable_by_batch_size` or above, no drafts scheduled, and nothing for the
         target to catch up."""
-        plain = self.trispec_next_kind == "plain"
+        plain = self.trispec_next_kind == "plain" or self._prefill_only(req_ids, num_sched)
         if not plain and not self.trispec.speculation_disabled(len(req_ids)):
             return False
         if scheduler_output.scheduled_spec_decode_tokens:
             return False
         computed = self.input_batch.num_computed_tokens_cpu[: len(req_ids)]
         return self.trispec.target_up_to_date(req_ids, computed)
+
+    def _prefill_only(self, req_ids, num_sched) -> bool:
+        """With the cost-aware step, a step of prompt chunks only is vLLM's own: the
+        target computes every first token either way, and the proxy reads a prompt
+        only if a TriSpec step follows (it catches up then), not for requests that
+        the cost-aware step then decodes without it. Greedy batches only: sampled
+        requests stay on one kind of step (their seeded draws differ between kinds)."""
+        cost = self.trispec_cost
+        if cost is None or "plain" not in cost.kinds or not self.input_batch.all_greedy:
+            return False
+        return not self._decoding(req_ids, num_sched).any()
 
     def _step_kind(self, num_reqs: int) -> str:
         """This step's kind among those that run TriSpec's path: the one chosen when

@@ -116,6 +116,16 @@ class TriSpecStep:
         self.stats.add(step)
         return step
 
+    def begin_step(self, batch: StepBatch) -> None:
+        """Settle every request's marks at this step's computed tokens, before any
+        pass of the step. The proxy's marks settle in every step, run or not: only
+        the count of tokens kept right after a pass says which of its positions still
+        hold, and settling them after this step's own pass would undo it (the proxy
+        would redo its last pass's positions in its next step)."""
+        for req_id, c in zip(batch.req_ids, batch.num_computed, strict=True):
+            self.watermarks.settle(req_id, int(c))
+            self.proxy_marks.settle(req_id, int(c))
+
     def proxy_watermarks(self, batch: StepBatch) -> np.ndarray:
         """[B] first position of each request the proxy has no KV for."""
         return np.array(
@@ -129,8 +139,8 @@ class TriSpecStep:
     def proxy_ran(self, batch: StepBatch) -> None:
         """The proxy's KV now covers every scheduled token of the batch."""
         ends = batch.num_computed + batch.num_scheduled
-        for req_id, end in zip(batch.req_ids, ends, strict=True):
-            self.proxy_marks.settle(req_id, int(end))  # register new requests
+        for req_id, c, end in zip(batch.req_ids, batch.num_computed, ends, strict=True):
+            self.proxy_marks.settle(req_id, int(c))  # registers new requests only
             self.proxy_marks.target_ran(req_id, int(end))
 
     def plan(
@@ -177,11 +187,7 @@ class TriSpecStep:
 
         skips = np.zeros(b, dtype=np.int64)
         for i, req_id in enumerate(batch.req_ids):
-            c = int(batch.num_computed[i])
-            skips[i] = self.watermarks.settle(req_id, c).skips
-            # Settle the proxy's marks in every step, run or not: only the count of
-            # tokens kept right after a pass says which of its positions still hold.
-            self.proxy_marks.settle(req_id, c)
+            skips[i] = self.watermarks.settle(req_id, int(batch.num_computed[i])).skips
         decoding = decoding_rows(batch)
         force = ~decoding | (skips >= self.cfg.max_skips) | (proxy_logits is None)
         if self.adaptive is not None:
