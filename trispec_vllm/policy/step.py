@@ -117,13 +117,12 @@ class TriSpecStep:
         return step
 
     def begin_step(self, batch: StepBatch) -> None:
-        """Settle every request's marks at this step's computed tokens, before any
-        pass of the step. The proxy's marks settle in every step, run or not: only
-        the count of tokens kept right after a pass says which of its positions still
-        hold, and settling them after this step's own pass would undo it (the proxy
-        would redo its last pass's positions in its next step)."""
+        """Settle the proxy's marks at this step's computed tokens, before any pass
+        of the step (the target's settle in `plan`, before its pass). They settle in
+        every step, run or not: only the count of tokens kept right after a pass says
+        which of its positions still hold, and settling them after this step's own
+        pass would undo it (the proxy would redo its last pass's positions)."""
         for req_id, c in zip(batch.req_ids, batch.num_computed, strict=True):
-            self.watermarks.settle(req_id, int(c))
             self.proxy_marks.settle(req_id, int(c))
 
     def proxy_watermarks(self, batch: StepBatch) -> np.ndarray:
