@@ -1,0 +1,85 @@
+"""Print every engine step of a TriSpec engine: its kind, phase times and the proxy's
+catch-up, for one request at a time on the real pair (a diagnostic, not a benchmark).
+
+    python benchmarks/probe_steps.py [--max-tokens 24]
+
+The engine runs in this process (VLLM_ENABLE_V1_MULTIPROCESSING=0) so that the
+runner's methods can be wrapped; the CPU runtime is trispec_vllm.cpu_runtime's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+
+from bench_speed import chat_prompts, ngram
+
+
+def wrap_runner(seen: dict) -> None:
+    """Print each step of the TriSpec runner once vLLM's sampler has run."""
+    from trispec_vllm.engine import model_runner
+
+    mixin = model_runner.TriSpecRunnerMixin
+    execute, sample = mixin.execute_model, mixin.sample_tokens
+
+    def execute_model(self, scheduler_output, *args, **kwargs):
+        seen.update(t=time.perf_counter(), n=scheduler_output.total_num_scheduled_tokens)
+        seen["kind"] = self.trispec_next_kind
+        out = execute(self, scheduler_output, *args, **kwargs)
+        step = self.trispec_state.stats
+        seen["times"] = {k: round(v, 2) for k, v in (step.times.items() if step else [])}
+        return out
+
+    def sample_tokens(self, grammar_output):
+        out = sample(self, grammar_output)
+        print(
+            f"step tokens={seen['n']} kind={seen['kind']} "
+            f"{time.perf_counter() - seen['t']:.2f}s {seen['times']} "
+            f"proxy_catchup={self.trispec.stats.proxy_catchup_tokens}",
+            flush=True,
+        )
+        return out
+
+    mixin.execute_model, mixin.sample_tokens = execute_model, sample_tokens
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--max-tokens", type=int, default=24)
+    args = ap.parse_args()
+    from trispec_vllm import cpu_runtime
+
+    for key, value in cpu_runtime.recommended({}).items():
+        os.environ.setdefault(key, value)
+    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "4")
+    os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
+    from vllm import LLM, SamplingParams
+
+    from trispec_vllm.fetch import fetch_pair
+
+    pair = fetch_pair()
+    wrap_runner({})
+    llm = LLM(
+        model=pair.target,
+        dtype="bfloat16",
+        max_model_len=2048,
+        seed=0,
+        enforce_eager=True,
+        speculative_config=ngram(3),
+        additional_config={"trispec": {"proxy_model": pair.proxy}},
+    )
+    prompts = chat_prompts(2)
+    llm.chat(prompts[:1], SamplingParams(temperature=0, max_tokens=8), use_tqdm=False)
+    for prompt in prompts:
+        t0 = time.perf_counter()
+        out = llm.chat([prompt], SamplingParams(temperature=0, max_tokens=args.max_tokens))[0]
+        print(
+            f"request: {len(out.prompt_token_ids)} prompt tokens, "
+            f"{len(out.outputs[0].token_ids)} generated, {time.perf_counter() - t0:.2f} s",
+            flush=True,
+        )
+
+
+if __name__ == "__main__":
+    main()
