@@ -13,7 +13,7 @@ import argparse
 import os
 import time
 
-from bench_speed import chat_prompts, ngram
+from bench_speed import WARMUP_CHAT, chat_prompts, ngram
 
 
 def wrap_runner(seen: dict) -> None:
@@ -70,7 +70,7 @@ def main() -> None:
         additional_config={"trispec": {"proxy_model": pair.proxy}},
     )
     prompts = chat_prompts(2)
-    llm.chat(prompts[:1], SamplingParams(temperature=0, max_tokens=8), use_tqdm=False)
+    llm.chat([WARMUP_CHAT], SamplingParams(temperature=0, max_tokens=8), use_tqdm=False)
     for prompt in prompts:
         t0 = time.perf_counter()
         out = llm.chat([prompt], SamplingParams(temperature=0, max_tokens=args.max_tokens))[0]
