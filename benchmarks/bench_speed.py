@@ -220,10 +220,15 @@ def snapshot(llm, trispec: bool | None = None) -> dict[str, float]:
             elif k == "times":  # seconds per phase, the learned drafter's included
                 for phase, secs in v.items():
                     out["worker:seconds:" + phase] = secs
+            elif k == "cost_rates":  # the cost-aware step's tok/s per kind and class
+                for kind, by_class in v.items():
+                    for cls, rate in by_class.items():
+                        out[f"{RATE}{kind}:{cls}"] = rate
     return out
 
 
 LEVELS = ("worker:adaptive_start_lambda",)  # values at the end, not counts
+RATE = "worker:rate:"  # prefix of the cost-aware step's measured tok/s (levels too)
 TTFT = "vllm:time_to_first_token_seconds"
 TPOT = "vllm:request_time_per_output_token_seconds"  # per request: decode time / (tokens - 1)
 HISTOGRAMS = (TTFT, TPOT)
@@ -231,7 +236,10 @@ HISTOGRAMS = (TTFT, TPOT)
 
 def metrics_delta(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
     """What the measured requests added to each counter; levels as they ended."""
-    return {k: after[k] if k in LEVELS else after[k] - before.get(k, 0) for k in after}
+    return {
+        k: after[k] if k in LEVELS or k.startswith(RATE) else after[k] - before.get(k, 0)
+        for k in after
+    }
 
 
 @dataclass

@@ -119,3 +119,35 @@ def test_exploration_backs_off_while_it_confirms_the_choice():
     assert gaps == sorted(gaps) and gaps[0] <= 2 * 8 + 2 and gaps[-1] >= 8 * 8, gaps
     assert max(gaps) <= 8 * 8 + 2, gaps
     assert {"sd", "plain"} <= set(later)
+
+
+def test_a_kind_that_lost_at_a_smaller_batch_is_not_warmed_up_at_a_larger_one():
+    """Speculation pays less as the batch grows: what lost to plain decoding at batch 8
+    is not warmed up at batch 32 (each TriSpec warm-up there costs a proxy catch-up over
+    every request), only re-tried at the longest exploration interval."""
+    model = CostModel(warmup=2, run_length=3, explore_every=8, max_backoff=4)
+    run(model, {"trispec": 8, "sd": 9, "plain": 10}, num_reqs=8, steps=40)
+    picks = run(model, {"trispec": 30, "sd": 40, "plain": 50}, num_reqs=32, steps=31)
+    assert picks[:31] == ["plain"] * 31
+    later = run(model, {"trispec": 30, "sd": 40, "plain": 50}, num_reqs=32, steps=40)
+    assert {"trispec", "sd"} & set(later)  # re-tried, at 4 x 8 decisions
+    # Where plain decoding cannot run (the target has positions to catch up), of two
+    # kinds that both lost below, the one doing less work goes first.
+    fresh = CostModel(warmup=2, run_length=3, explore_every=8)
+    run(fresh, {"trispec": 8, "sd": 9, "plain": 10}, num_reqs=8, steps=40)
+    assert fresh.choose(32, allowed=("trispec", "sd")) == "sd"
+
+
+def test_a_kind_that_won_at_a_smaller_batch_is_still_warmed_up():
+    model = CostModel(warmup=2, run_length=3, explore_every=1000)
+    run(model, {"trispec": 12, "sd": 11, "plain": 10}, num_reqs=1, steps=30)
+    picks = run(model, {"trispec": 40, "sd": 30, "plain": 50}, num_reqs=8, steps=30)
+    assert picks[:9] == ["plain"] * 3 + ["trispec"] * 3 + ["sd"] * 3
+    assert picks[-10:] == ["plain"] * 10
+
+
+def test_a_changed_choice_is_reported_with_the_measured_rates():
+    events = []
+    model = CostModel(warmup=1, explore_every=1000, on_change=lambda *e: events.append(e))
+    run(model, {"trispec": 12, "sd": 9, "plain": 10}, num_reqs=1, steps=20)
+    assert events == [(1, "trispec", {"trispec": 12.0, "sd": 9.0, "plain": 10.0})]

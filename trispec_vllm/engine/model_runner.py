@@ -45,6 +45,17 @@ from trispec_vllm.policy.target_batch import TargetBatch
 logger = logging.getLogger("vllm.trispec")
 
 
+def log_choice(size_class: int, kind: str, rates: dict[str, float]) -> None:
+    """The cost-aware step's choice for a batch-size class changed (engine log)."""
+    measured = ", ".join(f"{k} {v:.2f}" for k, v in rates.items() if v > 0)
+    logger.info(
+        "TriSpec: batches of up to %d requests now run %s steps (measured tok/s: %s)",
+        size_class,
+        kind,
+        measured or "none yet",
+    )
+
+
 class TriSpecRunnerMixin:
     """The TriSpec overrides, mixed in before vLLM's CPU or GPU V1 model runner."""
 
@@ -69,7 +80,9 @@ class TriSpecRunnerMixin:
         learned = self.trispec_learned is not None
         if cfg.cost_aware and not self.trispec_fused and not overridden and not learned:
             plain_ok = spec is not None and spec.method == "ngram"
-            self.trispec_cost = CostModel(kinds=step_kinds(cfg.lossless, plain_ok))
+            self.trispec_cost = CostModel(
+                kinds=step_kinds(cfg.lossless, plain_ok), on_change=log_choice
+            )
         self.trispec_next_kind: str | None = None  # chosen when the drafter proposes
         self.trispec_measure: tuple[str, int, float] | None = None  # (kind, reqs, start)
 

@@ -41,11 +41,15 @@ def split_stats(scheduler_stats):
     return payload[STATS_KEY], dataclasses.replace(scheduler_stats, kv_connector_stats=rest)
 
 
-def worker_counters(step) -> dict[str, Any]:
-    """A worker's running totals, and adaptive lambda's engine-wide start (a level)."""
+def worker_counters(step, cost=None) -> dict[str, Any]:
+    """A worker's running totals, adaptive lambda's engine-wide start (a level) and
+    the cost-aware step's measured tok/s per kind and batch-size class (levels)."""
     out = step.stats.as_dict()
     if step.adaptive is not None:
         out["adaptive_start_lambda"] = step.adaptive.start
+    if cost is not None:
+        rates = cost.rates()
+        out["cost_rates"] = {k: {str(c): r for c, r in v.items()} for k, v in rates.items()}
     return out
 
 

@@ -35,7 +35,7 @@ class TriSpecWorkerMethods:
     `collective_rpc`)."""
 
     def trispec_counters(self) -> dict[str, Any]:
-        return worker_counters(self.model_runner.trispec)
+        return worker_counters(self.model_runner.trispec, self.model_runner.trispec_cost)
 
     def trispec_drafter(self) -> dict[str, Any] | None:
         """The learned drafter's state: optimiser steps taken (saved ones included)."""

@@ -21,11 +21,14 @@ interval that doubles, up to `max_backoff` times, while the re-tries keep
 confirming the choice) so a change in the workload is noticed. Trying a kind
 is not free: on a CPU whose passes cost their tokens, a TriSpec step can take
 several plain steps' time, so a run stops as soon as its kind has measured
-below `abandon` times another kind's rate. A speculative kind must beat plain decoding
-by `plain_margin` to be chosen over it: plain decoding is exact and costs no
-quality, so a tie or a gain inside the noise goes to it. Only steps that follow
-a step of the same kind are timed: the first step after a switch pays the
-catch-up of the kind before it.
+below `abandon` times another kind's rate, and a kind that lost to one doing less
+work at a smaller batch is not warmed up at a larger one (speculation pays less
+as the batch grows; it is still re-tried, at the longest exploration interval).
+A speculative kind must beat plain decoding by `plain_margin` to be chosen over
+it: plain decoding is exact and costs no quality, so a tie or a gain inside the
+noise goes to it (and among equal rates, the kind doing less work). Only steps
+that follow a step of the same kind are timed: the first step after a switch
+pays the catch-up of the kind before it.
 
 The choice is made after the drafter proposed, so a step whose drafter found
 nothing (ngram on text that does not repeat) is never an ``sd`` step: without
@@ -40,9 +43,11 @@ tokens, so a request's output then depends on its batch and on timing.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 KINDS = ("trispec", "sd", "plain")
+WORK = ("plain", "sd", "trispec")  # least work per step first
 
 
 def size_class(num_reqs: int) -> int:
@@ -97,6 +102,8 @@ class CostModel:
     explored: dict[int, bool] = field(default_factory=dict)  # class -> explored since last pick
     best: dict[int, str] = field(default_factory=dict)  # class -> kind last exploited
     last: dict[int, str] = field(default_factory=dict)  # class -> kind of its last step
+    # Called with (class, kind, measured tok/s per kind) when a class's choice changes.
+    on_change: Callable[[int, str, dict[str, float]], None] | None = None
 
     def observe(self, kind: str, num_reqs: int, seconds: float, tokens: int) -> None:
         """Book one decoding step of `kind` over `num_reqs` requests."""
@@ -122,16 +129,23 @@ class CostModel:
             if not (fresh and self._clearly_slower(kind, stats, latest=True)):
                 self.runs[cls] = (kind, left - 1, at_start)
                 return self._chose(kind)
-        # Warm-up: the least-measured kind, plain decoding first on a tie.
+        # Warm-up: the least-measured kind, plain decoding first on a tie; not a kind
+        # that already lost at a smaller batch (exploration still re-tries it).
         warming = [
             k
             for k in options
-            if stats[k].samples < self.warmup and not self._clearly_slower(k, stats)
+            if stats[k].samples < self.warmup
+            and not self._clearly_slower(k, stats)
+            and not self._lost_below(cls, k)
         ]
         if warming:
             return self._run(cls, min(warming, key=lambda k: (stats[k].samples, k != "plain")))
         bonus = {"plain": 1.0 + self.plain_margin}
-        ranked = sorted(options, key=lambda k: stats[k].rate * bonus.get(k, 1.0), reverse=True)
+        ranked = sorted(
+            options,
+            key=lambda k: (stats[k].rate * bonus.get(k, 1.0), -WORK.index(k)),
+            reverse=True,
+        )
         if self.explored.pop(cls, False):
             # Back off while exploring keeps confirming the choice; reset when it moved it.
             kept = self.best.get(cls) == ranked[0]
@@ -141,13 +155,19 @@ class CostModel:
                 if kept
                 else self.explore_every
             )
+        if self.best.get(cls) != ranked[0] and self.on_change is not None:
+            self.on_change(cls, ranked[0], {k: round(stats[k].rate, 2) for k in options})
         self.best[cls] = ranked[0]
         since = self.since.get(cls, 0) + 1
-        if len(ranked) > 1 and since >= self.interval.get(cls, self.explore_every):
-            self.since[cls] = 0
-            self.explored[cls] = True
-            # Exploring: the least refreshed of the others.
-            return self._run(cls, min(ranked[1:], key=lambda k: stats[k].samples))
+        if since >= self.interval.get(cls, self.explore_every):
+            # Exploring: the least refreshed of the others; a kind that lost at a
+            # smaller batch only at the longest interval.
+            longest = since >= self.max_backoff * self.explore_every
+            others = [k for k in ranked[1:] if longest or not self._lost_below(cls, k)]
+            if others:
+                self.since[cls] = 0
+                self.explored[cls] = True
+                return self._run(cls, min(others, key=lambda k: stats[k].samples))
         self.since[cls] = since
         return self._chose(ranked[0])
 
@@ -160,6 +180,26 @@ class CostModel:
             return False
         best = max((o.rate for k, o in stats.items() if k != kind and o.samples), default=0.0)
         return (st.last if latest else st.rate) < self.abandon * best
+
+    def _lost_below(self, cls: int, kind: str) -> bool:
+        """Whether a kind that does more work than `kind` (WORK order) was measured
+        ahead of it at a smaller batch-size class. Speculation pays less as the batch
+        grows (each pass gets more compute-bound), so such a kind is not warmed up
+        here: at a large batch a warm-up run of the TriSpec step would cost a proxy
+        catch-up over every request's context, to learn what the smaller batch
+        already showed. Only classes where both kinds finished warming up count."""
+        if kind not in WORK:
+            return False
+        for (c, k), st in self.stats.items():
+            if c >= cls or k == kind or k not in WORK or WORK.index(k) >= WORK.index(kind):
+                continue
+            mine = self.stats.get((c, kind))
+            if st.samples < self.warmup or mine is None or mine.samples < self.warmup:
+                continue
+            bonus = 1.0 + self.plain_margin if k == "plain" else 1.0
+            if st.rate * bonus >= mine.rate:
+                return True
+        return False
 
     def _run(self, cls: int, kind: str) -> str:
         at_start = self.stats.get((cls, kind), KindStats()).samples
