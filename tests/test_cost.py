@@ -151,3 +151,14 @@ def test_a_changed_choice_is_reported_with_the_measured_rates():
     model = CostModel(warmup=1, explore_every=1000, on_change=lambda *e: events.append(e))
     run(model, {"trispec": 12, "sd": 9, "plain": 10}, num_reqs=1, steps=20)
     assert events == [(1, "trispec", {"trispec": 12.0, "sd": 9.0, "plain": 10.0})]
+
+
+def test_the_choice_moves_only_for_a_gain_beyond_the_switch_margin():
+    """A switch pays the catch-up the previous kind deferred, which no timing sees:
+    kinds within the noise of each other must not trade places."""
+    model = CostModel(warmup=1, run_length=2, explore_every=4, weight=1.0, max_backoff=1)
+    run(model, {"trispec": 100, "sd": 98, "plain": 50}, 1, 20)
+    near = run(model, {"trispec": 98, "sd": 100, "plain": 50}, 1, 40)
+    assert model.best[1] == "trispec" and near.count("trispec") > near.count("sd")
+    far = run(model, {"trispec": 90, "sd": 100, "plain": 50}, 1, 40)
+    assert model.best[1] == "sd" and far.count("sd") > far.count("trispec")

@@ -28,7 +28,10 @@ A speculative kind must beat plain decoding by `plain_margin` to be chosen over
 it: plain decoding is exact and costs no quality, so a tie or a gain inside the
 noise goes to it (and among equal rates, the kind doing less work). Only steps
 that follow a step of the same kind are timed: the first step after a switch
-pays the catch-up of the kind before it.
+pays the catch-up of the kind before it. That cost is real but unmeasured, so
+a kind must also beat the class's current choice by `switch_margin` to replace
+it: kinds within the noise of each other would otherwise trade places, and pay
+a catch-up, at every exploration.
 
 The choice is made after the drafter proposed, so a step whose drafter found
 nothing (ngram on text that does not repeat) is never an ``sd`` step: without
@@ -91,6 +94,7 @@ class CostModel:
     run_length: int = 4  # steps a warm-up or exploration run lasts
     weight: float = 0.2  # EWMA weight of a new sample
     plain_margin: float = 0.05  # a speculative kind must beat plain by this share
+    switch_margin: float = 0.05  # another kind must beat the class's choice by this share
     abandon: float = 0.5  # a run stops once its kind is measured below this share of another
     max_backoff: int = 8  # exploration intervals grow up to this many times explore_every
     stats: dict[tuple[int, str], KindStats] = field(default_factory=dict)
@@ -141,6 +145,9 @@ class CostModel:
         if warming:
             return self._run(cls, min(warming, key=lambda k: (stats[k].samples, k != "plain")))
         bonus = {"plain": 1.0 + self.plain_margin}
+        current = self.best.get(cls)
+        if current in options:  # each switch pays a catch-up no timing sees
+            bonus[current] = bonus.get(current, 1.0) * (1.0 + self.switch_margin)
         ranked = sorted(
             options,
             key=lambda k: (stats[k].rate * bonus.get(k, 1.0), -WORK.index(k)),
