@@ -355,6 +355,17 @@ def derived(row: Row, cfg: Config) -> dict:
     return out
 
 
+def spread(r: dict, key: str, fmt: str) -> str:
+    """A median with its min-max over rounds, e.g. '9.26 (8.90-9.52)'; '-' if absent."""
+    v, lo_hi = r.get(key), r.get(key + "_range")
+    if v is None:
+        return "-"
+    text = fmt.format(v)
+    if lo_hi:
+        text += f" ({fmt.format(lo_hi[0]).rstrip('x')}-{fmt.format(lo_hi[1])})"
+    return text
+
+
 def table(results: list[dict], batches: list[int]) -> str:
     """Markdown table; medians with their min-max spread where the run had rounds."""
     lines = [
@@ -366,13 +377,6 @@ def table(results: list[dict], batches: list[int]) -> str:
 
     def f(v, fmt="{:.2f}"):
         return "-" if v is None else fmt.format(v)
-
-    def spread(r, key, fmt):
-        lo_hi = r.get(key + "_range")
-        text = f(r.get(key), fmt)
-        if lo_hi and text != "-":
-            text += f" ({fmt.format(lo_hi[0]).rstrip('x')}-{fmt.format(lo_hi[1])})"
-        return text
 
     for r in results:
         tpot = r.get("tpot_s")

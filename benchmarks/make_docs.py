@@ -56,6 +56,8 @@ ALIGNMENT = "alignment.json"
 LOAD = "load_test.json"
 SPEED_AVX2 = "speed_avx2.json"
 SPEED_AVX2_DEFAULT = "speed_avx2_default.json"
+SPEED_AVX512 = "speed_avx512.json"  # every configuration, 3 rounds, before the cost fixes
+HEADLINE = "speed_headline.json"  # the README's headline run
 COST_MODEL = "cost_model.json"
 PASS_COSTS = "pass_costs_cpu.json"
 LEARNING = "learning_cold.json"
@@ -336,6 +338,43 @@ HEADLINE_QUALITY = {
 }
 
 
+def headline_rounds() -> str:
+    """README headline: the repeated-rounds run, median (min-max) per batch size, its
+    ratio to the best built-in SD in the same round, and the target's share of steps."""
+    spread = _bench("bench_speed").spread
+    results = load(HEADLINE)["results"]
+    batches = sorted({r["batch"] for r in results})
+    rows = []
+    for config in dict.fromkeys(r["config"] for r in results):
+        cells, shares = [], []
+        for b in batches:
+            r = speed_row(HEADLINE, config, b)
+            if r is None:
+                cells += ["-", "-"]
+                shares.append("-")
+                continue
+            cells += [
+                spread(r, "tokens_per_s", "{:.2f}"),
+                spread(r, "vs_best_sd", "{:.2f}x"),
+            ]
+            shares.append(fmt(r.get("target_step_share"), "{:.0%}"))
+        rows.append([config, *cells, " / ".join(shares)])
+    header = ["configuration"]
+    for b in batches:
+        header += [f"batch {b}: tok/s", "vs best SD"]
+    header.append("steps with target (batch " + " / ".join(map(str, batches)) + ")")
+    return block(md_table(header, rows))
+
+
+def headline_machine() -> str:
+    d = load(HEADLINE)
+    return (
+        f"{d['machine']}; {d['max_tokens']} greedy tokens per request; (batch, requests) "
+        f"{', '.join(f'({b}, {n})' for b, n in d['plan'])}; medians of {d['rounds']} "
+        "interleaved rounds (min-max)"
+    )
+
+
 def headline() -> str:
     results = load(SPEED)["results"]
     rows = []
@@ -537,6 +576,9 @@ BLOCKS: dict[str, Callable[[], str]] = {
     "machine": machine,
     "sampled-cost": sampled_cost,
     "speed": headline,
+    "speed-headline": headline_rounds,
+    "speed-headline-machine": headline_machine,
+    "speed-avx512": lambda: speed_table(SPEED_AVX512),
     "policies": policies,
     "speed-batches": lambda: speed_table(SPEED),
     "speed-policies": lambda: speed_table(SPEED_POLICIES),
@@ -581,6 +623,8 @@ def unreferenced() -> list[str]:
         LOAD,
         SPEED_AVX2,
         SPEED_AVX2_DEFAULT,
+        SPEED_AVX512,
+        HEADLINE,
         COST_MODEL,
         PASS_COSTS,
         LEARNING,
