@@ -162,3 +162,32 @@ def test_the_choice_moves_only_for_a_gain_beyond_the_switch_margin():
     assert model.best[1] == "trispec" and near.count("trispec") > near.count("sd")
     far = run(model, {"trispec": 90, "sd": 100, "plain": 50}, 1, 40)
     assert model.best[1] == "sd" and far.count("sd") > far.count("trispec")
+
+
+def deferring_run(model: CostModel, speed: dict[str, float], defer: float, steps: int):
+    """Like `run`, but every TriSpec step leaves `defer` seconds of target catch-up to
+    the first step after its run (the switch step), as the proxy-completed tokens do."""
+    picks, owed = [], 0.0
+    for _ in range(steps):
+        kind = model.choose(1)
+        secs = 1.0
+        if kind == "trispec":
+            owed += defer
+        else:
+            secs, owed = secs + owed, 0.0
+        model.observe(kind, 1, secs, int(speed[kind]))
+        picks.append(kind)
+    return picks
+
+
+def test_the_catch_up_a_trispec_run_leaves_is_booked_on_it():
+    """A short TriSpec run leaves the target's catch-up to the switch step: booked on
+    the TriSpec step (spread over its run), it tells a step that only looks fast (it
+    defers half a step per step) from one that is fast (it defers little)."""
+    speed = {"trispec": 12, "sd": 9, "plain": 10}
+    costly = CostModel(warmup=3, run_length=4, explore_every=1000)
+    picks = deferring_run(costly, speed, defer=0.5, steps=40)
+    assert picks[-10:] == ["plain"] * 10
+    assert costly.rates()["trispec"][1] < 10
+    cheap = CostModel(warmup=3, run_length=4, explore_every=1000)
+    assert deferring_run(cheap, speed, defer=0.05, steps=40)[-10:] == ["trispec"] * 10

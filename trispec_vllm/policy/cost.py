@@ -28,10 +28,14 @@ A speculative kind must beat plain decoding by `plain_margin` to be chosen over
 it: plain decoding is exact and costs no quality, so a tie or a gain inside the
 noise goes to it (and among equal rates, the kind doing less work). Only steps
 that follow a step of the same kind are timed: the first step after a switch
-pays the catch-up of the kind before it. That cost is real but unmeasured, so
-a kind must also beat the class's current choice by `switch_margin` to replace
-it: kinds within the noise of each other would otherwise trade places, and pay
-a catch-up, at every exploration.
+pays the catch-up of the kind before it. After a TriSpec run, that catch-up is
+the target's work over the tokens the proxy alone completed, which a short run
+(warm-up, exploration) never pays itself: the switch step's excess over the
+next step of its kind is booked on the TriSpec step, spread over the run (without
+it, short TriSpec runs measured cheaper than TriSpec steps are). Switches cost
+time no timing attributes in full, so a kind must also beat the class's current
+choice by `switch_margin` to replace it: kinds within the noise of each other
+would otherwise trade places, and pay a catch-up, at every exploration.
 
 The choice is made after the drafter proposed, so a step whose drafter found
 nothing (ngram on text that does not repeat) is never an ``sd`` step: without
@@ -51,6 +55,7 @@ from dataclasses import dataclass, field
 
 KINDS = ("trispec", "sd", "plain")
 WORK = ("plain", "sd", "trispec")  # least work per step first
+DEFERS = "trispec"  # the kind that leaves work (the target's catch-up) to later steps
 
 
 def size_class(num_reqs: int) -> int:
@@ -106,6 +111,10 @@ class CostModel:
     explored: dict[int, bool] = field(default_factory=dict)  # class -> explored since last pick
     best: dict[int, str] = field(default_factory=dict)  # class -> kind last exploited
     last: dict[int, str] = field(default_factory=dict)  # class -> kind of its last step
+    run_steps: dict[int, int] = field(default_factory=dict)  # class -> steps of that kind's run
+    # class -> (seconds of the step after a TriSpec run, that run's steps), until the
+    # next step of the same kind shows how long such a step takes without the catch-up
+    owed: dict[int, tuple[float, int]] = field(default_factory=dict)
     # Called with (class, kind, measured tok/s per kind) when a class's choice changes.
     on_change: Callable[[int, str, dict[str, float]], None] | None = None
 
@@ -115,9 +124,29 @@ class CostModel:
             return
         cls = size_class(num_reqs)
         previous, self.last[cls] = self.last.get(cls), kind
+        steps = self.run_steps.get(cls, 0)
+        self.run_steps[cls] = 1 if previous != kind else steps + 1
+        owed = self.owed.pop(cls, None)
         if previous != kind:
-            return  # a switch: this step paid for the previous kind's deferred work
+            # A switch: this step paid for the previous kind's deferred work.
+            if previous == DEFERS and steps:
+                self.owed[cls] = (seconds, steps)
+            return
+        if owed is not None:
+            self._charge_deferred(cls, owed[0] - seconds, owed[1])
         self.stats.setdefault((cls, kind), KindStats()).observe(seconds, tokens, self.weight)
+
+    def _charge_deferred(self, cls: int, excess: float, steps: int) -> None:
+        """Book on the TriSpec step the work its run of `steps` steps left to the first
+        step after it: the target's catch-up over the tokens the proxy alone completed.
+        Within a long run that catch-up is paid by later TriSpec steps (and timed); a
+        short run (warm-up, exploration) leaves it to the switch, so without this its
+        steps look cheaper than TriSpec steps are. `excess` is the switch step's time
+        over the next step of its kind; spread over the run, it is added to the
+        TriSpec step's mean seconds."""
+        mine = self.stats.get((cls, DEFERS))
+        if mine is not None and mine.samples and excess > 0:
+            mine.seconds += excess / steps
 
     def choose(self, num_reqs: int, allowed: tuple[str, ...] | None = None) -> str:
         """The kind for the next step over `num_reqs` requests (among `allowed`)."""
