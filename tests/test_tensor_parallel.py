@@ -43,10 +43,11 @@ def run(tiny_pair, spec=None, trispec=None, tp=2, pairs=False):
     step = 2 if pairs else N
     for i in range(0, N, step):
         got += token_ids(llm.generate(ps[i : i + step], greedy(MAX_TOKENS)))
-    # Every rank's counts (timings aside) must be the same: they route alike.
+    # Every rank's counts (timings and the rates timed from them aside) must be the
+    # same: they route alike.
     every = (
         [
-            {k: v for k, v in c.items() if k != "times"}
+            {k: v for k, v in c.items() if k not in ("times", "cost_rates")}
             for c in llm.collective_rpc("trispec_counters")
         ]
         if trispec
@@ -77,6 +78,18 @@ def test_proxy_equal_to_target_skips_target_steps_at_tp2(tiny_pair, plain_tp2):
     assert c["proxy_completions"] > 0 and c["catchup_tokens"] > 0
     assert c["target_steps"] < 0.8 * c["proxy_steps"], c
     assert every[0] == every[1]
+
+
+def test_cost_aware_step_runs_the_same_kind_on_every_rank(tiny_pair, plain_tp2):
+    """Each rank times its own steps, so the cost-aware choice is rank 0's: with the
+    proxy = target (exact in every kind) the output equals plain greedy while every
+    kind runs, and both ranks count the same steps of each kind."""
+    cfg = {"proxy_model": tiny_pair.target, "margin_threshold": 0.05, "cost_aware": True}
+    got, c, every = run(tiny_pair, NGRAM, cfg, pairs=True)
+    assert got == plain_tp2
+    for kind in ("trispec", "sd", "plain"):
+        assert c[f"{kind}_kind_steps"] > 0, c
+    assert len(every) == 2 and every[0] == every[1]
 
 
 def test_smaller_proxy_same_output_at_tp1_and_tp2(tiny_pair):

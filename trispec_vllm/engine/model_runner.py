@@ -37,7 +37,7 @@ from trispec_vllm.engine.stats import attach_step_stats
 from trispec_vllm.engine.step_state import PreparedStep, StepState
 from trispec_vllm.engine.upload import upload
 from trispec_vllm.policy.batch import StepPlan, decoding_rows
-from trispec_vllm.policy.cost import CostModel, kinds_for, step_kinds
+from trispec_vllm.policy.cost import KINDS, CostModel, kinds_for, step_kinds
 from trispec_vllm.policy.sampling import drop_bonus, greedy_verify, pyramid_tokens
 from trispec_vllm.policy.step import TriSpecStep
 from trispec_vllm.policy.target_batch import TargetBatch
@@ -423,7 +423,12 @@ class TriSpecRunnerMixin:
         # Not plain: the target has positions to catch up, which vLLM's own step cannot
         # (without drafts, an SD step is that catch-up plus plain decoding, booked so).
         kinds = tuple(k for k in self.trispec_cost.kinds if k != "plain")
-        return self.trispec_cost.choose(num_reqs, allowed=kinds)
+        return self._choose_kind(num_reqs, kinds)
+
+    def _choose_kind(self, num_reqs: int, allowed: tuple[str, ...]) -> str:
+        """The cost-aware choice among `allowed`; rank 0's under tensor parallelism."""
+        kind = self.trispec_cost.choose(num_reqs, allowed=allowed)
+        return ranks.rank0_kind(kind, KINDS, self.device)
 
     def _decoding(self, req_ids, num_sched) -> np.ndarray:
         """[B] bool: requests decoding one token this step (no prefill chunk)."""
@@ -473,7 +478,7 @@ class TriSpecRunnerMixin:
             # Chosen once the drafts are known: a step without any is never an SD step.
             drafted = isinstance(drafts, torch.Tensor) or any(len(d) for d in drafts)
             kinds = kinds_for(self.trispec_cost.kinds, drafted)
-            self.trispec_next_kind = self.trispec_cost.choose(num_reqs, allowed=kinds)
+            self.trispec_next_kind = self._choose_kind(num_reqs, kinds)
             if self.trispec_next_kind == "plain":
                 return [[] for _ in range(num_reqs)]
         return drafts

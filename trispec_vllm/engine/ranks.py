@@ -1,7 +1,10 @@
 """Tensor parallelism: every rank must take the same routing decision.
 
 Each rank routes on its own copy of identical inputs (all-gathered logits, the
-broadcast scheduler output), so they agree by construction. With
+broadcast scheduler output), so they agree by construction. The cost-aware
+step's choice of step kind is the exception: it comes from each rank's own
+timings, so rank 0's choice is broadcast (`rank0_kind`); ranks running
+different kinds would pair one model's collectives with another's. With
 TRISPEC_CHECK_RANKS=1 every step also all-gathers a 4-number fingerprint of
 the routing and raises if any rank differs (one tiny collective per step).
 """
@@ -19,6 +22,16 @@ def tp_world_size() -> int:
     from vllm.distributed import get_tensor_model_parallel_world_size
 
     return get_tensor_model_parallel_world_size()
+
+
+def rank0_kind(kind: str, kinds: tuple[str, ...], device: torch.device) -> str:
+    """Rank 0's step kind on every tensor-parallel rank (`kind` itself at TP = 1)."""
+    if tp_world_size() == 1:
+        return kind
+    from vllm.distributed import get_tp_group
+
+    index = torch.tensor([kinds.index(kind)], dtype=torch.int64, device=device)
+    return kinds[int(get_tp_group().broadcast(index, src=0).item())]
 
 
 def check_agreement(plan: StepPlan, device: torch.device, step: int) -> None:
