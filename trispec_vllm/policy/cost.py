@@ -218,7 +218,7 @@ class CostModel:
         return (st.last if latest else st.rate) < self.abandon * best
 
     def _lost_below(self, cls: int, kind: str) -> bool:
-        """Whether a kind that does more work than `kind` (WORK order) was measured
+        """Whether a kind that does less work than `kind` (WORK order) was measured
         ahead of it at a smaller batch-size class. Speculation pays less as the batch
         grows (each pass gets more compute-bound), so such a kind is not warmed up
         here: at a large batch a warm-up run of the TriSpec step would cost a proxy
