@@ -191,3 +191,16 @@ def test_the_catch_up_a_trispec_run_leaves_is_booked_on_it():
     assert costly.rates()["trispec"][1] < 10
     cheap = CostModel(warmup=3, run_length=4, explore_every=1000)
     assert deferring_run(cheap, speed, defer=0.05, steps=40)[-10:] == ["trispec"] * 10
+
+
+def test_a_choice_is_reported_once_per_set_of_candidates():
+    """Steps without drafts have no SD candidate: alternating between steps with and
+    without drafts is not a change of choice, and is not reported as one."""
+    events = []
+    model = CostModel(warmup=1, explore_every=1000, on_change=lambda *e: events.append(e))
+    speed = {"trispec": 5, "sd": 20, "plain": 7}
+    for i in range(120):  # streaks of steps with and without drafts
+        allowed = kinds_for(model.kinds, drafted=i // 6 % 2 == 0)
+        kind = model.choose(1, allowed=allowed)
+        model.observe(kind, 1, 1.0, speed[kind])
+    assert sorted(e[1] for e in events) == ["plain", "sd"], events

@@ -115,8 +115,10 @@ class CostModel:
     # class -> (seconds of the step after a TriSpec run, that run's steps), until the
     # next step of the same kind shows how long such a step takes without the catch-up
     owed: dict[int, tuple[float, int]] = field(default_factory=dict)
-    # Called with (class, kind, measured tok/s per kind) when a class's choice changes.
+    # Called with (class, kind, measured tok/s per kind) when the choice for a class
+    # and set of candidates changes (`reported`: the last choice per such pair).
     on_change: Callable[[int, str, dict[str, float]], None] | None = None
+    reported: dict[tuple[int, tuple[str, ...]], str] = field(default_factory=dict)
 
     def observe(self, kind: str, num_reqs: int, seconds: float, tokens: int) -> None:
         """Book one decoding step of `kind` over `num_reqs` requests."""
@@ -191,8 +193,10 @@ class CostModel:
                 if kept
                 else self.explore_every
             )
-        if self.best.get(cls) != ranked[0] and self.on_change is not None:
+        context = (cls, tuple(options))  # without drafts, SD is no candidate
+        if self.reported.get(context) != ranked[0] and self.on_change is not None:
             self.on_change(cls, ranked[0], {k: round(stats[k].rate, 2) for k in options})
+        self.reported[context] = ranked[0]
         self.best[cls] = ranked[0]
         since = self.since.get(cls, 0) + 1
         if since >= self.interval.get(cls, self.explore_every):
@@ -218,7 +222,7 @@ class CostModel:
         return (st.last if latest else st.rate) < self.abandon * best
 
     def _lost_below(self, cls: int, kind: str) -> bool:
-        """Whether a kind that does more work than `kind` (WORK order) was measured
+        """Whether a kind that does less work than `kind` (WORK order) was measured
         ahead of it at a smaller batch-size class. Speculation pays less as the batch
         grows (each pass gets more compute-bound), so such a kind is not warmed up
         here: at a large batch a warm-up run of the TriSpec step would cost a proxy
