@@ -491,32 +491,40 @@ def pass_costs() -> str:
     return block(head + md_table(["tokens in the pass", "target ms", "proxy ms"], rows))
 
 
-def learning() -> str:
-    """The learned drafter's learning curve, learning on against off, per group."""
-    d = load(LEARNING)
+def learning(name: str = LEARNING, per: int = 1) -> str:
+    """The learned drafter's learning curve, learning on against off, `per` groups of
+    requests to a row (means of the groups' figures; updates summed)."""
+    d = load(name)
     on, off = d["arms"]["learning on"], d["arms"]["learning off"]
-    rows = [
-        [
-            str(a["requests_served"]),
-            fmt(a["proxy_acceptance_length"]),
-            fmt(b["proxy_acceptance_length"]),
-            str(a["drafter_updates"]),
-            fmt(a["mean_loss"], "{:.3f}"),
-            fmt(a["tokens_per_s"]),
-            fmt(b["tokens_per_s"]),
-        ]
-        for a, b in zip(on, off, strict=True)
-    ]
+
+    def mean(rows: list[dict], key: str) -> float | None:
+        vals = [r[key] for r in rows if r.get(key) is not None]
+        return sum(vals) / len(vals) if vals else None
+
+    rows = []
+    for i in range(0, len(on), per):
+        a, b = on[i : i + per], off[i : i + per]
+        rows.append(
+            [
+                f"{a[0]['requests_served'] - d['batch'] + 1}-{a[-1]['requests_served']}",
+                fmt(mean(a, "proxy_acceptance_length")),
+                fmt(mean(b, "proxy_acceptance_length")),
+                str(sum(r["drafter_updates"] for r in a)),
+                fmt(mean(a, "mean_loss"), "{:.3f}"),
+                fmt(mean(a, "tokens_per_s")),
+                fmt(mean(b, "tokens_per_s")),
+            ]
+        )
     head = (
         f"Hardware: {d['machine']}; {d['requests']} requests, batch {d['batch']}, "
         f"{d['max_tokens']} tokens, k={d['k']}, lambda {d['lambda']}, {d.get('dtype')}, "
         f"update every {d.get('drafter_update_every')} steps, {d['start']} start\n\n"
     )
     header = [
-        "requests served",
+        "requests",
         "tau_a/step, learning on",
         "tau_a/step, off",
-        "updates in the group",
+        "updates",
         "mean loss",
         "tok/s on",
         "tok/s off",
