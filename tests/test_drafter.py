@@ -4,6 +4,7 @@ and the settings checks that run before any weights load."""
 from __future__ import annotations
 
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -183,6 +184,53 @@ def test_online_learner_updates_change_drafts(tiny_pair):
         learner.update()
     assert learner.updates == 1
     assert any(not torch.equal(a, b) for a, b in zip(before, head.trainable(), strict=True))
+
+
+def test_a_non_finite_update_is_dropped_and_learning_goes_on(tiny_pair, monkeypatch):
+    import trispec_vllm.drafter.learning as learning
+
+    head = build_head(tiny_pair.proxy)
+    buf = ReplayBuffer(32, 4, head.hidden, "cpu")
+    for i in range(32):
+        buf.add(_window(head, 4, i, reward=1))
+    learner = OnlineLearner(head, buf, lr=1e-3, batch_size=8)
+    before = [p.detach().clone() for p in head.trainable()]
+    real = learning.dvi_loss
+
+    def poisoned(*args, **kwargs):
+        loss, parts = real(*args, **kwargs)
+        return loss * float("nan"), parts
+
+    monkeypatch.setattr(learning, "dvi_loss", poisoned)
+    assert learner.update() != learner.update()  # NaN, twice
+    assert (learner.updates, learner.skipped) == (0, 2)
+    assert all(torch.equal(a, b) for a, b in zip(before, head.trainable(), strict=True))
+    monkeypatch.setattr(learning, "dvi_loss", real)
+    losses = [learner.update(), learner.update()]
+    assert all(torch.isfinite(torch.tensor(losses))), losses
+    assert learner.updates == 2
+    assert all(torch.isfinite(p).all() for p in head.trainable())
+
+
+def test_a_failing_update_turns_learning_off_without_stopping_the_drafter():
+    from trispec_vllm.drafter.proposer import DrafterCounts, LearnedDrafter
+
+    class Failing:
+        updates = 0
+
+        def update(self):
+            raise RuntimeError("out of memory")
+
+    drafter = object.__new__(LearnedDrafter)
+    drafter.cfg = SimpleNamespace(
+        drafter_update_every=1, drafter_min_examples=0, drafter_checkpoint=None
+    )
+    drafter.learning, drafter.steps, drafter.counts = True, 1, DrafterCounts()
+    drafter.buffer, drafter.learner = [], Failing()
+    drafter._maybe_update()
+    assert drafter.learning is False
+    assert drafter.counts.updates == 0
+    drafter._maybe_update()  # off now: not called again
 
 
 def test_checkpoint_round_trip_gives_the_same_drafts(tiny_pair, tmp_path):

@@ -239,6 +239,7 @@ class OnlineLearner:
         self.optimizer = torch.optim.AdamW(head.trainable(), lr=lr, weight_decay=1e-2)
         self.generator = torch.Generator().manual_seed(seed)
         self.updates = 0
+        self.skipped = 0  # updates dropped for a non-finite loss or gradient
 
     def update(self) -> float:
         self.head.train()
@@ -248,9 +249,17 @@ class OnlineLearner:
             loss, _ = dvi_loss(self.head, batch, update, self.rollout)
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
-            nn.utils.clip_grad_norm_(self.head.trainable(), 1.0)
-            self.optimizer.step()
+            norm = nn.utils.clip_grad_norm_(self.head.trainable(), 1.0)
+            finite = bool(torch.isfinite(loss.detach()) & torch.isfinite(norm))
+            if finite:
+                self.optimizer.step()
+            self.optimizer.zero_grad(set_to_none=True)
         self.head.eval()
+        if not finite:
+            # One bad batch (an overflowing feature, a degenerate teacher row) must
+            # not poison the head every later draft reads: drop the step.
+            self.skipped += 1
+            return float("nan")
         self.updates += 1
         return float(loss.detach())
 

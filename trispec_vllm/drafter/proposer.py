@@ -18,6 +18,7 @@ and learning makes them depend on what the engine served before
 from __future__ import annotations
 
 import logging
+import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -233,10 +234,22 @@ class LearnedDrafter:
         if len(self.buffer) < cfg.drafter_min_examples:
             return
         t0 = time.perf_counter()
-        loss = self.learner.update()
+        try:
+            loss = self.learner.update()
+        except Exception:  # learning is optional work: never let it stop serving
+            logger.exception(
+                "TriSpec: the drafter's update failed; learning is off for this engine, "
+                "drafting goes on with the head as it is"
+            )
+            self.learning = False
+            return
+        finally:
+            self.counts.update_seconds += time.perf_counter() - t0
+        if math.isnan(loss):  # the learner dropped the step
+            logger.warning("TriSpec: drafter update skipped (non-finite loss or gradient)")
+            return
         self.counts.updates += 1
         self.counts.losses.append(loss)
-        self.counts.update_seconds += time.perf_counter() - t0
         if (
             cfg.drafter_checkpoint is not None
             and self.learner.updates % cfg.drafter_save_every == 0
