@@ -220,6 +220,9 @@ def snapshot(llm, trispec: bool | None = None) -> dict[str, float]:
             elif k == "times":  # seconds per phase, the learned drafter's included
                 for phase, secs in v.items():
                     out["worker:seconds:" + phase] = secs
+            elif k == "cost_objectives":  # the cost-aware step's choices per objective
+                for objective, n in v.items():
+                    out["worker:objective:" + objective.replace(" ", "_")] = n
             elif k == "cost_rates":  # the cost-aware step's tok/s per kind and class
                 for kind, by_class in v.items():
                     for cls, rate in by_class.items():

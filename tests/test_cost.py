@@ -150,7 +150,7 @@ def test_a_changed_choice_is_reported_with_the_measured_rates():
     events = []
     model = CostModel(warmup=1, explore_every=1000, on_change=lambda *e: events.append(e))
     run(model, {"trispec": 12, "sd": 9, "plain": 10}, num_reqs=1, steps=20)
-    assert events == [(1, "trispec", {"trispec": 12.0, "sd": 9.0, "plain": 10.0})]
+    assert events == [(1, "trispec", {"trispec": 12.0, "sd": 9.0, "plain": 10.0}, "throughput")]
 
 
 def test_the_choice_moves_only_for_a_gain_beyond_the_switch_margin():
@@ -204,3 +204,59 @@ def test_a_choice_is_reported_once_per_set_of_candidates():
         kind = model.choose(1, allowed=allowed)
         model.observe(kind, 1, 1.0, speed[kind])
     assert sorted(e[1] for e in events) == ["plain", "sd"], events
+
+
+REQS = [f"r{i}" for i in range(8)]
+
+
+def batch_run(model: CostModel, steps: int, waiting: bool, sd_tokens: list[int]) -> list[str]:
+    """Eight requests; an SD step takes 1 s and request i emits sd_tokens[i], a plain
+    step takes 0.6 s and emits one token per request."""
+    picks = []
+    for _ in range(steps):
+        kind = model.choose(8, allowed=("sd", "plain"), req_ids=REQS, waiting=waiting)
+        per = dict(zip(REQS, sd_tokens if kind == "sd" else [1] * 8, strict=True))
+        model.observe(kind, 8, 1.0 if kind == "sd" else 0.6, sum(per.values()), per)
+        picks.append(kind)
+    return picks
+
+
+def test_a_draining_batch_is_ranked_by_its_slowest_requests_pace():
+    """Half the batch accepts 4 drafts a step, half none: SD's steps emit 24 tokens/s
+    against plain decoding's 13.3, but the requests that accept nothing advance at 1
+    token/s instead of 1.7, and a batch nothing waits behind is done when they are."""
+    uneven = [5, 5, 5, 5, 1, 1, 1, 1]
+    busy = CostModel(warmup=2, explore_every=1000, kinds=("sd", "plain"))
+    assert batch_run(busy, 30, waiting=True, sd_tokens=uneven)[-10:] == ["sd"] * 10
+    idle = CostModel(warmup=2, explore_every=1000, kinds=("sd", "plain"))
+    assert batch_run(idle, 30, waiting=False, sd_tokens=uneven)[-10:] == ["plain"] * 10
+    # When every request accepts drafts, speculation wins the draining batch too.
+    even = CostModel(warmup=2, explore_every=1000, kinds=("sd", "plain"))
+    assert batch_run(even, 30, waiting=False, sd_tokens=[3] * 8)[-10:] == ["sd"] * 10
+
+
+def test_a_requests_pace_starts_at_the_class_mean_and_is_forgotten_when_it_leaves():
+    model = CostModel(warmup=1, explore_every=1000, kinds=("sd", "plain"), prior_steps=4)
+    batch_run(model, 6, waiting=False, sd_tokens=[3] * 8)
+    sd = model.stats[(8, "sd")]
+    # A newcomer is credited with the class's mean tokens per request per step.
+    assert model._slowest_rate("sd", sd, ["new"]) == pytest.approx(sd.per_request / sd.seconds)
+    model.choose(8, allowed=("sd", "plain"), req_ids=REQS[:4], waiting=False)
+    assert sorted(model.paces["sd"]) == REQS[:4]
+
+
+def test_batch_one_is_ranked_by_throughput_whatever_waits():
+    for waiting in (True, False):
+        model = CostModel(warmup=2, explore_every=1000, kinds=("sd", "plain"))
+        picks = []
+        for _ in range(20):
+            kind = model.choose(1, allowed=("sd", "plain"), req_ids=["a"], waiting=waiting)
+            model.observe(
+                kind,
+                1,
+                1.0 if kind == "sd" else 0.6,
+                2 if kind == "sd" else 1,
+                {"a": 2 if kind == "sd" else 1},
+            )
+            picks.append(kind)
+        assert picks[-5:] == ["sd"] * 5

@@ -368,6 +368,22 @@ def test_cost_aware_lossless_runs_no_proxy_and_equals_plain_greedy(tiny_pair, re
     assert c["sd_kind_steps"] > 0 and c["plain_kind_steps"] > 0, c
 
 
+def test_cost_aware_ranks_a_batch_nothing_waits_behind_by_its_slowest_request(tiny_pair, reference):
+    """Requests submitted together fill the batch and leave none waiting: the
+    scheduler's count reaches the runner (patch 11), and the cost-aware step ranks
+    kinds by the slowest request's pace; a lone request is ranked by throughput."""
+    cfg = {"proxy_model": tiny_pair.proxy, "margin_threshold": 1.5, "cost_aware": True}
+    llm = make_llm(tiny_pair, NGRAM, cfg)
+    got = token_ids(llm.generate(prompts()[:8], greedy()))
+    together = counters(llm)["cost_objectives"]
+    got += token_ids(llm.generate(prompts()[8:9], greedy()))
+    alone = counters(llm)["cost_objectives"]
+    close(llm)
+    assert got == reference[:9]
+    assert together.get("slowest request", 0) > 0, together
+    assert alone.get("throughput", 0) > together.get("throughput", 0), (together, alone)
+
+
 def test_cost_aware_proxy_equal_to_target_switches_kinds_exactly(tiny_pair, reference):
     """Proxy = target at lambda 0.05 is exact in every kind of step, so the output must
     equal plain greedy while the cost-aware step tries all three kinds."""

@@ -47,7 +47,7 @@ def run(tiny_pair, spec=None, trispec=None, tp=2, pairs=False):
     # same: they route alike.
     every = (
         [
-            {k: v for k, v in c.items() if k not in ("times", "cost_rates")}
+            {k: v for k, v in c.items() if k not in ("times", "cost_rates", "cost_objectives")}
             for c in llm.collective_rpc("trispec_counters")
         ]
         if trispec

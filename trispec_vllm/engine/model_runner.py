@@ -36,6 +36,7 @@ from trispec_vllm.engine.forward import forward_sub_batch, proxy_catchup, step_t
 from trispec_vllm.engine.stats import attach_step_stats
 from trispec_vllm.engine.step_state import PreparedStep, StepState
 from trispec_vllm.engine.upload import upload
+from trispec_vllm.engine.waiting import WAITING_ATTR
 from trispec_vllm.policy.batch import StepPlan, decoding_rows
 from trispec_vllm.policy.cost import KINDS, CostModel, kinds_for, step_kinds
 from trispec_vllm.policy.sampling import drop_bonus, greedy_verify, pyramid_tokens
@@ -45,13 +46,15 @@ from trispec_vllm.policy.target_batch import TargetBatch
 logger = logging.getLogger("vllm.trispec")
 
 
-def log_choice(size_class: int, kind: str, rates: dict[str, float]) -> None:
+def log_choice(size_class: int, kind: str, rates: dict[str, float], objective: str) -> None:
     """The cost-aware step's choice for a batch-size class changed (engine log)."""
     measured = ", ".join(f"{k} {v:.2f}" for k, v in rates.items() if v > 0)
+    per = "" if objective == "throughput" else f" of the {objective}"
     logger.info(
-        "TriSpec: batches of up to %d requests now run %s steps (measured tok/s: %s)",
+        "TriSpec: batches of up to %d requests now run %s steps (measured tok/s%s: %s)",
         size_class,
         kind,
+        per,
         measured or "none yet",
     )
 
@@ -73,6 +76,7 @@ class TriSpecRunnerMixin:
         spec = self.vllm_config.speculative_config
         self.trispec_fused = fused_drafter.proxy_is_drafter(cfg, spec)
         self.trispec_cost = None  # the cost-aware step (policy/cost.py)
+        self.trispec_waiting = True  # requests wait for a slot (unknown: assume so)
         # The learned drafter drafts from the proxy's features: the proxy runs every step.
         self.trispec_learned = learned_drafter.learned_drafter(self)
         # max_proxy_batch and disable_by_batch_size are the user's own choice of kind.
@@ -91,9 +95,7 @@ class TriSpecRunnerMixin:
     def load_model(self, *args, **kwargs) -> None:
         super().load_model(*args, **kwargs)
         drafter = getattr(self, "drafter", None)
-        if self.trispec_fused and fused_drafter.record_drafter_logits(
-            drafter, self.trispec_state
-        ):
+        if self.trispec_fused and fused_drafter.record_drafter_logits(drafter, self.trispec_state):
             logger.info(
                 "TriSpec: the proxy is the draft model (%s): its drafting passes give the "
                 "margins, so it is loaded once and needs no pass of its own",
@@ -152,6 +154,8 @@ class TriSpecRunnerMixin:
             self.trispec_learned.feed(None)  # until the proxy runs in this step
         deferred = self._update_states(scheduler_output)
         self.trispec.forget(self.requests.keys())
+        # Requests waiting for a slot (patch 11); unknown counts as some.
+        self.trispec_waiting = getattr(scheduler_output, WAITING_ATTR, 1) > 0
         if not scheduler_output.total_num_scheduled_tokens:
             return EMPTY_MODEL_RUNNER_OUTPUT
         if len(self.kv_cache_config.kv_cache_groups) != 1:
@@ -360,9 +364,7 @@ class TriSpecRunnerMixin:
         if logit_rows.size:
             target_logits = self.model.compute_logits(target_hidden[hidden_rows_d])
             if logits is None:  # no proxy this step: every row is the target's
-                logits = target_logits.new_empty(
-                    (len(prep.logits_indices), target_logits.shape[1])
-                )
+                logits = target_logits.new_empty((len(prep.logits_indices), target_logits.shape[1]))
             else:  # never narrow the target's rows to the proxy's dtype
                 wide = torch.promote_types(logits.dtype, target_logits.dtype)
                 logits = logits.to(wide, copy=True)
@@ -427,7 +429,12 @@ class TriSpecRunnerMixin:
 
     def _choose_kind(self, num_reqs: int, allowed: tuple[str, ...]) -> str:
         """The cost-aware choice among `allowed`; rank 0's under tensor parallelism."""
-        kind = self.trispec_cost.choose(num_reqs, allowed=allowed)
+        kind = self.trispec_cost.choose(
+            num_reqs,
+            allowed=allowed,
+            req_ids=list(self.input_batch.req_ids[:num_reqs]),
+            waiting=self.trispec_waiting,
+        )
         return ranks.rank0_kind(kind, KINDS, self.device)
 
     def _decoding(self, req_ids, num_sched) -> np.ndarray:
@@ -497,7 +504,9 @@ class TriSpecRunnerMixin:
         if self.trispec_learned is not None:
             learned_drafter.book_counts(self.trispec_learned, step, self.trispec.stats)
         if hasattr(out, "sampled_token_ids"):
+            emitted_by = {}
             for req_id, tokens in zip(out.req_ids, out.sampled_token_ids, strict=False):
+                emitted_by[req_id] = len(tokens)
                 if req_id in step.per_request:
                     step.per_request[req_id][3] = len(tokens)
             emitted = sum(len(t) for t in out.sampled_token_ids)
@@ -506,7 +515,9 @@ class TriSpecRunnerMixin:
             if self.trispec_measure is not None:
                 kind, num_reqs, t_start = self.trispec_measure
                 self.trispec_measure = None
-                self.trispec_cost.observe(kind, num_reqs, time.perf_counter() - t_start, emitted)
+                self.trispec_cost.observe(
+                    kind, num_reqs, time.perf_counter() - t_start, emitted, emitted_by
+                )
                 name = f"{kind}_kind_steps"
                 setattr(step, name, 1)
                 setattr(self.trispec.stats, name, getattr(self.trispec.stats, name) + 1)

@@ -33,6 +33,10 @@ section only):
      vLLM builds its ngram drafter, unless the user set NUMBA_THREADING_LAYER
      (`cpu_runtime.keep_torch_threads`: numba's OpenMP layer leaves torch's
      passes on one thread after the drafter's first proposal).
+
+Process-wide, applied here, acting on engines with a `trispec` section only:
+ 11. `Scheduler.schedule` is wrapped (`waiting`): its output carries how many
+     requests were left waiting, which the cost-aware step's objective reads.
 """
 
 from __future__ import annotations
@@ -41,13 +45,14 @@ from trispec_vllm import envs
 
 
 def apply_trispec_patches() -> None:
-    """Apply patches 1-5 (idempotent; cheap when vLLM is already imported)."""
-    from trispec_vllm.engine import config_hook, cpu_workarounds, stats
+    """Apply patches 1-5 and 11 (idempotent; cheap when vLLM is already imported)."""
+    from trispec_vllm.engine import config_hook, cpu_workarounds, stats, waiting
 
     config_hook.patch_platform_config_hook()
     config_hook.patch_v2_runner_choice()
     stats.patch_stat_loggers()
     stats.patch_metrics_reader()
+    waiting.patch_scheduler_waiting()
     if envs.flag("TRISPEC_CPU_SAMPLING_FIX"):
         from vllm.platforms import current_platform
 

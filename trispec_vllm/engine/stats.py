@@ -43,13 +43,15 @@ def split_stats(scheduler_stats):
 
 def worker_counters(step, cost=None) -> dict[str, Any]:
     """A worker's running totals, adaptive lambda's engine-wide start (a level) and
-    the cost-aware step's measured tok/s per kind and batch-size class (levels)."""
+    the cost-aware step's measured tok/s per kind and batch-size class (levels) and
+    its ranked choices per objective (throughput, slowest request)."""
     out = step.stats.as_dict()
     if step.adaptive is not None:
         out["adaptive_start_lambda"] = step.adaptive.start
     if cost is not None:
         rates = cost.rates()
         out["cost_rates"] = {k: {str(c): r for c, r in v.items()} for k, v in rates.items()}
+        out["cost_objectives"] = dict(cost.objectives)
     return out
 
 

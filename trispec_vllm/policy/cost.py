@@ -37,6 +37,18 @@ time no timing attributes in full, so a kind must also beat the class's current
 choice by `switch_margin` to replace it: kinds within the noise of each other
 would otherwise trade places, and pay a catch-up, at every exploration.
 
+What "most tokens per second" means depends on the load. While requests wait
+for a slot, the step's throughput is what serves them soonest. When none waits,
+the batch is all there is, and it is done when its slowest request is: a
+speculative step makes the requests that accept drafts finish early and the
+others pay a larger pass per token, so the batch drains into small, less
+efficient steps (on a 2-core CPU at batch 8, vLLM's own ngram SD ran its steps
+at 1.2x plain decoding's tokens/s yet finished a fixed batch at 0.91x). Then
+each kind is ranked by the pace of the batch's slowest request: its tokens per
+step of that kind (its running mean, from the class's mean per request before
+it has steps of its own) over the kind's step seconds. At batch 1 both measures
+are the same.
+
 The choice is made after the drafter proposed, so a step whose drafter found
 nothing (ngram on text that does not repeat) is never an ``sd`` step: without
 drafts and without the proxy it is plain decoding, and booking it as ``sd``
@@ -69,14 +81,17 @@ class KindStats:
     tokens: float = 0.0  # EWMA of tokens emitted per step
     samples: int = 0
     last: float = 0.0  # tokens/s of the latest sample
+    per_request: float = 1.0  # EWMA of tokens emitted per request per step
 
-    def observe(self, seconds: float, tokens: int, weight: float) -> None:
+    def observe(self, seconds: float, tokens: int, weight: float, num_reqs: int = 1) -> None:
         self.last = tokens / seconds
+        share = tokens / max(num_reqs, 1)
         if self.samples == 0:
-            self.seconds, self.tokens = seconds, float(tokens)
+            self.seconds, self.tokens, self.per_request = seconds, float(tokens), share
         else:
             self.seconds += weight * (seconds - self.seconds)
             self.tokens += weight * (tokens - self.tokens)
+            self.per_request += weight * (share - self.per_request)
         self.samples += 1
 
     @property
@@ -104,6 +119,7 @@ class CostModel:
     max_backoff: int = 8  # exploration intervals grow up to this many times explore_every
     stats: dict[tuple[int, str], KindStats] = field(default_factory=dict)
     chosen: dict[str, int] = field(default_factory=dict)  # counts, for the metrics
+    objectives: dict[str, int] = field(default_factory=dict)  # ranked choices per objective
     # class -> (kind, steps left, its samples when the run began)
     runs: dict[int, tuple[str, int, int]] = field(default_factory=dict)
     since: dict[int, int] = field(default_factory=dict)  # class -> decisions since exploring
@@ -117,13 +133,32 @@ class CostModel:
     owed: dict[int, tuple[float, int]] = field(default_factory=dict)
     # Called with (class, kind, measured tok/s per kind) when the choice for a class
     # and set of candidates changes (`reported`: the last choice per such pair).
-    on_change: Callable[[int, str, dict[str, float]], None] | None = None
-    reported: dict[tuple[int, tuple[str, ...]], str] = field(default_factory=dict)
+    # Called with (class, kind, each candidate's measured tok/s, objective) when the
+    # choice for a class, set of candidates and objective changes (`reported`: the
+    # last choice per such triple). The objective is "throughput" or "slowest request".
+    on_change: Callable[[int, str, dict[str, float], str], None] | None = None
+    reported: dict[tuple[int, tuple[str, ...], str], str] = field(default_factory=dict)
+    prior_steps: int = 4  # a request's pace starts as this many steps at the class mean
+    # kind -> request -> (tokens emitted, steps) in steps of that kind
+    paces: dict[str, dict[str, tuple[int, int]]] = field(default_factory=dict)
 
-    def observe(self, kind: str, num_reqs: int, seconds: float, tokens: int) -> None:
-        """Book one decoding step of `kind` over `num_reqs` requests."""
+    def observe(
+        self,
+        kind: str,
+        num_reqs: int,
+        seconds: float,
+        tokens: int,
+        per_request: dict[str, int] | None = None,
+    ) -> None:
+        """Book one decoding step of `kind` over `num_reqs` requests (`per_request`:
+        the tokens each request emitted, for the paces of speculative kinds)."""
         if kind not in self.kinds or seconds <= 0:
             return
+        if per_request and kind != "plain":  # plain decoding's pace is 1 by definition
+            paces = self.paces.setdefault(kind, {})
+            for req, n in per_request.items():
+                done, steps = paces.get(req, (0, 0))
+                paces[req] = (done + n, steps + 1)
         cls = size_class(num_reqs)
         previous, self.last[cls] = self.last.get(cls), kind
         steps = self.run_steps.get(cls, 0)
@@ -136,7 +171,9 @@ class CostModel:
             return
         if owed is not None:
             self._charge_deferred(cls, owed[0] - seconds, owed[1])
-        self.stats.setdefault((cls, kind), KindStats()).observe(seconds, tokens, self.weight)
+        self.stats.setdefault((cls, kind), KindStats()).observe(
+            seconds, tokens, self.weight, num_reqs
+        )
 
     def _charge_deferred(self, cls: int, excess: float, steps: int) -> None:
         """Book on the TriSpec step the work its run of `steps` steps left to the first
@@ -150,11 +187,21 @@ class CostModel:
         if mine is not None and mine.samples and excess > 0:
             mine.seconds += excess / steps
 
-    def choose(self, num_reqs: int, allowed: tuple[str, ...] | None = None) -> str:
-        """The kind for the next step over `num_reqs` requests (among `allowed`)."""
+    def choose(
+        self,
+        num_reqs: int,
+        allowed: tuple[str, ...] | None = None,
+        req_ids: list[str] | None = None,
+        waiting: bool = True,
+    ) -> str:
+        """The kind for the next step over `num_reqs` requests (among `allowed`).
+        With `req_ids` and nothing `waiting`, kinds rank by the pace of the batch's
+        slowest request; otherwise by throughput."""
         options = [k for k in self.kinds if allowed is None or k in allowed]
         if not options:
             raise ValueError("no step kind allowed")
+        if req_ids:
+            self._forget_all_but(req_ids)
         cls = size_class(num_reqs)
         stats = {k: self.stats.get((cls, k), KindStats()) for k in options}
         run = self.runs.pop(cls, None)
@@ -179,9 +226,14 @@ class CostModel:
         current = self.best.get(cls)
         if current in options:  # each switch pays a catch-up no timing sees
             bonus[current] = bonus.get(current, 1.0) * (1.0 + self.switch_margin)
+        draining = not waiting and bool(req_ids) and num_reqs > 1
+        if draining:
+            score = {k: self._slowest_rate(k, stats[k], req_ids) for k in options}
+        else:
+            score = {k: stats[k].rate for k in options}
         ranked = sorted(
             options,
-            key=lambda k: (stats[k].rate * bonus.get(k, 1.0), -WORK.index(k)),
+            key=lambda k: (score[k] * bonus.get(k, 1.0), -WORK.index(k)),
             reverse=True,
         )
         if self.explored.pop(cls, False):
@@ -193,9 +245,11 @@ class CostModel:
                 if kept
                 else self.explore_every
             )
-        context = (cls, tuple(options))  # without drafts, SD is no candidate
+        objective = "slowest request" if draining else "throughput"
+        self.objectives[objective] = self.objectives.get(objective, 0) + 1
+        context = (cls, tuple(options), objective)  # without drafts, SD is no candidate
         if self.reported.get(context) != ranked[0] and self.on_change is not None:
-            self.on_change(cls, ranked[0], {k: round(stats[k].rate, 2) for k in options})
+            self.on_change(cls, ranked[0], {k: round(score[k], 2) for k in options}, objective)
         self.reported[context] = ranked[0]
         self.best[cls] = ranked[0]
         since = self.since.get(cls, 0) + 1
@@ -210,6 +264,29 @@ class CostModel:
                 return self._run(cls, min(others, key=lambda k: stats[k].samples))
         self.since[cls] = since
         return self._chose(ranked[0])
+
+    def _slowest_rate(self, kind: str, st: KindStats, req_ids: list[str]) -> float:
+        """Tokens/s of the batch's slowest request on steps of `kind`: its running mean
+        of tokens per such step (`prior_steps` at the class's mean per request to start
+        with) over the kind's step seconds. Plain decoding emits one token per request."""
+        if st.seconds <= 0:
+            return 0.0
+        if kind == "plain":
+            return 1.0 / st.seconds
+        paces = self.paces.get(kind, {})
+        prior = self.prior_steps
+        slowest = min(
+            (paces.get(r, (0, 0))[0] + prior * st.per_request) / (paces.get(r, (0, 0))[1] + prior)
+            for r in req_ids
+        )
+        return slowest / st.seconds
+
+    def _forget_all_but(self, req_ids: list[str]) -> None:
+        """Drop the paces of requests no longer in the batch (finished or preempted)."""
+        live = set(req_ids)
+        for paces in self.paces.values():
+            for r in [r for r in paces if r not in live]:
+                del paces[r]
 
     def _clearly_slower(self, kind: str, stats: dict[str, KindStats], latest: bool = False) -> bool:
         """Measured (its latest sample, with `latest`), and at under `abandon` times

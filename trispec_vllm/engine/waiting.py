@@ -1,0 +1,40 @@
+"""How many requests wait for a slot, told to the model runner (patch 11).
+
+The cost-aware step ranks step kinds by throughput while requests wait, and by
+the pace of the batch's slowest request when none does (`policy/cost.py`). Only
+vLLM's scheduler knows its queue; its `SchedulerOutput` reaches every worker, so
+the count rides on it as one extra attribute, set for TriSpec engines only.
+"""
+
+from __future__ import annotations
+
+import functools
+
+from trispec_vllm.config import parse_trispec_config
+
+WAITING_ATTR = "trispec_waiting"  # SchedulerOutput attribute: requests left waiting
+HOOK_MARK = "_trispec_waiting_hook"
+
+
+def patch_scheduler_waiting() -> None:
+    """Wrap `Scheduler.schedule`: its output carries the number of requests that
+    were left waiting (vLLM's own `get_request_counts`)."""
+    from vllm.v1.core.sched.scheduler import Scheduler
+
+    schedule = Scheduler.schedule
+    if getattr(schedule, HOOK_MARK, False):
+        return
+
+    @functools.wraps(schedule)
+    def counted(self, *args, **kwargs):
+        out = schedule(self, *args, **kwargs)
+        mine = getattr(self, "_trispec_engine", None)
+        if mine is None:
+            mine = parse_trispec_config(self.vllm_config.additional_config) is not None
+            self._trispec_engine = mine
+        if mine:
+            setattr(out, WAITING_ATTR, self.get_request_counts()[1])
+        return out
+
+    setattr(counted, HOOK_MARK, True)
+    Scheduler.schedule = counted
