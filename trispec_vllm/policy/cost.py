@@ -42,8 +42,9 @@ for a slot, the step's throughput is what serves them soonest. When none waits,
 the batch is all there is, and it is done when its slowest request is: a
 speculative step makes the requests that accept drafts finish early and the
 others pay a larger pass per token, so the batch drains into small, less
-efficient steps (on a 2-core CPU at batch 8, vLLM's own ngram SD ran its steps
-at 1.2x plain decoding's tokens/s yet finished a fixed batch at 0.91x). Then
+efficient steps (on a 2-core CPU at batch 8 the engine measured its SD steps at
+1.2x plain decoding's tokens/s, yet a fixed batch finished at 0.88-0.91x plain
+decoding's speed with them, and with vLLM's own ngram SD). Then
 each kind is ranked by the pace of the batch's slowest request: its tokens per
 step of that kind (its running mean, from the class's mean per request before
 it has steps of its own) over the kind's step seconds. At batch 1 both measures
