@@ -56,7 +56,7 @@ class Config:
 # Every engine's first request; no measured prompt shares its first KV block.
 WARMUP_CHAT = [{"role": "user", "content": "Name three colours."}]
 # The learned drafter's offline warm start (`trispec-vllm train-drafter --out ...`).
-WARM_HEAD = Path("~/.cache/trispec-vllm/drafters/qwen2.5-coder-0.5b-long.pt").expanduser()
+WARM_HEAD = Path("~/.cache/trispec-vllm/drafters/qwen2.5-coder-0.5b-v32k.pt").expanduser()
 
 
 def ngram(k: int) -> dict:
