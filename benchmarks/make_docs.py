@@ -66,6 +66,8 @@ HEADLINE = "speed_headline.json"  # the README's headline run
 COST_MODEL = "cost_model.json"
 PASS_COSTS = "pass_costs_cpu.json"
 LEARNING = "learning_cold.json"
+LEARNING_200 = "learning_200.json"  # the 200-request stream, cold start
+SPEED_LEARNED = "speed_learned.json"  # the learned drafter next to the built-in drafters
 # Plots the docs show (written by the benchmarks next to their JSON).
 PLOTS = (
     "speed_vs_batch.png",
@@ -541,6 +543,8 @@ BLOCKS: dict[str, Callable[[], str]] = {
     "speed-headline-machine": headline_machine,
     "speed-avx512": lambda: speed_table(SPEED_AVX512),
     "speed-headline-full": lambda: speed_table(HEADLINE),
+    "speed-learned": lambda: speed_table(SPEED_LEARNED),
+    "learning-200": lambda: learning(LEARNING_200, per=5),
     "policies": policies,
     "speed-batches": lambda: speed_table(SPEED),
     "speed-policies": lambda: speed_table(SPEED_POLICIES),
@@ -590,6 +594,8 @@ def unreferenced() -> list[str]:
         COST_MODEL,
         PASS_COSTS,
         LEARNING,
+        LEARNING_200,
+        SPEED_LEARNED,
         *PLOTS,
     }
     text = "".join(p.read_text() for p in documents() if p.exists())
