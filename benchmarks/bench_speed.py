@@ -497,7 +497,9 @@ def summarise(per_round: list[list[dict]]) -> list[dict]:
         for key, v in first.items():
             vals = [r.get(key) for r in same]
             if isinstance(v, int | float) and not isinstance(v, bool) and None not in vals:
-                row[key] = statistics.median(vals)
+                # (equal values stay as they are: the median of an even count is a mean,
+                # which would turn a batch size of 8 into 8.0)
+                row[key] = v if len(set(vals)) == 1 else statistics.median(vals)
                 if key in SPREAD_KEYS:
                     row[key + "_range"] = [min(vals), max(vals)]
         row["rounds"] = [
