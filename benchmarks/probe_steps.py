@@ -1,7 +1,8 @@
 """Print every engine step of a TriSpec engine: its kind, phase times and the proxy's
-catch-up, for one request at a time on the real pair (a diagnostic, not a benchmark).
+catch-up, for one request at a time (or `--batch N` requests together) on the real pair
+(a diagnostic, not a benchmark).
 
-    python benchmarks/probe_steps.py [--max-tokens 24]
+    python benchmarks/probe_steps.py [--max-tokens 24] [--batch 32]
 
 The engine runs in this process (VLLM_ENABLE_V1_MULTIPROCESSING=0) so that the
 runner's methods can be wrapped; the CPU runtime is trispec_vllm.cpu_runtime's.
@@ -29,12 +30,16 @@ def wrap_runner(seen: dict) -> None:
         out = execute(self, scheduler_output, *args, **kwargs)
         step = self.trispec_state.stats
         seen["times"] = {k: round(v, 2) for k, v in (step.times.items() if step else [])}
+        measured = self.trispec_measure
+        seen["ran"] = measured[0] if measured else "mixed/prefill"
+        seen["waiting"] = self.trispec_waiting
         return out
 
     def sample_tokens(self, grammar_output):
         out = sample(self, grammar_output)
         print(
-            f"step tokens={seen['n']} kind={seen['kind']} "
+            f"step tokens={seen['n']} chosen={seen['kind']} ran={seen['ran']} "
+            f"waiting={seen['waiting']} "
             f"{time.perf_counter() - seen['t']:.2f}s {seen['times']} "
             f"proxy_catchup={self.trispec.stats.proxy_catchup_tokens}",
             flush=True,
@@ -47,6 +52,7 @@ def wrap_runner(seen: dict) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--max-tokens", type=int, default=24)
+    ap.add_argument("--batch", type=int, default=1, help="requests submitted together")
     args = ap.parse_args()
     from trispec_vllm import cpu_runtime
 
@@ -69,14 +75,16 @@ def main() -> None:
         speculative_config=ngram(3),
         additional_config={"trispec": {"proxy_model": pair.proxy}},
     )
-    prompts = chat_prompts(2)
+    prompts = chat_prompts(max(2, args.batch))
     llm.chat([WARMUP_CHAT], SamplingParams(temperature=0, max_tokens=8), use_tqdm=False)
-    for prompt in prompts:
+    groups = [[p] for p in prompts[:2]] if args.batch == 1 else [prompts[: args.batch]]
+    for group in groups:
         t0 = time.perf_counter()
-        out = llm.chat([prompt], SamplingParams(temperature=0, max_tokens=args.max_tokens))[0]
+        outs = llm.chat(group, SamplingParams(temperature=0, max_tokens=args.max_tokens))
         print(
-            f"request: {len(out.prompt_token_ids)} prompt tokens, "
-            f"{len(out.outputs[0].token_ids)} generated, {time.perf_counter() - t0:.2f} s",
+            f"{len(outs)} request(s): {sum(len(o.prompt_token_ids) for o in outs)} prompt tokens, "
+            f"{sum(len(o.outputs[0].token_ids) for o in outs)} generated, "
+            f"{time.perf_counter() - t0:.2f} s",
             flush=True,
         )
 
