@@ -140,12 +140,12 @@ DEFAULT = "TriSpec default (ngram k=3)"  # the section with only proxy_model set
 def status() -> str:
     """One clause for the README's opening: where the default section stands against
     the fastest of plain decoding and vLLM's own SD, per batch size of the headline run."""
+    d = load(HEADLINE)
     parts = []
-    for r in load(HEADLINE)["results"]:
+    for r in d["results"]:
         if r["config"] == DEFAULT:
             text, _ = vs_fastest(r)
             parts.append(f"{text} at batch {r['batch']}")
-    d = load(HEADLINE)
     return (
         "with its default section TriSpec runs at "
         + ", ".join(parts[:-1])

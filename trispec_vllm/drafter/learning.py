@@ -253,7 +253,6 @@ class OnlineLearner:
             finite = bool(torch.isfinite(loss.detach()) & torch.isfinite(norm))
             if finite:
                 self.optimizer.step()
-            self.optimizer.zero_grad(set_to_none=True)
         self.head.eval()
         if not finite:
             # One bad batch (an overflowing feature, a degenerate teacher row) must

@@ -277,8 +277,8 @@ class CostModel:
         paces = self.paces.get(kind, {})
         prior = self.prior_steps
         slowest = min(
-            (paces.get(r, (0, 0))[0] + prior * st.per_request) / (paces.get(r, (0, 0))[1] + prior)
-            for r in req_ids
+            (done + prior * st.per_request) / (steps + prior)
+            for done, steps in (paces.get(r, (0, 0)) for r in req_ids)
         )
         return slowest / st.seconds
 
