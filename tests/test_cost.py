@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import pytest
 
-from trispec_vllm.policy.cost import CostModel, kinds_for, size_class, step_kinds
+from trispec_vllm.policy.cost import (
+    CostModel,
+    kind_with_prompts,
+    kinds_for,
+    size_class,
+    step_kinds,
+)
 
 
 def test_size_classes_are_powers_of_two():
@@ -260,3 +266,10 @@ def test_batch_one_is_ranked_by_throughput_whatever_waits():
             )
             picks.append(kind)
         assert picks[-5:] == ["sd"] * 5
+
+
+def test_a_step_with_prompt_chunks_runs_no_proxy_pass():
+    assert kind_with_prompts("trispec", prompts=True) == "sd"
+    assert kind_with_prompts("trispec", prompts=False) == "trispec"
+    for kind in ("sd", "plain"):
+        assert kind_with_prompts(kind, prompts=True) == kind

@@ -398,3 +398,23 @@ def test_cost_aware_proxy_equal_to_target_switches_kinds_exactly(tiny_pair, refe
     assert got == reference
     for kind in ("trispec", "sd", "plain"):
         assert c[f"{kind}_kind_steps"] > 0, c
+
+
+def test_cost_aware_step_with_prompt_chunks_runs_no_proxy_pass(tiny_pair, reference_all):
+    """A step that carries prompt chunks (small chunks, long prompts beside decoding
+    requests) runs as standard SD when a TriSpec step was chosen: the proxy does not
+    read the chunks; it catches them up later, and the output stays exact (proxy =
+    target at lambda 0.05 is exact in every kind of step)."""
+    cfg = {"proxy_model": tiny_pair.target, "margin_threshold": 0.05, "cost_aware": True}
+    llm = make_llm(tiny_pair, NGRAM, cfg, max_num_batched_tokens=64, max_num_seqs=8)
+    refs = reference_all[0]
+    got, want = [], []
+    for i in range(0, 16, 4):  # long prompts arrive beside short ones already decoding
+        got += token_ids(llm.generate(prompts()[i : i + 4] + LONG_PROMPTS, greedy()))
+        want += refs[i : i + 4] + refs[16:]
+    c = counters(llm)
+    close(llm)
+    assert got == want
+    assert c["prompt_steps_without_proxy"] > 0, c
+    assert c["proxy_prompt_tokens"] == 0, c
+    assert c["trispec_kind_steps"] > 0, c

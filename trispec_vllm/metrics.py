@@ -40,6 +40,8 @@ class TriSpecStats:
     proxy_catchup_tokens: int = 0  # tokens the proxy caught up after skipped steps
     native_target_steps: int = 0  # target passes run on vLLM's own batch (no sub-batch)
     plain_steps: int = 0  # steps vLLM ran on its own (speculation disabled by batch size)
+    prompt_steps_without_proxy: int = 0  # TriSpec steps with prompt chunks run as SD
+    proxy_prompt_tokens: int = 0  # prompt-chunk tokens the proxy read in their own step
     routing_fallbacks: int = 0  # steps whose routing failed and fell back to standard SD
     decode_request_steps: int = 0  # request-steps routed (prefill steps excluded)
     proxy_accepted_tokens: int = 0  # sum of tau_a over them
@@ -103,6 +105,8 @@ COUNTED = (
     "proxy_catchup_tokens",
     "native_target_steps",
     "plain_steps",
+    "prompt_steps_without_proxy",
+    "proxy_prompt_tokens",
     "routing_fallbacks",
     "decode_request_steps",
     "proxy_accepted_tokens",

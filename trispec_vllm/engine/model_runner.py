@@ -38,7 +38,7 @@ from trispec_vllm.engine.step_state import PreparedStep, StepState
 from trispec_vllm.engine.upload import upload
 from trispec_vllm.engine.waiting import WAITING_ATTR
 from trispec_vllm.policy.batch import StepPlan, decoding_rows
-from trispec_vllm.policy.cost import KINDS, CostModel, kinds_for, step_kinds
+from trispec_vllm.policy.cost import KINDS, CostModel, kind_with_prompts, kinds_for, step_kinds
 from trispec_vllm.policy.sampling import drop_bonus, greedy_verify, pyramid_tokens
 from trispec_vllm.policy.step import TriSpecStep
 from trispec_vllm.policy.target_batch import TargetBatch
@@ -174,13 +174,17 @@ class TriSpecRunnerMixin:
         prep = self._prepare(scheduler_output, req_ids, num_sched)
         self.trispec.begin_step(prep.batch)
         if self.trispec_cost is not None:
+            decoding = decoding_rows(prep.batch).all()
             if self.input_batch.all_greedy:
-                kind = self._step_kind(len(req_ids))
+                chosen = self._step_kind(len(req_ids))
+                # (a fused drafter's proxy has read the prompt chunks already)
+                kind = chosen if self.trispec_fused else kind_with_prompts(chosen, not decoding)
+                self.trispec.stats.prompt_steps_without_proxy += int(kind != chosen)
             else:
                 # Sampled requests draw from their seeded generators differently in each
                 # kind of step: one kind only, so a seed gives the same sample every run.
                 kind = "sd" if self.trispec.cfg.lossless else "trispec"
-            if decoding_rows(prep.batch).all() and self.input_batch.all_greedy:
+            if decoding and self.input_batch.all_greedy:
                 # No draft scheduled and no proxy: the step costs what plain decoding does.
                 booked = "plain" if kind == "sd" and not prep.batch.num_drafts.any() else kind
                 self.trispec_measure = (booked, len(req_ids), t_start)
@@ -297,6 +301,8 @@ class TriSpecRunnerMixin:
             hidden_rows = hidden[prep.logits_indices]
             logits = self.trispec_proxy.compute_logits(hidden_rows)
         self.trispec.proxy_ran(batch)
+        prompt_rows = ~decoding_rows(batch)
+        self.trispec.stats.proxy_prompt_tokens += int(batch.num_scheduled[prompt_rows].sum())
         if self.trispec_learned is not None:
             self.trispec_learned.feed(
                 learned_drafter.step_features(

@@ -351,3 +351,11 @@ def step_kinds(lossless: bool, plain_allowed: bool) -> tuple[str, ...]:
     of their own (they would miss the steps without drafts)."""
     kinds = ("sd",) if lossless else ("trispec", "sd")
     return (*kinds, "plain") if plain_allowed else kinds
+
+
+def kind_with_prompts(kind: str, prompts: bool) -> str:
+    """The kind a step runs when it also carries prompt chunks (`prompts`): no proxy
+    pass. The proxy would read every chunk now, for requests whose first token is the
+    target's anyway, and at batch 32 that pass cost about a third of the prefill; it
+    catches those prompts up if a TriSpec step comes for them."""
+    return "sd" if kind == "trispec" and prompts else kind
