@@ -9,7 +9,9 @@
         --samples 3 --mtbench 0 --batch 40 --compile  # 3 seeded answers per problem
 
 Configurations (pick with --configs, by key or full label): `target` (the target
-alone, no speculation), `ngram` (vLLM's ngram SD, k=3, lookup 3..2), and TriSpec
+alone, no speculation), `ngram` (vLLM's ngram SD, k=3, lookup 3..2), `default`
+(TriSpec's default section: only proxy_model set, so lambda 0.5 with the
+cost-aware step, and the ngram drafter), and TriSpec
 with the same ngram drafter at lambda 0.3, 0.5, 0.7 (`tri0.3`, `tri0.5`,
 `tri0.7`) and lossless (`lossless`, lambda 1.5), TriSpec with the 0.5B as both
 draft model (k=3) and proxy at lambda 0.5 (`tridm0.5`), TriSpec with adaptive lambda
@@ -111,8 +113,18 @@ def configurations(proxy: str, extra_trispec: dict[str, Any] | None) -> list[Con
     }
     suffix = "".join(f" {k}={v}" for k, v in (extra_trispec or {}).items())
 
+    # The policies' own configurations run their step in every step (no cost-aware
+    # choice of SD or plain steps, which take every token from the target), so
+    # that they measure the rule's quality cost; `default` measures the default's.
+    rule_only = {"cost_aware": False}
+
     def tri(key: str, name: str, lam: float) -> Config:
-        section = {"proxy_model": proxy, "margin_threshold": lam, **(extra_trispec or {})}
+        section = {
+            "proxy_model": proxy,
+            "margin_threshold": lam,
+            **rule_only,
+            **(extra_trispec or {}),
+        }
         return Config(key, f"TriSpec ngram {name}{suffix}", ngram, section, lam)
 
     def policy(key: str, name: str, section: dict) -> Config:
@@ -120,13 +132,21 @@ def configurations(proxy: str, extra_trispec: dict[str, Any] | None) -> list[Con
             key,
             f"{name} (ngram drafter){suffix}",
             ngram,
-            {"proxy_model": proxy, **section, **(extra_trispec or {})},
+            {"proxy_model": proxy, **rule_only, **section, **(extra_trispec or {})},
         )
 
     draft = {"method": "draft_model", "model": proxy, "num_speculative_tokens": 3}
     return [
         Config(BASELINE_KEY, "target alone"),
         Config(SD_KEY, "vLLM ngram k=3", ngram),
+        # The `trispec` section with only proxy_model set: lambda 0.5, cost-aware step on.
+        Config(
+            "default",
+            f"TriSpec default (ngram k=3){suffix}",
+            ngram,
+            {"proxy_model": proxy, **(extra_trispec or {})},
+            0.5,
+        ),
         tri("tri0.3", "lambda=0.3", 0.3),
         tri("tri0.5", "lambda=0.5", 0.5),
         tri("tri0.7", "lambda=0.7", 0.7),
@@ -135,7 +155,7 @@ def configurations(proxy: str, extra_trispec: dict[str, Any] | None) -> list[Con
             "tridm0.5",
             f"TriSpec draft_model lambda=0.5 (proxy = drafter){suffix}",
             draft,
-            {"proxy_model": proxy, "margin_threshold": 0.5, **(extra_trispec or {})},
+            {"proxy_model": proxy, "margin_threshold": 0.5, **rule_only, **(extra_trispec or {})},
             0.5,
         ),
         policy("adaptive", "TriSpec adaptive lambda (5% goal)", {"adaptive_lambda": True}),
@@ -324,9 +344,9 @@ def run_config(cfg: Config, target: str, he_prompts, mt_prompts, args) -> dict:
         seed=0,
         disable_log_stats=False,
         enforce_eager=not args.compile,
-        # TriSpec switches prefix caching off; so do the references, so that every
-        # configuration prefills the same way (cached KV from another batch shape can
-        # flip bf16 near-ties).
+        # No prefix caching, in every configuration alike, so that every configuration
+        # prefills the same way (cached KV from another batch shape can flip bf16
+        # near-ties); quality is measured here, speed in bench_speed.
         enable_prefix_caching=False,
         # Seeded sampling: stock vLLM 0.32 rewinds a request's generator after a
         # partial (chunked) prefill with set_offset, which CPU generators do not

@@ -42,6 +42,9 @@ class TriSpecStats:
     plain_steps: int = 0  # steps vLLM ran on its own (speculation disabled by batch size)
     prompt_steps_without_proxy: int = 0  # TriSpec steps with prompt chunks run as SD
     proxy_prompt_tokens: int = 0  # prompt-chunk tokens the proxy read in their own step
+    prefix_cached_tokens: int = 0  # positions requests started with from vLLM's prefix cache
+    prefix_target_recomputed: int = 0  # of them, positions the target had not written
+    prefix_proxy_recomputed: int = 0  # of them, positions the proxy had not written
     routing_fallbacks: int = 0  # steps whose routing failed and fell back to standard SD
     decode_request_steps: int = 0  # request-steps routed (prefill steps excluded)
     proxy_accepted_tokens: int = 0  # sum of tau_a over them
@@ -107,6 +110,9 @@ COUNTED = (
     "plain_steps",
     "prompt_steps_without_proxy",
     "proxy_prompt_tokens",
+    "prefix_cached_tokens",
+    "prefix_target_recomputed",
+    "prefix_proxy_recomputed",
     "routing_fallbacks",
     "decode_request_steps",
     "proxy_accepted_tokens",

@@ -180,13 +180,8 @@ def check_proxy_vocab(proxy_model: str, target_vocab: int, tp_size: int = 1) -> 
 
 def adjust_engine_config(vllm_config: VllmConfig) -> None:
     """Switch off what TriSpec cannot support yet and select its worker."""
-    cache = vllm_config.cache_config
-    if cache.enable_prefix_caching:
-        logger.warning(
-            "TriSpec: prefix caching disabled (a cached block may hold positions "
-            "that have proxy KV but no target KV)"
-        )
-        cache.enable_prefix_caching = False
+    # Prefix caching stays as configured: a cached block may hold positions one model
+    # has not written yet, which engine/prefix_cache.py books and recomputes.
     sched = vllm_config.scheduler_config
     if getattr(sched, "async_scheduling", False):
         logger.warning("TriSpec: async scheduling disabled (routing needs the step's outputs)")

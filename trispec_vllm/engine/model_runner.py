@@ -28,6 +28,7 @@ from trispec_vllm.engine import (
     fused_drafter,
     kernel_warmup,
     learned_drafter,
+    prefix_cache,
     proxy,
     ranks,
 )
@@ -39,6 +40,7 @@ from trispec_vllm.engine.upload import upload
 from trispec_vllm.engine.waiting import WAITING_ATTR
 from trispec_vllm.policy.batch import StepPlan, decoding_rows
 from trispec_vllm.policy.cost import KINDS, CostModel, kind_with_prompts, kinds_for, step_kinds
+from trispec_vllm.policy.kv_blocks import BlockLedger
 from trispec_vllm.policy.sampling import drop_bonus, greedy_verify, pyramid_tokens
 from trispec_vllm.policy.step import TriSpecStep
 from trispec_vllm.policy.target_batch import TargetBatch
@@ -88,6 +90,8 @@ class TriSpecRunnerMixin:
                 kinds=step_kinds(cfg.lossless, plain_ok), on_change=log_choice
             )
         self.trispec_next_kind: str | None = None  # chosen when the drafter proposes
+        # The prefix cache's block ledger (engine/prefix_cache.py); False: not made yet.
+        self.trispec_blocks: BlockLedger | None | bool = False
         self.trispec_measure: tuple[str, int, float] | None = None  # (kind, reqs, start)
 
     # ------------------------------------------------------------------ loading
@@ -153,6 +157,10 @@ class TriSpecRunnerMixin:
         if self.trispec_learned is not None:
             self.trispec_learned.feed(None)  # until the proxy runs in this step
         deferred = self._update_states(scheduler_output)
+        blocks = self._trispec_ledger()
+        if blocks is not None:  # before forget: a resumed request restarts its marks
+            prefix_cache.admit(blocks, self.trispec, scheduler_output)
+            blocks.forget(self.requests.keys())
         self.trispec.forget(self.requests.keys())
         # Requests waiting for a slot (patch 11); unknown counts as some.
         self.trispec_waiting = getattr(scheduler_output, WAITING_ATTR, 1) > 0
@@ -164,6 +172,9 @@ class TriSpecRunnerMixin:
         num_sched = np.array(
             [scheduler_output.num_scheduled_tokens[r] for r in req_ids], dtype=np.int32
         )
+        if blocks is not None:
+            computed = self.input_batch.num_computed_tokens_cpu[: len(req_ids)]
+            prefix_cache.book(blocks, self.trispec, req_ids, computed)
         self.trispec_measure = None
         if self._plain_step(scheduler_output, req_ids, num_sched):
             if self.trispec_cost is not None and self._decoding(req_ids, num_sched).all():
@@ -220,6 +231,13 @@ class TriSpecRunnerMixin:
         if deferred:
             deferred()
         return None
+
+    def _trispec_ledger(self) -> BlockLedger | None:
+        """The prefix cache's block ledger, made once the KV cache exists (None with
+        prefix caching off)."""
+        if self.trispec_blocks is False:
+            self.trispec_blocks = prefix_cache.ledger_for(self.vllm_config, self.kv_cache_config)
+        return self.trispec_blocks
 
     def _prepare(self, scheduler_output, req_ids: list[str], num_sched) -> PreparedStep:
         """Phase 1: vLLM's inputs and attention metadata for its own batch."""

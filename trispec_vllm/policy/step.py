@@ -68,6 +68,13 @@ class TriSpecStep:
         if self.adaptive is not None:
             self.adaptive.forget(live)
 
+    def start_request(self, req_id: str, target_valid: int, proxy_valid: int) -> None:
+        """A request (new, or resumed after preemption) starts on prefix-cached KV that
+        is valid below `target_valid` for the target and `proxy_valid` for the proxy;
+        each model catches up the rest of the cached positions when it next runs."""
+        self.watermarks.start(req_id, target_valid)
+        self.proxy_marks.start(req_id, proxy_valid)
+
     def skip_proxy(self, batch: StepBatch) -> bool:
         """Whether this step runs without the proxy (more decoding requests than
         max_proxy_batch, or speculation disabled at this batch size): standard

@@ -39,6 +39,10 @@ class Watermarks:
         st.watermark = min(st.watermark, num_computed_tokens)
         return st
 
+    def start(self, req_id: str, watermark: int) -> None:
+        """A request (re)starts with valid KV below `watermark` (prefix-cache hits)."""
+        self._reqs[req_id] = TargetProgress(watermark=watermark)
+
     def target_ran(self, req_id: str, end: int) -> None:
         st = self._reqs[req_id]
         st.pending_end = end
