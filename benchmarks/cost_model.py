@@ -3,6 +3,9 @@
     python benchmarks/cost_model.py --measure                 # time the passes here
     python benchmarks/cost_model.py --speed results/speed_rounds.json
     python benchmarks/cost_model.py --costs gpu_costs.json   # projection (other device)
+    python benchmarks/cost_model.py --speed results/speed_headline.json \
+        --costs results/pass_costs_h200_graphs.json \
+        --costs-trispec results/pass_costs_h200_eager.json
 
 A decode step of each configuration is a sum of forward passes whose sizes the
 routing counts of a `bench_speed.py` run give (per engine step: how often the
@@ -20,7 +23,9 @@ o(B) is vLLM's per-step cost outside the forward (scheduling, sampling, output),
 fitted once per batch size from the plain rows (measured TPOT minus T(B)).
 p_P, p_T, c_P and n_T come from the run's counters. The check prints predicted
 against measured decode speed (B / TPOT) for every row of a speed run; with
-`--costs` from another device the same counters give a projection, labelled so.
+`--costs` from another device the same counters give a projection, labelled so;
+`--costs-trispec` gives TriSpec's rows their own pass costs there (its routed
+steps run without CUDA graphs: benchmarks/gpu_passes.py times both).
 """
 
 from __future__ import annotations
@@ -149,8 +154,14 @@ def fit_overheads(rows: list[dict], costs: PassCosts) -> dict[int, float]:
     }
 
 
-def check(rows: list[dict], costs: PassCosts, other: PassCosts | None = None) -> list[dict]:
-    """Predicted against measured decode tok/s for every row (and a projection)."""
+def check(
+    rows: list[dict],
+    costs: PassCosts,
+    other: PassCosts | None = None,
+    other_trispec: PassCosts | None = None,
+) -> list[dict]:
+    """Predicted against measured decode tok/s for every row (and a projection, with
+    TriSpec's rows on `other_trispec` where given)."""
     overheads = fit_overheads(rows, costs)
     out = []
     for r in rows:
@@ -169,7 +180,8 @@ def check(rows: list[dict], costs: PassCosts, other: PassCosts | None = None) ->
         }
         if other is not None:  # vLLM's per-step cost scales like a small target pass
             o2 = o * other.cost("target", 1) / costs.cost("target", 1)
-            entry["projected_tok_s"] = tokens_per_s(shape, other, o2)
+            there = other_trispec if other_trispec and shape.kind == "trispec" else other
+            entry["projected_tok_s"] = tokens_per_s(shape, there, o2)
         out.append(entry)
     for b in {e["batch"] for e in out}:
         same = [e for e in out if e["batch"] == b]
@@ -283,6 +295,9 @@ def main() -> None:
     )
     ap.add_argument("--speed", default=str(RESULTS / "speed_rounds.json"))
     ap.add_argument("--costs", default=None, help="another device's pass costs: a projection")
+    ap.add_argument(
+        "--costs-trispec", default=None, help="that device's pass costs for TriSpec's rows"
+    )
     ap.add_argument("--out", default=str(RESULTS / "cost_model.json"))
     args = ap.parse_args()
     if args.measure:
@@ -303,7 +318,9 @@ def main() -> None:
     here = PassCosts.from_json(json.loads(Path(args.here).read_text()))
     speed = json.loads(Path(args.speed).read_text())
     other = PassCosts.from_json(json.loads(Path(args.costs).read_text())) if args.costs else None
-    entries = check(speed["results"], here, other)
+    tri = args.costs_trispec
+    other_tri = PassCosts.from_json(json.loads(Path(tri).read_text())) if tri else None
+    entries = check(speed["results"], here, other, other_tri)
     print(table(entries, speed.get("machine", here.device), other.device if other else None))
     Path(args.out).write_text(
         json.dumps(
@@ -311,6 +328,7 @@ def main() -> None:
                 "speed_run": args.speed,
                 "pass_costs": here.to_json(),
                 "projection_costs": other.to_json() if other else None,
+                "projection_costs_trispec": other_tri.to_json() if other_tri else None,
                 "rows": entries,
             },
             indent=1,

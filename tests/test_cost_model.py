@@ -68,3 +68,26 @@ def test_shape_of_reads_a_speed_run_row():
     assert s.target_share == pytest.approx(5 / 11) and s.target_tokens == pytest.approx(4)
     plain = cm.shape_of({"config": "no speculation", "batch": 1, "trispec": None, "raw": raw})
     assert plain.kind == "plain"
+
+
+def test_projection_gives_trispec_rows_their_own_pass_costs():
+    """TriSpec's routed steps run without CUDA graphs: its rows project on the
+    device's eager costs, vLLM's rows on the graph-replayed ones."""
+    raw = {
+        "engine_steps": 11,
+        "vllm:request_success": 1,
+        "vllm:generation_tokens": 21,
+        "worker:target_steps": 11,
+        "worker:proxy_steps": 0,
+        "worker:escalations": 10,
+    }
+    rows = [
+        {"config": "no speculation", "batch": 1, "trispec": None, "raw": raw, "tpot_s": 2.0},
+        {"config": "TriSpec default", "batch": 1, "trispec": {}, "raw": raw, "tpot_s": 2.0},
+    ]
+    here = costs({1: 1.0, 4: 1.0})
+    graphs, eager = costs({1: 0.1, 4: 0.1}), costs({1: 0.3, 4: 0.3})
+    plain, tri = cm.check(rows, here, graphs, eager)
+    alike = cm.check(rows, here, graphs)[1]
+    assert tri["projected_tok_s"] < alike["projected_tok_s"]
+    assert plain["projected_tok_s"] == cm.check(rows, here, graphs)[0]["projected_tok_s"]
