@@ -66,6 +66,8 @@ HEADLINE = "speed_headline.json"  # the README's headline run
 # the same run before the slowest-request objective
 HEADLINE_THROUGHPUT = "speed_headline_throughput.json"
 COST_MODEL = "cost_model.json"
+GPU_PASSES = "gpu_passes_h200.json"  # gpu_passes.py's raw table
+KERNELS_GPU = "kernels_h200.json"
 PASS_COSTS = "pass_costs_cpu.json"
 LEARNING = "learning_cold.json"
 LEARNING_200 = "learning_200.json"  # the 200-request stream, cold start
@@ -495,6 +497,33 @@ def pass_costs() -> str:
     return block(head + md_table(["tokens in the pass", "target ms", "proxy ms"], rows))
 
 
+def gpu_passes() -> str:
+    """Forward ms of each model on the GPU, eager and from a CUDA graph, per B x t."""
+    d = load(GPU_PASSES)
+    by = {m: {(r["batch"], r["tokens"]): r for r in rows} for m, rows in d["rows"].items()}
+    rows = []
+    for b, t in sorted(by["target"]):
+        cells = [str(b), str(t)]
+        for m in ("target", "proxy"):
+            r = by[m][(b, t)]
+            cells += [f"{1e3 * r['eager_s']:.2f}", f"{1e3 * r['graph_s']:.2f}"]
+        rows.append(cells)
+    head = f"Hardware: {d['device']} ({d['setup']})\n\n"
+    header = ["B", "t", "target eager ms", "target graph ms", "proxy eager ms", "proxy graph ms"]
+    return block(head + md_table(header, rows))
+
+
+def kernels_gpu() -> str:
+    """bench_kernels.py on the GPU: microseconds and GB/s per implementation."""
+    d = load(KERNELS_GPU)
+    rows = [
+        [str(r["n"]), r["dtype"].replace("torch.", ""), r["impl"], f"{1e6 * r['seconds']:.1f}"]
+        + [f"{r['gbps']:.0f}"]
+        for r in d["rows"]
+    ]
+    return block(md_table(["rows", "dtype", "implementation", "µs", "GB/s"], rows))
+
+
 def learning(name: str = LEARNING, per: int = 1) -> str:
     """The learned drafter's learning curve, learning on against off, `per` groups of
     requests to a row (means of the groups' figures; updates summed)."""
@@ -561,6 +590,8 @@ BLOCKS: dict[str, Callable[[], str]] = {
     "speed-avx2-default": lambda: speed_table(SPEED_AVX2_DEFAULT),
     "cost-model": cost_model,
     "pass-costs": pass_costs,
+    "gpu-passes": gpu_passes,
+    "kernels-gpu": kernels_gpu,
     "learning": learning,
 }
 
@@ -597,6 +628,8 @@ def unreferenced() -> list[str]:
         HEADLINE_THROUGHPUT,
         COST_MODEL,
         PASS_COSTS,
+        GPU_PASSES,
+        KERNELS_GPU,
         LEARNING,
         LEARNING_200,
         SPEED_LEARNED,
