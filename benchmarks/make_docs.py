@@ -66,6 +66,7 @@ HEADLINE = "speed_headline.json"  # the README's headline run
 # the same run before the slowest-request objective
 HEADLINE_THROUGHPUT = "speed_headline_throughput.json"
 COST_MODEL = "cost_model.json"
+QUALITY_DEFAULT = "quality_default.json"  # the default section's own quality
 GPU_PASSES = "gpu_passes_h200.json"  # gpu_passes.py's raw table
 KERNELS_GPU = "kernels_h200.json"
 PASS_COSTS = "pass_costs_cpu.json"
@@ -367,6 +368,26 @@ def quality_clause() -> str:
     )
 
 
+def default_quality_clause() -> str:
+    """README: the default section's own quality cost, with its step kinds there."""
+    rs = quality_results(QUALITY_DEFAULT)
+    d = rs["default"]
+    n = len(d["humaneval"])
+    ag = d.get("mtbench_agreement") or {}
+    m = d.get("metrics", {})
+    kinds = {k: m.get(f"worker:{k}_kind_steps", 0) for k in ("trispec", "sd", "plain")}
+    share = {k: f"{v / (sum(kinds.values()) or 1):.0%}" for k, v in kinds.items()}
+    batch = load(QUALITY_DEFAULT)["settings"]["batch"]
+    return (
+        f"the default section itself, at batch {batch}, scored HumanEval pass@1 "
+        f"{d['pass_at_1']:.1%} against the target alone's {rs['target']['pass_at_1']:.1%} "
+        f"({delta_cell(QUALITY_DEFAULT, 'default')} points, greedy, {n} problems, paired 95% "
+        f"interval), and {ag.get('identical', 0)} of {ag.get('total', 0)} MT-Bench answers were "
+        f"the target's to the token; it ran TriSpec steps in {share['trispec']} of its "
+        f"decoding steps there (SD {share['sd']}, plain {share['plain']})"
+    )
+
+
 # docs/policies.md: each policy's speed (greedy and T=0.7, batch 8) and quality.
 # (label, greedy speed (file, config), T=0.7 speed config, quality key)
 POLICIES = [
@@ -570,6 +591,7 @@ BLOCKS: dict[str, Callable[[], str]] = {
     "machine": machine,
     "sampled-cost": sampled_cost,
     "quality-clause": quality_clause,
+    "default-quality": default_quality_clause,
     "speed-headline": headline_rounds,
     "speed-headline-machine": headline_machine,
     "speed-avx512": lambda: speed_table(SPEED_AVX512),
@@ -627,6 +649,7 @@ def unreferenced() -> list[str]:
         HEADLINE,
         HEADLINE_THROUGHPUT,
         COST_MODEL,
+        QUALITY_DEFAULT,
         PASS_COSTS,
         GPU_PASSES,
         KERNELS_GPU,
