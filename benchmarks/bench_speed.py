@@ -69,7 +69,9 @@ def ngram(k: int) -> dict:
     }
 
 
-def configurations(proxy: str, quick: bool, warm_head: Path = WARM_HEAD) -> list[Config]:
+def configurations(
+    proxy: str, quick: bool, warm_head: Path = WARM_HEAD, target: str | None = None
+) -> list[Config]:
     def draft(k):
         return {"method": "draft_model", "model": proxy, "num_speculative_tokens": k}
 
@@ -101,6 +103,20 @@ def configurations(proxy: str, quick: bool, warm_head: Path = WARM_HEAD) -> list
             "TriSpec ngram lambda=0.5 ride_along=expiring",
             ngram(3),
             tri(0.5, ride_along="expiring"),
+        ),
+        # Proxy = target trusts exactly: the target runs only for the forced escalations
+        # (every max_skips + 1 steps, lined up by ride_along) and the prefills.
+        *(
+            [
+                Config(
+                    "TriSpec ngram proxy=target lambda=0 ride_along=expiring",
+                    ngram(3),
+                    {**tri(0.0, ride_along="expiring"), "proxy_model": target},
+                    lam=0.0,
+                )
+            ]
+            if target
+            else []
         ),
         Config("TriSpec ngram k=5 lambda=0.5", ngram(5), tri(0.5)),
         # The proxy is the draft model (same checkpoint): its drafting passes route.
@@ -633,9 +649,11 @@ def main() -> None:
     plan = [(b, {1: 2 if args.quick else 4}.get(b, b * (1 if args.quick else 2))) for b in batches]
     prompts = chat_prompts(max(n for _, n in plan))
     warm = args.warm_head.expanduser()
-    cfgs = configurations(pair.proxy, args.quick, warm)
+    cfgs = configurations(pair.proxy, args.quick, warm, pair.target)
     if args.only:  # any configuration by label, --quick or not
-        cfgs = [c for c in configurations(pair.proxy, False, warm) if c.label in args.only]
+        cfgs = [
+            c for c in configurations(pair.proxy, False, warm, pair.target) if c.label in args.only
+        ]
         missing = set(args.only) - {c.label for c in cfgs}
         if missing:
             raise SystemExit(f"unknown configuration labels: {sorted(missing)}")

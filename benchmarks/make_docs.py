@@ -19,7 +19,8 @@ Standard library only. The full per-run tables are the benchmarks' own table cod
 Results files (one per experiment, under benchmarks/results/):
 
 - speed_headline.json the README's headline: default section vs plain and vLLM's SD,
-                      batch 1 / 8 / 32, 128 tokens, 3 interleaved rounds, eager
+                      batch 1 / 8 / 32 / 64, 128 tokens, 3 interleaved rounds, eager
+- speed_b64_repeat.json batch 64 again, plain decoding and the default only, more rounds
 - speed_avx512.json   the same harness over every main configuration, before the
                       cost-aware step's fixes
 - speed.json          greedy, batch 1 / 8 / 32, 32 tokens, every engine compiled
@@ -63,6 +64,8 @@ SPEED_AVX2 = "speed_avx2.json"
 SPEED_AVX2_DEFAULT = "speed_avx2_default.json"
 SPEED_AVX512 = "speed_avx512.json"  # every configuration, 3 rounds, before the cost fixes
 HEADLINE = "speed_headline.json"  # the README's headline run
+HEADLINE_BEFORE_PREFILL = "speed_headline_before_prefill.json"  # before the prefill rule
+B64_REPEAT = "speed_b64_repeat.json"  # batch 64 again: plain against the default, more rounds
 # the same run before the slowest-request objective
 HEADLINE_THROUGHPUT = "speed_headline_throughput.json"
 COST_MODEL = "cost_model.json"
@@ -348,6 +351,20 @@ def headline_rounds() -> str:
     return block(md_table(header, rows))
 
 
+def b64_repeat() -> str:
+    """One clause: the batch-64 repeat of plain decoding against the default section."""
+    d = load(B64_REPEAT)
+    r = speed_row(B64_REPEAT, DEFAULT, 64)
+    plain = speed_row(B64_REPEAT, "no speculation", 64)
+    spread = _bench("bench_speed").spread
+    return (
+        f"a repeat of only these two rows at batch 64 in {d['rounds']} interleaved rounds "
+        f"(`{B64_REPEAT}`) gave the default {spread(r, 'vs_no_spec', '{:.2f}x')} of plain "
+        f"decoding ({spread(r, 'tokens_per_s', '{:.2f}')} against "
+        f"{spread(plain, 'tokens_per_s', '{:.2f}')} tok/s)"
+    )
+
+
 def headline_machine() -> str:
     d = load(HEADLINE)
     return (
@@ -596,6 +613,8 @@ BLOCKS: dict[str, Callable[[], str]] = {
     "speed-headline-machine": headline_machine,
     "speed-avx512": lambda: speed_table(SPEED_AVX512),
     "speed-headline-full": lambda: speed_table(HEADLINE),
+    "speed-headline-before-prefill": lambda: speed_table(HEADLINE_BEFORE_PREFILL),
+    "b64-repeat": b64_repeat,
     "speed-headline-throughput": lambda: speed_table(HEADLINE_THROUGHPUT),
     "speed-learned": lambda: speed_table(SPEED_LEARNED),
     "learning-200": lambda: learning(LEARNING_200, per=5),
@@ -647,6 +666,8 @@ def unreferenced() -> list[str]:
         SPEED_AVX2_DEFAULT,
         SPEED_AVX512,
         HEADLINE,
+        HEADLINE_BEFORE_PREFILL,
+        B64_REPEAT,
         HEADLINE_THROUGHPUT,
         COST_MODEL,
         QUALITY_DEFAULT,
