@@ -59,7 +59,7 @@ Per configuration the `trispec:*` and `vllm:spec_decode_*` counters (deltas over
 the measured requests) and target steps per output token sit next to the
 quality numbers; tokens/s is for information only (two benchmarks, one engine,
 no warm-up beyond one short request). Prefix caching is off in every
-configuration (TriSpec turns it off), TriSpec engines run eagerly, and so do the
+configuration (so each prefills alike), TriSpec engines run eagerly, and so do the
 others unless --compile.
 
 Writes benchmarks/results/quality.json (quality_quick.json with --quick) with

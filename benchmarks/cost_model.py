@@ -11,21 +11,31 @@ A decode step of each configuration is a sum of forward passes whose sizes the
 routing counts of a `bench_speed.py` run give (per engine step: how often the
 proxy and the target ran, over how many tokens, how many tokens came out):
 
-    plain          T(B) + o(B)
-    SD, ngram k    T(B + d) + o(B)      (d: draft tokens per step, from vLLM's counters)
-    SD, draft k    T(B(k+1)) + P(B(k+1)) + (k-1) P(B) + o(B)
-    TriSpec        p_P P(B(k+1) + c_P) + p_T T(n_T) + o(B)   (+ the drafter's passes)
+    plain          T(B)
+    SD, ngram k    T(B + d)      (d: draft tokens per step, from vLLM's counters)
+    SD, draft k    T(B(k+1)) + P(B(k+1)) + (k-1) P(B)
+    TriSpec        p_P P(B(k+1) + c_P) + p_0 T(B) + p_T T(n_T)   (+ the drafter's passes)
 
 T(n) and P(n) are the target's and proxy's forward times over n tokens (B
-requests x t tokens after a short cached context, `--context`), timed here with plain torch
-(transformers) on the real models, or read from a JSON timed elsewhere;
-o(B) is vLLM's per-step cost outside the forward (scheduling, sampling, output),
-fitted once per batch size from the plain rows (measured TPOT minus T(B)).
-p_P, p_T, c_P and n_T come from the run's counters. The check prints predicted
-against measured decode speed (B / TPOT) for every row of a speed run; with
-`--costs` from another device the same counters give a projection, labelled so;
-`--costs-trispec` gives TriSpec's rows their own pass costs there (its routed
-steps run without CUDA graphs: benchmarks/gpu_passes.py times both).
+requests x t tokens after a cached context, `--context`), timed here with plain
+torch (transformers) on the real models, or read from a JSON timed elsewhere.
+p_P, p_0, p_T, c_P and n_T come from the run's counters: the shares of engine
+steps with a proxy pass, with vLLM's own plain step (the cost-aware step's plain
+choice), and with a routed target pass, the proxy's catch-up tokens per pass and
+the tokens per routed target pass.
+
+Calibration: vLLM's own forward is not transformers', and a step also costs
+scheduling, sampling and output. The plain rows of the speed run give vLLM's
+plain step time per batch size (its TPOT); each pass over n tokens is scaled by
+that time over T(n) at n = B, interpolated between the batch sizes in n (both
+models alike, as they run on the same kernels). The plain rows are then the fit
+("fit" in the error column) and every other row is the check. A projection
+(`--costs` from another device) uses that device's pass costs unscaled, with no
+per-step cost outside the forward; `--costs-trispec` gives TriSpec's rows the
+device's eager pass costs (TriSpec's engine runs without CUDA graphs:
+benchmarks/gpu_passes.py times both), and the graph-replayed ones are shown too,
+as what its rows would reach with CUDA graphs. The routing counts are the speed
+run's, i.e. this machine's choices of step kinds.
 """
 
 from __future__ import annotations
@@ -41,33 +51,65 @@ from pathlib import Path
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
+def interpolate(pts: list[tuple[float, float]], x: float) -> float:
+    """Piecewise-linear through sorted (x, y) points, linear past the ends."""
+    if len(pts) == 1:
+        return pts[0][1] * x / pts[0][0]
+    i = 0
+    while i < len(pts) - 2 and x > pts[i + 1][0]:
+        i += 1
+    (x0, y0), (x1, y1) = pts[i], pts[i + 1]
+    return y0 + (y1 - y0) * (x - x0) / (x1 - x0)
+
+
 @dataclass
 class PassCosts:
-    """Forward seconds per model, by tokens in the pass: {model: {tokens: seconds}}."""
+    """Forward seconds per model: by tokens in the pass ({model: {tokens: s}}) and,
+    where timed so, by batch x tokens per request ({model: {(B, t): s}}). A pass
+    over B requests x t tokens reads B contexts: 32 tokens as 8 x 4 and as 32 x 1
+    cost different times, so the shapes are used where present."""
 
     device: str
     seconds: dict[str, dict[int, float]] = field(default_factory=dict)
+    shapes: dict[str, dict[tuple[int, int], float]] = field(default_factory=dict)
 
     def cost(self, model: str, n: float) -> float:
-        """Piecewise-linear in tokens between measured sizes, linear past the ends."""
-        pts = sorted(self.seconds[model].items())
+        """Seconds of a pass over n tokens, from the by-tokens table."""
         if n <= 0:
             return 0.0
-        if len(pts) == 1:
-            return pts[0][1] * n / pts[0][0]
-        i = 0
-        while i < len(pts) - 2 and n > pts[i + 1][0]:
-            i += 1
-        (n0, s0), (n1, s1) = pts[i], pts[i + 1]
-        return s0 + (s1 - s0) * (n - n0) / (n1 - n0)
+        return interpolate(sorted(self.seconds[model].items()), n)
+
+    def pass_seconds(self, model: str, b: float, t: float) -> float:
+        """Seconds of a pass over b requests x t tokens: bilinear in (B, t) over the
+        timed shapes, or the by-tokens table where none were timed."""
+        if b <= 0 or t <= 0:
+            return 0.0
+        shapes = self.shapes.get(model)
+        if not shapes:
+            return self.cost(model, b * t)
+        by_b: dict[int, list[tuple[int, float]]] = {}
+        for (bb, tt), s in shapes.items():
+            by_b.setdefault(bb, []).append((tt, s))
+        per_b = [(bb, interpolate(sorted(v), t)) for bb, v in sorted(by_b.items())]
+        return interpolate(per_b, b)
 
     def to_json(self) -> dict:
-        return {"device": self.device, "seconds": self.seconds}
+        d: dict = {"device": self.device, "seconds": self.seconds}
+        if self.shapes:
+            d["shapes"] = {
+                m: {f"{b}x{t}": s for (b, t), s in sorted(v.items())}
+                for m, v in self.shapes.items()
+            }
+        return d
 
     @classmethod
     def from_json(cls, d: dict) -> PassCosts:
         secs = {m: {int(n): float(s) for n, s in v.items()} for m, v in d["seconds"].items()}
-        return cls(d["device"], secs)
+        shapes = {
+            m: {tuple(int(x) for x in k.split("x")): float(s) for k, s in v.items()}
+            for m, v in d.get("shapes", {}).items()
+        }
+        return cls(d["device"], secs, shapes)
 
 
 @dataclass
@@ -80,35 +122,38 @@ class StepShape:
     tokens_per_step: float  # output tokens per decode engine step, whole batch
     proxy_share: float = 0.0  # TriSpec: share of steps the proxy ran
     proxy_catchup: float = 0.0  # TriSpec: proxy catch-up tokens per proxy step
-    target_share: float = 1.0  # share of steps the target ran
-    target_tokens: float = 0.0  # TriSpec: tokens per target pass
+    target_share: float = 1.0  # share of steps the target ran (TriSpec: routed passes)
+    target_tokens: float = 0.0  # TriSpec: tokens per routed target pass
+    target_reqs: float = 0.0  # TriSpec: requests per routed target pass (0: the batch)
+    plain_share: float = 0.0  # TriSpec: share of steps that were vLLM's own plain step
     drafter: str = "ngram"  # TriSpec: its drafter ("ngram", "draft_model", "learned")
     draft_tokens: float | None = None  # ngram SD: drafts verified per step (None: B k)
 
 
-def step_seconds(shape: StepShape, costs: PassCosts, overhead: float) -> float:
+def step_seconds(shape: StepShape, costs: PassCosts) -> float:
     """Predicted seconds of one average decode step."""
     b, k = shape.batch, shape.k
-    T = lambda n: costs.cost("target", n)  # noqa: E731
-    P = lambda n: costs.cost("proxy", n)  # noqa: E731
+    T = lambda r, t: costs.pass_seconds("target", r, t)  # noqa: E731
+    P = lambda r, t: costs.pass_seconds("proxy", r, t)  # noqa: E731
     if shape.kind == "plain":
-        return T(b) + overhead
+        return T(b, 1)
     if shape.kind == "ngram":  # ngram finds no draft in many steps: those are plain
         d = b * k if shape.draft_tokens is None else shape.draft_tokens
-        return T(b + d) + overhead
+        return T(b, 1 + d / b)
     if shape.kind == "draft_model":
-        return T(b * (k + 1)) + P(b * (k + 1)) + (k - 1) * P(b) + overhead
+        return T(b, k + 1) + P(b, k + 1) + (k - 1) * P(b, 1)
     if shape.kind != "trispec":
         raise ValueError(f"unknown kind {shape.kind!r}")
-    s = shape.proxy_share * P(b * (k + 1) + shape.proxy_catchup)
-    s += shape.target_share * T(shape.target_tokens)
+    s = shape.proxy_share * P(b, k + 1 + shape.proxy_catchup / b)
+    r = shape.target_reqs or b
+    s += shape.plain_share * T(b, 1) + shape.target_share * T(r, shape.target_tokens / r)
     if shape.drafter == "draft_model":  # k autoregressive passes of a separate drafter
-        s += P(b * (k + 1)) + (k - 1) * P(b)
-    return s + overhead
+        s += P(b, k + 1) + (k - 1) * P(b, 1)
+    return s
 
 
-def tokens_per_s(shape: StepShape, costs: PassCosts, overhead: float) -> float:
-    return shape.tokens_per_step / step_seconds(shape, costs, overhead)
+def tokens_per_s(shape: StepShape, costs: PassCosts) -> float:
+    return shape.tokens_per_step / step_seconds(shape, costs)
 
 
 def shape_of(row: dict) -> StepShape:
@@ -126,10 +171,11 @@ def shape_of(row: dict) -> StepShape:
         d = None if drafted is None else drafted / decode_steps
         return StepShape(kind, b, k, tokens, draft_tokens=d)
     steps = max(1, raw["engine_steps"])
-    ts = raw.get("worker:target_steps", 0)
+    plain = raw.get("worker:plain_steps", 0)  # vLLM's own step: one target pass over B
+    ts = raw.get("worker:target_steps", 0) - plain
     ps = raw.get("worker:proxy_steps", 0)
     esc = raw.get("worker:escalations", 0)
-    n_t = (esc * (k + 1) + raw.get("worker:catchup_tokens", 0)) / max(1, ts) if ts else 0.0
+    n_t = (esc * (k + 1) + raw.get("worker:catchup_tokens", 0)) / max(1, ts) if ts > 0 else 0.0
     drafter = "learned" if "learned" in label else "ngram"
     drafter = "draft_model" if "draft" in label and "learned" not in label else drafter
     return StepShape(
@@ -139,19 +185,34 @@ def shape_of(row: dict) -> StepShape:
         tokens,
         proxy_share=ps / steps,
         proxy_catchup=raw.get("worker:proxy_catchup_tokens", 0) / max(1, ps),
-        target_share=ts / steps,
+        target_share=max(0, ts) / steps,
         target_tokens=min(n_t, b * (k + 1)) if n_t else b * (k + 1),
+        target_reqs=min(b, esc / ts) if ts > 0 and esc else 0.0,
+        plain_share=plain / steps,
         drafter=drafter,
     )
 
 
-def fit_overheads(rows: list[dict], costs: PassCosts) -> dict[int, float]:
-    """o(B) = measured TPOT - T(B) of the plain rows, per batch size (never below 0)."""
-    return {
-        r["batch"]: max(0.0, r["tpot_s"] - costs.cost("target", r["batch"]))
+def calibrate(rows: list[dict], costs: PassCosts) -> PassCosts:
+    """`costs` scaled to vLLM's measured plain step: at batch B the factor is TPOT(B) /
+    T(B x 1), piecewise-linear in B between the measured batch sizes and constant past
+    them (by-tokens entries: the same in n = B x t)."""
+    anchors = sorted(
+        (r["batch"], r["tpot_s"] / costs.pass_seconds("target", r["batch"], 1))
         for r in rows
-        if r["config"] == "no speculation"
-    }
+        if r["config"] == "no speculation" and r.get("tpot_s")
+    )
+    if not anchors:
+        return costs
+
+    def f(x: float) -> float:
+        if x <= anchors[0][0]:
+            return anchors[0][1]
+        return anchors[-1][1] if x >= anchors[-1][0] else interpolate(anchors, x)
+
+    seconds = {m: {n: s * f(n) for n, s in v.items()} for m, v in costs.seconds.items()}
+    shapes = {m: {bt: s * f(bt[0]) for bt, s in v.items()} for m, v in costs.shapes.items()}
+    return PassCosts(costs.device, seconds, shapes)
 
 
 def check(
@@ -161,35 +222,43 @@ def check(
     other_trispec: PassCosts | None = None,
 ) -> list[dict]:
     """Predicted against measured decode tok/s for every row (and a projection, with
-    TriSpec's rows on `other_trispec` where given)."""
-    overheads = fit_overheads(rows, costs)
+    TriSpec's rows on `other_trispec` where given, and on `other` as well)."""
+    here = calibrate(rows, costs)
     out = []
     for r in rows:
         shape = shape_of(r)
-        o = overheads.get(r["batch"], statistics.median(overheads.values() or [0.0]))
         measured = r["batch"] / r["tpot_s"] if r.get("tpot_s") else None
-        pred = tokens_per_s(shape, costs, o)
+        pred = tokens_per_s(shape, here)
+        fit = r["config"] == "no speculation"
         entry = {
             "config": r["config"],
             "batch": r["batch"],
             "measured_decode_tok_s": measured,
             "predicted_decode_tok_s": pred,
-            "error": pred / measured - 1 if measured else None,
-            "target_share": shape.target_share,
+            "error": None if fit or not measured else pred / measured - 1,
+            "fit": fit,
+            "target_share": shape.target_share + shape.plain_share
+            if shape.kind == "trispec"
+            else 1.0,
             "tokens_per_step": shape.tokens_per_step,
         }
-        if other is not None:  # vLLM's per-step cost scales like a small target pass
-            o2 = o * other.cost("target", 1) / costs.cost("target", 1)
-            there = other_trispec if other_trispec and shape.kind == "trispec" else other
-            entry["projected_tok_s"] = tokens_per_s(shape, there, o2)
+        if other is not None:
+            tri = shape.kind == "trispec"
+            there = other_trispec if other_trispec and tri else other
+            entry["projected_tok_s"] = tokens_per_s(shape, there)
+            if other_trispec and tri:
+                entry["projected_graphs_tok_s"] = tokens_per_s(shape, other)
         out.append(entry)
     for b in {e["batch"] for e in out}:
         same = [e for e in out if e["batch"] == b]
-        for key in ("predicted_decode_tok_s", "projected_tok_s"):
-            best = max(
-                (e[key] for e in same if key in e and e["config"].startswith("vLLM")),
-                default=None,
-            )
+        # vLLM's rows have no graphs/eager split: their projection is the reference.
+        for key, ref in (
+            ("predicted_decode_tok_s", "predicted_decode_tok_s"),
+            ("projected_tok_s", "projected_tok_s"),
+            ("projected_graphs_tok_s", "projected_tok_s"),
+        ):
+            vllm_rows = [e[ref] for e in same if ref in e and e["config"].startswith("vLLM")]
+            best = max(vllm_rows, default=None)
             for e in same:
                 if best and key in e:
                     e[key.replace("_tok_s", "_vs_best_sd")] = e[key] / best
@@ -233,6 +302,7 @@ def measure(
                         times.append(time.perf_counter() - t0)
                         cache.crop(-t)
                     sec = statistics.median(times[1:])
+                    costs.shapes.setdefault(name, {})[(b, t)] = sec
                     # Several (B, t) with the same tokens: keep the mean.
                     prev = costs.seconds[name].get(b * t)
                     costs.seconds[name][b * t] = sec if prev is None else (prev + sec) / 2
@@ -261,19 +331,36 @@ def device_name(device: str) -> str:
 def table(entries: list[dict], hardware: str, projection: str | None) -> str:
     head = "| configuration | batch | measured decode tok/s | predicted | error | target share |"
     sep = "|---|---|---|---|---|---|"
+    graphs = any("projected_graphs_tok_s" in e for e in entries)
     if projection:
-        head += f" projected on {projection} (tok/s, vs best SD) |"
+        head += " projected tok/s (vs best SD) |"
         sep += "---|"
-    lines = [f"Hardware: {hardware}", "", head, sep]
+        if graphs:
+            head += " TriSpec with CUDA graphs |"
+            sep += "---|"
+    lines = [f"Hardware: {hardware}"]
+    if projection:
+        lines.append(f"Projection on: {projection}")
+    lines += ["", head, sep]
+
+    def cell(e: dict, key: str) -> str:
+        if key not in e:
+            return "-"
+        return f"{e[key]:.1f} ({e.get(key.replace('_tok_s', '_vs_best_sd'), 0):.2f}x)"
+
     for e in entries:
         meas = f"{e['measured_decode_tok_s']:.2f}" if e["measured_decode_tok_s"] else "-"
-        err = f"{100 * e['error']:+.0f}%" if e["error"] is not None else "-"
+        err = "fit" if e.get("fit") else "-"
+        if e["error"] is not None:
+            err = f"{100 * e['error']:+.0f}%"
         line = (
             f"| {e['config']} | {e['batch']} | {meas} | {e['predicted_decode_tok_s']:.2f} | "
             f"{err} | {e['target_share']:.2f} |"
         )
         if projection:
-            line += f" {e['projected_tok_s']:.1f} ({e.get('projected_vs_best_sd', 0):.2f}x) |"
+            line += f" {cell(e, 'projected_tok_s')} |"
+            if graphs:
+                line += f" {cell(e, 'projected_graphs_tok_s')} |"
         lines.append(line)
     return "\n".join(lines)
 

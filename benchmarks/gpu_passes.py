@@ -1,6 +1,8 @@
 """Forward-pass seconds of the target and the proxy on a GPU, for the cost model.
 
     python benchmarks/gpu_passes.py --out-dir results/    # on a machine with a GPU
+    python benchmarks/gpu_passes.py --rebuild results/gpu_passes_h200.json
+                      # rewrite the pass_costs files from a raw table (no GPU needed)
 
 vLLM does not install on every GPU machine, so this times a plain-torch decoder
 with each model's real shape (benchmarks/model_configs/, read from the
@@ -12,7 +14,7 @@ Each size is timed twice: eager, and replayed from a CUDA graph (vLLM's own
 decoding and its SD run with CUDA graphs; TriSpec's routed sub-batches run
 eagerly, design.md). Writes `pass_costs_<device>_graphs.json` and
 `pass_costs_<device>_eager.json` in cost_model.py's format (seconds by tokens in
-the pass, B x t) and a raw table of every (B, t).
+the pass and by B x t) and a raw table of every (B, t).
 """
 
 from __future__ import annotations
@@ -168,6 +170,24 @@ def pass_costs(rows: list[dict], key: str) -> dict[int, float]:
     return {n: statistics.mean(v) for n, v in sorted(by_n.items())}
 
 
+def pass_shapes(rows: list[dict], key: str) -> dict[str, float]:
+    """cost_model.py's format: seconds by 'BxT'."""
+    return {f"{r['batch']}x{r['tokens']}": r[key] for r in rows}
+
+
+def write_costs(raw: dict, device: str, setup: str, out: Path) -> None:
+    """The pass_costs files (graphs, eager) of a raw table."""
+    tag = device.split()[-1].lower()
+    for mode, key, label in (("graphs", "graph_s", "CUDA graphs"), ("eager", "eager_s", "eager")):
+        doc = {
+            "device": f"{device} ({setup}, {label})",
+            "seconds": {m: pass_costs(rows, key) for m, rows in raw.items()},
+            "shapes": {m: pass_shapes(rows, key) for m, rows in raw.items()},
+        }
+        (out / f"pass_costs_{tag}_{mode}.json").write_text(json.dumps(doc, indent=1) + "\n")
+    print(f"wrote {out}/pass_costs_{tag}_{{graphs,eager}}.json")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--batches", type=int, nargs="+", default=[1, 2, 4, 8, 16, 32, 64])
@@ -175,33 +195,32 @@ def main() -> None:
     ap.add_argument("--context", type=int, default=256)
     ap.add_argument("--reps", type=int, default=20)
     ap.add_argument("--out-dir", default=str(Path(__file__).resolve().parent / "results"))
+    ap.add_argument("--rebuild", type=Path, default=None, help="a gpu_passes_*.json to reuse")
     args = ap.parse_args()
+    if args.rebuild:
+        d = json.loads(args.rebuild.read_text())
+        write_costs(d["rows"], d["device"], d["setup"], args.rebuild.parent)
+        return
     if not torch.cuda.is_available():
         raise SystemExit("gpu_passes.py times a GPU: no CUDA device here")
     device = torch.device("cuda")
     name = torch.cuda.get_device_name(device)
     tag = name.split()[-1].lower()
-    raw, costs = {}, {"graphs": {}, "eager": {}}
+    raw = {}
     for model, file in MODELS.items():
         cfg = json.loads((CONFIGS / file).read_text())
         print(f"{model} ({file}) on {name}", flush=True)
-        rows = time_sizes(
+        raw[model] = time_sizes(
             cfg, args.batches, args.tokens, args.context, args.reps, device, torch.bfloat16
         )
-        raw[model] = rows
-        costs["graphs"][model] = pass_costs(rows, "graph_s")
-        costs["eager"][model] = pass_costs(rows, "eager_s")
     out = Path(args.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     setup = f"plain torch {torch.__version__}, bf16, random weights, context {args.context}"
-    for mode, secs in costs.items():
-        label = "CUDA graphs" if mode == "graphs" else "eager"
-        doc = {"device": f"{name} ({setup}, {label})", "seconds": secs}
-        (out / f"pass_costs_{tag}_{mode}.json").write_text(json.dumps(doc, indent=1) + "\n")
+    write_costs(raw, name, setup, out)
     (out / f"gpu_passes_{tag}.json").write_text(
         json.dumps({"device": name, "setup": setup, "rows": raw}, indent=1) + "\n"
     )
-    print(f"wrote {out}/pass_costs_{tag}_{{graphs,eager}}.json and gpu_passes_{tag}.json")
+    print(f"wrote {out}/gpu_passes_{tag}.json")
 
 
 if __name__ == "__main__":

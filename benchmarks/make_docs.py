@@ -525,13 +525,22 @@ def cost_model() -> str:
 
 
 def pass_costs() -> str:
+    """The speed-run machine's forward ms per model, by B x t where timed so."""
     d = load(PASS_COSTS)
+    head = f"Hardware: {d['device']}\n\n"
+    if d.get("shapes"):
+        shapes = sorted({tuple(map(int, k.split("x"))) for v in d["shapes"].values() for k in v})
+        rows = [
+            [str(b), str(t)]
+            + [fmt(1e3 * d["shapes"][m].get(f"{b}x{t}"), "{:.0f}") for m in ("target", "proxy")]
+            for b, t in shapes
+        ]
+        return block(head + md_table(["B", "t", "target ms", "proxy ms"], rows))
     sizes = sorted({int(n) for v in d["seconds"].values() for n in v})
     rows = [
         [str(n)] + [fmt(1e3 * d["seconds"][m].get(str(n)), "{:.0f}") for m in ("target", "proxy")]
         for n in sizes
     ]
-    head = f"Hardware: {d['device']}\n\n"
     return block(head + md_table(["tokens in the pass", "target ms", "proxy ms"], rows))
 
 
