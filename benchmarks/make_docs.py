@@ -29,6 +29,10 @@ Results files (one per experiment, under benchmarks/results/):
 - speed_t07.json      temperature 0.7, batch 8, 96 tokens, eager: every policy
 - quality.json        greedy HumanEval pass@1 and MT-Bench agreement, 40 problems
 - quality_t07.json    HumanEval pass@1 at temperature 0.7, 40 problems x 3 seeds
+- quality_default.json the default section's own quality (target-alone rows reused)
+- cost_model.json     cost_model.py: predicted against measured speed, GPU projection
+- pass_costs_cpu.json forward passes timed on the speed run's CPU (transformers)
+- gpu_passes_h200.json forward passes timed on an H200 (plain torch), kernels_h200.json
 - alignment.json      proxy / ngram agreement with the target (ShareGPT)
 - load_test.json      200 concurrent streams with aborts (tiny pair)
 
@@ -524,6 +528,38 @@ def cost_model() -> str:
     return block(_bench("cost_model").table(d["rows"], hardware, proj))
 
 
+def _default_rows(key: str) -> list[dict]:
+    return [e for e in load(COST_MODEL)["rows"] if e["config"] == DEFAULT and key in e]
+
+
+def cost_model_reading() -> str:
+    """The check in one sentence: the error range of the rows that were not fitted."""
+    rows = [e for e in load(COST_MODEL)["rows"] if e.get("error") is not None]
+    errs = [100 * e["error"] for e in rows]
+    worst = max(rows, key=lambda e: abs(e["error"]))
+    return (
+        f"Against the measured decode speed the {len(rows)} checked rows are off by "
+        f"{min(errs):+.0f}% to {max(errs):+.0f}% (median {statistics.median(errs):+.0f}%; the "
+        f"largest miss: {worst['config']} at batch {worst['batch']}). The speculative rows come "
+        "out mostly too slow: the scale factor is taken at one token per request, and vLLM's "
+        "CPU kernels gain more than transformers' from several tokens per request."
+    )
+
+
+def _vs_best(key: str) -> str:
+    rows = _default_rows(key)
+    ratio = key.replace("_tok_s", "_vs_best_sd")
+    return ", ".join(f"{e[ratio]:.2f}x at batch {e['batch']}" for e in rows)
+
+
+def projection_eager() -> str:
+    return "the default section " + _vs_best("projected_tok_s") + " of the best vLLM SD"
+
+
+def projection_graphs() -> str:
+    return _vs_best("projected_graphs_tok_s")
+
+
 def pass_costs() -> str:
     """The speed-run machine's forward ms per model, by B x t where timed so."""
     d = load(PASS_COSTS)
@@ -640,6 +676,9 @@ BLOCKS: dict[str, Callable[[], str]] = {
     "speed-avx2-default": lambda: speed_table(SPEED_AVX2_DEFAULT),
     "cost-model": cost_model,
     "pass-costs": pass_costs,
+    "cost-model-reading": cost_model_reading,
+    "projection-eager": projection_eager,
+    "projection-graphs": projection_graphs,
     "gpu-passes": gpu_passes,
     "kernels-gpu": kernels_gpu,
     "learning": learning,
