@@ -1,8 +1,6 @@
 """Forward-pass seconds of the target and the proxy on a GPU, for the cost model.
 
     python benchmarks/gpu_passes.py --out-dir results/    # on a machine with a GPU
-    python benchmarks/gpu_passes.py --models 7b=qwen2.5-coder-7b.json \
-        32b=qwen2.5-coder-32b.json --suffix _larger      # other shapes, raw table only
     python benchmarks/gpu_passes.py --rebuild results/gpu_passes_h200.json
                       # rewrite the pass_costs files from a raw table (no GPU needed)
 
@@ -198,14 +196,6 @@ def main() -> None:
     ap.add_argument("--reps", type=int, default=20)
     ap.add_argument("--out-dir", default=str(Path(__file__).resolve().parent / "results"))
     ap.add_argument("--rebuild", type=Path, default=None, help="a gpu_passes_*.json to reuse")
-    ap.add_argument(
-        "--models",
-        nargs="+",
-        default=None,
-        help="NAME=FILE under model_configs/ (default: the target and the proxy, and the "
-        "pass_costs files for cost_model.py; otherwise the raw table only)",
-    )
-    ap.add_argument("--suffix", default="", help="appended to the raw table's file name")
     args = ap.parse_args()
     if args.rebuild:
         d = json.loads(args.rebuild.read_text())
@@ -216,9 +206,8 @@ def main() -> None:
     device = torch.device("cuda")
     name = torch.cuda.get_device_name(device)
     tag = name.split()[-1].lower()
-    models = dict(m.split("=", 1) for m in args.models) if args.models else MODELS
     raw = {}
-    for model, file in models.items():
+    for model, file in MODELS.items():
         cfg = json.loads((CONFIGS / file).read_text())
         print(f"{model} ({file}) on {name}", flush=True)
         raw[model] = time_sizes(
@@ -227,12 +216,11 @@ def main() -> None:
     out = Path(args.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     setup = f"plain torch {torch.__version__}, bf16, random weights, context {args.context}"
-    if models == MODELS:
-        write_costs(raw, name, setup, out)
-    path = out / f"gpu_passes_{tag}{args.suffix}.json"
-    doc = {"device": name, "setup": setup, "configs": models, "rows": raw}
-    path.write_text(json.dumps(doc, indent=1) + "\n")
-    print(f"wrote {path}")
+    write_costs(raw, name, setup, out)
+    (out / f"gpu_passes_{tag}.json").write_text(
+        json.dumps({"device": name, "setup": setup, "rows": raw}, indent=1) + "\n"
+    )
+    print(f"wrote {out}/gpu_passes_{tag}.json")
 
 
 if __name__ == "__main__":
