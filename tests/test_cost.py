@@ -147,9 +147,35 @@ def test_a_kind_that_lost_at_a_smaller_batch_is_not_warmed_up_at_a_larger_one():
 def test_a_kind_that_won_at_a_smaller_batch_is_still_warmed_up():
     model = CostModel(warmup=2, run_length=3, explore_every=1000)
     run(model, {"trispec": 12, "sd": 11, "plain": 10}, num_reqs=1, steps=30)
-    picks = run(model, {"trispec": 40, "sd": 30, "plain": 50}, num_reqs=8, steps=30)
+    picks = run(model, {"trispec": 40, "sd": 30, "plain": 50}, num_reqs=4, steps=30)
     assert picks[:9] == ["plain"] * 3 + ["trispec"] * 3 + ["sd"] * 3
     assert picks[-10:] == ["plain"] * 10
+
+
+def test_from_batch_8_trispec_warms_up_only_where_sd_beat_plain_decoding():
+    """There the target runs in nearly every TriSpec step, so it costs SD plus a proxy
+    pass (and a first run pays a proxy catch-up over every request): a fresh engine
+    meeting a large batch first warms up plain, then SD, and TriSpec only if SD won;
+    it is still re-tried at the longest exploration interval."""
+    lost = CostModel(warmup=2, run_length=3, explore_every=8, max_backoff=4)
+    picks = run(lost, {"trispec": 30, "sd": 40, "plain": 50}, num_reqs=64, steps=31)
+    assert picks[:6] == ["plain"] * 3 + ["sd"] * 3
+    assert "trispec" not in picks
+    later = run(lost, {"trispec": 30, "sd": 40, "plain": 50}, num_reqs=64, steps=40)
+    assert "trispec" in later  # at 4 x 8 decisions
+    won = CostModel(warmup=2, run_length=3, explore_every=1000)
+    picks = run(won, {"trispec": 70, "sd": 60, "plain": 50}, num_reqs=64, steps=30)
+    assert picks[:9] == ["plain"] * 3 + ["sd"] * 3 + ["trispec"] * 3
+    assert picks[-10:] == ["trispec"] * 10
+    # Below batch 8 the proxy alone completes many steps: TriSpec is tried regardless.
+    small = CostModel(warmup=2, run_length=3, explore_every=1000)
+    picks = run(small, {"trispec": 12, "sd": 9, "plain": 10}, num_reqs=2, steps=30)
+    assert picks[:9] == ["plain"] * 3 + ["trispec"] * 3 + ["sd"] * 3
+    assert picks[-10:] == ["trispec"] * 10
+    # Without a plain kind (a drafter with its own KV cache) SD still goes first.
+    no_plain = CostModel(warmup=2, run_length=3, explore_every=1000, kinds=("trispec", "sd"))
+    picks = run(no_plain, {"trispec": 30, "sd": 40}, num_reqs=16, steps=12)
+    assert picks[:6] == ["sd"] * 3 + ["trispec"] * 3
 
 
 def test_a_changed_choice_is_reported_with_the_measured_rates():

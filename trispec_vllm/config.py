@@ -289,9 +289,7 @@ def _format_errors(err: ValidationError, policy: object) -> str:
                 f"(got {policy!r})"
             )
         elif e["type"] == "extra_forbidden":
-            owner = next(
-                (name for name, cls in _POLICIES.items() if key in cls.model_fields), None
-            )
+            owner = next((name for name, cls in _POLICIES.items() if key in cls.model_fields), None)
             if owner is not None and owner != policy:
                 lines.append(f"{key}: only for policy '{owner}' (policy is '{policy}')")
             else:

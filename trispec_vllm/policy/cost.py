@@ -21,9 +21,12 @@ interval that doubles, up to `max_backoff` times, while the re-tries keep
 confirming the choice) so a change in the workload is noticed. Trying a kind
 is not free: on a CPU whose passes cost their tokens, a TriSpec step can take
 several plain steps' time, so a run stops as soon as its kind has measured
-below `abandon` times another kind's rate, and a kind that lost to one doing less
+below `abandon` times another kind's rate, a kind that lost to one doing less
 work at a smaller batch is not warmed up at a larger one (speculation pays less
-as the batch grows; it is still re-tried, at the longest exploration interval).
+as the batch grows), and from batch 8 on, where some request escalates in nearly
+every TriSpec step, the TriSpec step is not warmed up where SD lost to plain
+decoding (it costs SD plus a proxy pass there); such kinds are still re-tried,
+at the longest exploration interval.
 A speculative kind must beat plain decoding by `plain_margin` to be chosen over
 it: plain decoding is exact and costs no quality, so a tie or a gain inside the
 noise goes to it (and among equal rates, the kind doing less work). Only steps
@@ -118,6 +121,10 @@ class CostModel:
     switch_margin: float = 0.05  # another kind must beat the class's choice by this share
     abandon: float = 0.5  # a run stops once its kind is measured below this share of another
     max_backoff: int = 8  # exploration intervals grow up to this many times explore_every
+    # From this batch-size class on, some request escalates in nearly every TriSpec step
+    # (the target ran in 96-100% of them at batch 8 and 32, lambda 0.5, on the real
+    # pair), so a TriSpec step costs an SD step plus a proxy pass (see _after_sd).
+    escalates_from: int = 8
     stats: dict[tuple[int, str], KindStats] = field(default_factory=dict)
     chosen: dict[str, int] = field(default_factory=dict)  # counts, for the metrics
     objectives: dict[str, int] = field(default_factory=dict)  # ranked choices per objective
@@ -212,17 +219,18 @@ class CostModel:
             if not (fresh and self._clearly_slower(kind, stats, latest=True)):
                 self.runs[cls] = (kind, left - 1, at_start)
                 return self._chose(kind)
-        # Warm-up: the least-measured kind, plain decoding first on a tie; not a kind
-        # that already lost at a smaller batch (exploration still re-tries it).
+        # Warm-up: the least-measured kind, in `_warm_order` on a tie; not a kind that
+        # already lost (exploration still re-tries it).
         warming = [
             k
             for k in options
             if stats[k].samples < self.warmup
             and not self._clearly_slower(k, stats)
-            and not self._lost_below(cls, k)
+            and not self._held_back(cls, k)
         ]
         if warming:
-            return self._run(cls, min(warming, key=lambda k: (stats[k].samples, k != "plain")))
+            order = self._warm_order(cls)
+            return self._run(cls, min(warming, key=lambda k: (stats[k].samples, order(k))))
         bonus = {"plain": 1.0 + self.plain_margin}
         current = self.best.get(cls)
         if current in options:  # each switch pays a catch-up no timing sees
@@ -258,7 +266,7 @@ class CostModel:
             # Exploring: the least refreshed of the others; a kind that lost at a
             # smaller batch only at the longest interval.
             longest = since >= self.max_backoff * self.explore_every
-            others = [k for k in ranked[1:] if longest or not self._lost_below(cls, k)]
+            others = [k for k in ranked[1:] if longest or not self._held_back(cls, k)]
             if others:
                 self.since[cls] = 0
                 self.explored[cls] = True
@@ -298,6 +306,40 @@ class CostModel:
             return False
         best = max((o.rate for k, o in stats.items() if k != kind and o.samples), default=0.0)
         return (st.last if latest else st.rate) < self.abandon * best
+
+    def _warm_order(self, cls: int) -> Callable[[str], int]:
+        """Plain decoding first (the baseline). Below `escalates_from` the TriSpec step
+        next, so that the run after its short warm-up run is another kind's, whose first
+        step books the catch-up it left (_charge_deferred); from there on SD before it,
+        which decides whether it is warmed up at all (_after_sd)."""
+        if cls >= self.escalates_from:
+            return lambda k: WORK.index(k) if k in WORK else len(WORK)
+        return lambda k: -1 if k == "plain" else self.kinds.index(k)
+
+    def _held_back(self, cls: int, kind: str) -> bool:
+        """Not warmed up here, and explored only at the longest interval."""
+        return self._lost_below(cls, kind) or not self._after_sd(cls, kind)
+
+    def _after_sd(self, cls: int, kind: str) -> bool:
+        """Whether the TriSpec step may be warmed up at a class from `escalates_from` on:
+        only once SD has been measured there, and not when plain decoding beat it. At
+        such a batch a TriSpec step runs the target anyway, so it costs an SD step plus
+        a proxy pass (and its first run, a proxy catch-up over every request's context):
+        where SD lost to plain decoding, so does it. (At batch 1 the proxy alone
+        completes many steps, and TriSpec can win where SD loses.)"""
+        if kind != DEFERS or cls < self.escalates_from or "sd" not in self.kinds:
+            return True
+        sd = self.stats.get((cls, "sd"))
+        if sd is None or not sd.samples:
+            return False
+        if "plain" not in self.kinds:
+            return True
+        plain = self.stats.get((cls, "plain"))
+        return (
+            plain is not None
+            and plain.samples > 0
+            and (sd.rate > plain.rate * (1.0 + self.plain_margin))
+        )
 
     def _lost_below(self, cls: int, kind: str) -> bool:
         """Whether a kind that does less work than `kind` (WORK order) was measured
