@@ -299,3 +299,24 @@ def test_a_step_with_prompt_chunks_runs_no_proxy_pass():
     assert kind_with_prompts("trispec", prompts=False) == "trispec"
     for kind in ("sd", "plain"):
         assert kind_with_prompts(kind, prompts=True) == kind
+
+
+def test_trispec_warm_up_follows_the_objective_of_the_decision():
+    """At batch 8, half the requests accept 3 drafts per SD step: SD steps out-run plain
+    decoding in throughput (20 against 16 tokens/s) while the other half advance at 1
+    token/s against 2. With nothing waiting the batch is ranked by its slowest
+    request, SD lost, and the TriSpec step is not warmed up; with requests waiting it
+    is (SD won by throughput)."""
+
+    def picks(waiting: bool) -> list[str]:
+        model = CostModel(warmup=2, run_length=3, explore_every=1000)
+        out = []
+        for _ in range(30):
+            kind = model.choose(8, req_ids=REQS, waiting=waiting)
+            per = dict(zip(REQS, [4, 1] * 4 if kind != "plain" else [1] * 8, strict=True))
+            model.observe(kind, 8, 1.0 if kind != "plain" else 0.5, sum(per.values()), per)
+            out.append(kind)
+        return out
+
+    assert "trispec" not in picks(waiting=False)
+    assert "trispec" in picks(waiting=True)
