@@ -549,9 +549,7 @@ def cost_model_reading() -> str:
     return (
         f"Against the measured decode speed the {len(rows)} checked rows are off by "
         f"{min(errs):+.0f}% to {max(errs):+.0f}% (median {statistics.median(errs):+.0f}%; the "
-        f"largest miss: {worst['config']} at batch {worst['batch']}). The speculative rows come "
-        "out mostly too slow: the scale factor is taken at one token per request, and vLLM's "
-        "CPU kernels gain more than transformers' from several tokens per request."
+        f"largest miss: {worst['config']} at batch {worst['batch']})."
     )
 
 
@@ -562,7 +560,7 @@ def _vs_best(key: str) -> str:
 
 
 def projection_eager() -> str:
-    return "the default section " + _vs_best("projected_tok_s") + " of the best vLLM SD"
+    return _vs_best("projected_tok_s") + " of the best vLLM SD configuration"
 
 
 def projection_graphs() -> str:
