@@ -317,8 +317,8 @@ def run_config(
     )
     params = sampling_params(len(prompts), max_tokens, temperature, seed)
     # Warm-up on a prompt outside the measured set: warming on a measured one let
-    # engines with prefix caching reuse its
-    # first block, which made time to first token a prefix-cache measurement.
+    # engines with prefix caching reuse its first block, which made time to first
+    # token a prefix-cache measurement.
     llm.chat([WARMUP_CHAT], SamplingParams(temperature=0, max_tokens=8), use_tqdm=False)
     rows = []
     for b, n in batches:

@@ -26,9 +26,9 @@ the tokens per routed target pass.
 
 Calibration: vLLM's own forward is not transformers', and a step also costs
 scheduling, sampling and output. The plain rows of the speed run give vLLM's
-plain step time per batch size (its TPOT); each pass over n tokens is scaled by
-that time over T(n) at n = B, interpolated between the batch sizes in n (both
-models alike, as they run on the same kernels). The plain rows are then the fit
+plain step time per batch size (its TPOT); each pass at batch B is scaled by
+TPOT(B) / T(B x 1), interpolated between the measured batch sizes (both models
+alike, as they run on the same kernels). The plain rows are then the fit
 ("fit" in the error column) and every other row is the check. A projection
 (`--costs` from another device) uses that device's pass costs unscaled, with no
 per-step cost outside the forward; `--costs-trispec` gives TriSpec's rows the
@@ -237,9 +237,7 @@ def check(
             "predicted_decode_tok_s": pred,
             "error": None if fit or not measured else pred / measured - 1,
             "fit": fit,
-            "target_share": shape.target_share + shape.plain_share
-            if shape.kind == "trispec"
-            else 1.0,
+            "target_share": shape.target_share + shape.plain_share,
             "tokens_per_step": shape.tokens_per_step,
         }
         if other is not None:

@@ -537,10 +537,6 @@ def cost_model() -> str:
     return block(_bench("cost_model").table(d["rows"], hardware, proj))
 
 
-def _default_rows(key: str) -> list[dict]:
-    return [e for e in load(COST_MODEL)["rows"] if e["config"] == DEFAULT and key in e]
-
-
 def cost_model_reading() -> str:
     """The check in one sentence: the error range of the rows that were not fitted."""
     rows = [e for e in load(COST_MODEL)["rows"] if e.get("error") is not None]
@@ -554,7 +550,7 @@ def cost_model_reading() -> str:
 
 
 def _vs_best(key: str) -> str:
-    rows = _default_rows(key)
+    rows = [e for e in load(COST_MODEL)["rows"] if e["config"] == DEFAULT and key in e]
     ratio = key.replace("_tok_s", "_vs_best_sd")
     return ", ".join(f"{e[ratio]:.2f}x at batch {e['batch']}" for e in rows)
 
@@ -568,23 +564,16 @@ def projection_graphs() -> str:
 
 
 def pass_costs() -> str:
-    """The speed-run machine's forward ms per model, by B x t where timed so."""
-    d = load(PASS_COSTS)
-    head = f"Hardware: {d['device']}\n\n"
-    if d.get("shapes"):
-        shapes = sorted({tuple(map(int, k.split("x"))) for v in d["shapes"].values() for k in v})
-        rows = [
-            [str(b), str(t)]
-            + [fmt(1e3 * d["shapes"][m].get(f"{b}x{t}"), "{:.0f}") for m in ("target", "proxy")]
-            for b, t in shapes
-        ]
-        return block(head + md_table(["B", "t", "target ms", "proxy ms"], rows))
-    sizes = sorted({int(n) for v in d["seconds"].values() for n in v})
+    """The speed-run machine's forward ms per model and B x t (cost_model.py's file)."""
+    costs = _bench("cost_model").PassCosts.from_json(load(PASS_COSTS))
+    shapes = sorted({bt for v in costs.shapes.values() for bt in v})
     rows = [
-        [str(n)] + [fmt(1e3 * d["seconds"][m].get(str(n)), "{:.0f}") for m in ("target", "proxy")]
-        for n in sizes
+        [str(b), str(t)]
+        + [fmt(1e3 * costs.shapes[m].get((b, t)), "{:.0f}") for m in ("target", "proxy")]
+        for b, t in shapes
     ]
-    return block(head + md_table(["tokens in the pass", "target ms", "proxy ms"], rows))
+    head = f"Hardware: {costs.device}\n\n"
+    return block(head + md_table(["B", "t", "target ms", "proxy ms"], rows))
 
 
 def gpu_passes() -> str:
