@@ -6,6 +6,7 @@ import pytest
 
 from trispec_vllm.policy.cost import (
     CostModel,
+    drafts_needed,
     kind_with_prompts,
     kinds_for,
     size_class,
@@ -320,3 +321,40 @@ def test_trispec_warm_up_follows_the_objective_of_the_decision():
 
     assert "trispec" not in picks(waiting=False)
     assert "trispec" in picks(waiting=True)
+
+
+def test_the_drafter_is_skipped_only_where_plain_decoding_is_settled():
+    """`settled` predicts the next decision without changing state, and the drafter is
+    spared exactly when that decision is plain decoding with drafts and without:
+    never in warm-up, during a run, when exploration is due, or when SD leads."""
+    import copy
+
+    model = CostModel(warmup=2, explore_every=8, run_length=3)
+    assert drafts_needed(model, 1)  # nothing measured yet: warm-up
+    speed = {"trispec": 5, "sd": 6, "plain": 10}
+    spared = 0
+    for _ in range(60):
+        before = copy.deepcopy(model)
+        needed = drafts_needed(model, 1)
+        assert model == before  # asking changes nothing
+        prediction = model.settled(1, model.kinds)
+        kind = model.choose(1)
+        if not needed:
+            spared += 1
+            assert kind == prediction == "plain"
+            assert before.choose(1, allowed=kinds_for(before.kinds, False)) == "plain"
+        elif prediction is not None:
+            assert kind == prediction  # a prediction, when made, is the decision
+        if kind != "plain" or model.runs.get(1, ("", 0))[1] > 0:
+            # a warm-up or exploration run of another kind: the drafter ran
+            assert needed
+        model.observe(kind, 1, 1.0, speed[kind])
+    assert 30 <= spared < 60  # exploration keeps needing drafts now and then
+
+    sd_leads = CostModel(warmup=2, explore_every=8, run_length=3)
+    run(sd_leads, {"trispec": 5, "sd": 20, "plain": 10}, 1, 40)
+    assert all(drafts_needed(sd_leads, 1) for _ in range(3))
+    # Without a plain candidate (a drafter with its own KV cache) drafts are always due.
+    no_plain = CostModel(kinds=("trispec", "sd"), warmup=1)
+    run(no_plain, {"trispec": 5, "sd": 20}, 1, 20)
+    assert drafts_needed(no_plain, 1)

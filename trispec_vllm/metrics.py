@@ -42,6 +42,7 @@ class TriSpecStats:
     plain_steps: int = 0  # steps vLLM ran on its own (speculation disabled by batch size)
     prompt_steps_without_proxy: int = 0  # TriSpec steps with prompt chunks run as SD
     proxy_prompt_tokens: int = 0  # prompt-chunk tokens the proxy read in their own step
+    plain_steps_without_drafter: int = 0  # settled plain decoding: the drafter did not run
     prefix_cached_tokens: int = 0  # positions requests started with from vLLM's prefix cache
     prefix_target_recomputed: int = 0  # of them, positions the target had not written
     prefix_proxy_recomputed: int = 0  # of them, positions the proxy had not written
@@ -110,6 +111,7 @@ COUNTED = (
     "plain_steps",
     "prompt_steps_without_proxy",
     "proxy_prompt_tokens",
+    "plain_steps_without_drafter",
     "prefix_cached_tokens",
     "prefix_target_recomputed",
     "prefix_proxy_recomputed",

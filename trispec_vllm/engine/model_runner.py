@@ -39,7 +39,14 @@ from trispec_vllm.engine.step_state import PreparedStep, StepState
 from trispec_vllm.engine.upload import upload
 from trispec_vllm.engine.waiting import WAITING_ATTR
 from trispec_vllm.policy.batch import StepPlan, decoding_rows
-from trispec_vllm.policy.cost import KINDS, CostModel, kind_with_prompts, kinds_for, step_kinds
+from trispec_vllm.policy.cost import (
+    KINDS,
+    CostModel,
+    drafts_needed,
+    kind_with_prompts,
+    kinds_for,
+    step_kinds,
+)
 from trispec_vllm.policy.kv_blocks import BlockLedger
 from trispec_vllm.policy.sampling import drop_bonus, greedy_verify, pyramid_tokens
 from trispec_vllm.policy.step import TriSpecStep
@@ -504,14 +511,22 @@ class TriSpecRunnerMixin:
                 self.trispec_state,
                 list(self.input_batch.req_ids),
             )
-        drafts = propose(scheduler_output, *args, **kwargs)
-        if self.trispec_cost is not None and num_reqs and self.input_batch.all_greedy:
-            # Chosen once the drafts are known: a step without any is never an SD step.
-            drafted = isinstance(drafts, torch.Tensor) or any(len(d) for d in drafts)
-            kinds = kinds_for(self.trispec_cost.kinds, drafted)
-            self.trispec_next_kind = self._choose_kind(num_reqs, kinds)
-            if self.trispec_next_kind == "plain":
-                return [[] for _ in range(num_reqs)]
+        cost = self.trispec_cost
+        if cost is None or not num_reqs or not self.input_batch.all_greedy:
+            return propose(scheduler_output, *args, **kwargs)
+        ids = list(self.input_batch.req_ids[:num_reqs])
+        drafts = None
+        if drafts_needed(cost, num_reqs, ids, self.trispec_waiting):
+            drafts = propose(scheduler_output, *args, **kwargs)
+        # Chosen once the drafts are known: a step without any is never an SD step.
+        drafted = drafts is None or isinstance(drafts, torch.Tensor) or any(map(len, drafts))
+        self.trispec_next_kind = self._choose_kind(num_reqs, kinds_for(cost.kinds, drafted))
+        if drafts is None and self.trispec_next_kind != "plain":
+            # Rank 0 chose otherwise under tensor parallelism (its own timings).
+            drafts = propose(scheduler_output, *args, **kwargs)
+        if self.trispec_next_kind == "plain":
+            self.trispec.stats.plain_steps_without_drafter += int(drafts is None)
+            return [[] for _ in range(num_reqs)]
         return drafts
 
     def sample_tokens(self, grammar_output):
