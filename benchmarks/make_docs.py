@@ -20,7 +20,10 @@ Results files (one per experiment, under benchmarks/results/):
 
 - speed_headline.json the README's headline: default section vs plain and vLLM's SD,
                       batch 1 / 8 / 32 / 64, 128 tokens, 3 interleaved rounds, eager
+- speed_headline_before_warmup.json the headline before the batch >= 8 warm-up rule and
+                      the drafter skip
 - speed_b64_repeat.json batch 64 again, plain decoding and the default only, more rounds
+- speed_b1_repeat.json batch 1 again, vLLM's SD and the default only, more rounds and requests
 - speed_target_share.json TriSpec steps only at batch 8 / 32: the target's share of the steps
 - speed_avx512.json   the same harness over every main configuration, before the
                       cost-aware step's fixes
@@ -70,7 +73,10 @@ SPEED_AVX2_DEFAULT = "speed_avx2_default.json"
 SPEED_AVX512 = "speed_avx512.json"  # every configuration, 3 rounds, before the cost fixes
 HEADLINE = "speed_headline.json"  # the README's headline run
 HEADLINE_BEFORE_PREFILL = "speed_headline_before_prefill.json"  # before the prefill rule
+# before the batch >= 8 warm-up rule and the drafter skip
+HEADLINE_BEFORE_WARMUP = "speed_headline_before_warmup.json"
 B64_REPEAT = "speed_b64_repeat.json"  # batch 64 again: plain against the default, more rounds
+B1_REPEAT = "speed_b1_repeat.json"  # batch 1 again: vLLM's SD against the default, more rounds
 TARGET_SHARE = "speed_target_share.json"  # the target's share of the steps, batch 8 and 32
 # the same run before the slowest-request objective
 HEADLINE_THROUGHPUT = "speed_headline_throughput.json"
@@ -371,6 +377,21 @@ def b64_repeat() -> str:
     )
 
 
+def b1_repeat() -> str:
+    """One clause: the batch-1 repeat of vLLM's SD against the default section."""
+    d = load(B1_REPEAT)
+    r = speed_row(B1_REPEAT, DEFAULT, 1)
+    requests = dict(map(tuple, d["plan"]))[1]
+    spread = _bench("bench_speed").spread
+    others = [x for x in d["results"] if x["batch"] == 1 and x["config"] != DEFAULT]
+    rates = ", ".join(f"{x['config']} {spread(x, 'tokens_per_s', '{:.2f}')}" for x in others)
+    return (
+        f"a repeat at batch 1 with {requests} requests in {d['rounds']} interleaved rounds "
+        f"(`{B1_REPEAT}`) gave the default {spread(r, 'vs_best_sd', '{:.2f}x')} of the faster "
+        f"vLLM SD configuration ({spread(r, 'tokens_per_s', '{:.2f}')} tok/s; {rates})"
+    )
+
+
 def headline_machine() -> str:
     d = load(HEADLINE)
     return (
@@ -655,7 +676,9 @@ BLOCKS: dict[str, Callable[[], str]] = {
     "speed-avx512": lambda: speed_table(SPEED_AVX512),
     "speed-headline-full": lambda: speed_table(HEADLINE),
     "speed-headline-before-prefill": lambda: speed_table(HEADLINE_BEFORE_PREFILL),
+    "speed-headline-before-warmup": lambda: speed_table(HEADLINE_BEFORE_WARMUP),
     "b64-repeat": b64_repeat,
+    "b1-repeat": b1_repeat,
     "speed-target-share": lambda: speed_table(TARGET_SHARE),
     "speed-headline-throughput": lambda: speed_table(HEADLINE_THROUGHPUT),
     "speed-learned": lambda: speed_table(SPEED_LEARNED),
@@ -712,7 +735,9 @@ def unreferenced() -> list[str]:
         SPEED_AVX512,
         HEADLINE,
         HEADLINE_BEFORE_PREFILL,
+        HEADLINE_BEFORE_WARMUP,
         B64_REPEAT,
+        B1_REPEAT,
         TARGET_SHARE,
         HEADLINE_THROUGHPUT,
         COST_MODEL,

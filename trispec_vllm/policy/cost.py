@@ -56,7 +56,9 @@ are the same.
 The choice is made after the drafter proposed, so a step whose drafter found
 nothing (ngram on text that does not repeat) is never an ``sd`` step: without
 drafts and without the proxy it is plain decoding, and booking it as ``sd``
-would credit speculative decoding with plain decoding's speed.
+would credit speculative decoding with plain decoding's speed. Where plain
+decoding is settled whatever the drafts (`settled`, `drafts_needed`), the
+drafter is not run at all.
 
 In lossless mode the ``trispec`` kind is never faster than ``sd`` (it runs
 the same target pass plus the proxy), so it is not a candidate there. Every
