@@ -519,6 +519,7 @@ class TriSpecRunnerMixin:
         if drafts_needed(cost, num_reqs, ids, self.trispec_waiting):
             drafts = propose(scheduler_output, *args, **kwargs)
         # Chosen once the drafts are known: a step without any is never an SD step.
+        # (Skipped drafts: plain decoding is settled either way, so either set serves.)
         drafted = drafts is None or isinstance(drafts, torch.Tensor) or any(map(len, drafts))
         self.trispec_next_kind = self._choose_kind(num_reqs, kinds_for(cost.kinds, drafted))
         if drafts is None and self.trispec_next_kind != "plain":

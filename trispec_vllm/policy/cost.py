@@ -246,13 +246,12 @@ class CostModel:
             self.on_change(cls, ranked[0], {k: round(score[k], 2) for k in options}, objective)
         self.reported[context] = ranked[0]
         self.best[cls] = ranked[0]
-        since = self.since.get(cls, 0) + 1
         others = self._to_explore(cls, ranked, scored)
         if others:  # exploring: the least refreshed of them
             self.since[cls] = 0
             self.explored[cls] = True
             return self._run(cls, min(others, key=lambda k: stats[k].samples))
-        self.since[cls] = since
+        self.since[cls] = self.since.get(cls, 0) + 1
         return self._chose(ranked[0])
 
     def settled(
