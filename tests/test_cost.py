@@ -197,15 +197,20 @@ def test_the_choice_moves_only_for_a_gain_beyond_the_switch_margin():
     assert model.best[1] == "sd" and far.count("sd") > far.count("trispec")
 
 
-def deferring_run(model: CostModel, speed: dict[str, float], defer: float, steps: int):
+def deferring_run(
+    model: CostModel, speed: dict[str, float], defer: float, steps: int, enter: float = 0.0
+):
     """Like `run`, but every TriSpec step leaves `defer` seconds of target catch-up to
-    the first step after its run (the switch step), as the proxy-completed tokens do."""
+    the first step after its run (the switch step), as the proxy-completed tokens do,
+    and the first step of a TriSpec run takes `enter` seconds more (the proxy's
+    catch-up over the tokens other kinds emitted)."""
     picks, owed = [], 0.0
     for _ in range(steps):
         kind = model.choose(1)
         secs = 1.0
         if kind == "trispec":
             owed += defer
+            secs += enter if picks and picks[-1] != "trispec" else 0.0
         else:
             secs, owed = secs + owed, 0.0
         model.observe(kind, 1, secs, int(speed[kind]))
@@ -224,6 +229,20 @@ def test_the_catch_up_a_trispec_run_leaves_is_booked_on_it():
     assert costly.rates()["trispec"][1] < 10
     cheap = CostModel(warmup=3, run_length=4, explore_every=1000)
     assert deferring_run(cheap, speed, defer=0.05, steps=40)[-10:] == ["trispec"] * 10
+
+
+def test_the_proxy_catch_up_that_starts_a_trispec_run_is_booked_on_it():
+    """Entering a TriSpec run, the proxy first reads what other kinds emitted since it
+    last ran. That first step is not timed (it is a switch), so a TriSpec step that is
+    fast once the proxy is caught up, but whose runs each start with a long catch-up,
+    loses to plain decoding; one whose catch-up is short does not."""
+    speed = {"trispec": 12, "sd": 9, "plain": 10}
+    costly = CostModel(warmup=3, run_length=4, explore_every=1000)
+    picks = deferring_run(costly, speed, defer=0.0, steps=40, enter=1.2)
+    assert picks[-10:] == ["plain"] * 10
+    assert costly.rates()["trispec"][1] < 10
+    cheap = CostModel(warmup=3, run_length=4, explore_every=1000)
+    assert deferring_run(cheap, speed, defer=0.0, steps=40, enter=0.1)[-10:] == ["trispec"] * 10
 
 
 def test_a_choice_is_reported_once_per_set_of_candidates():

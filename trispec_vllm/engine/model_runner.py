@@ -516,14 +516,17 @@ class TriSpecRunnerMixin:
             return propose(scheduler_output, *args, **kwargs)
         ids = list(self.input_batch.req_ids[:num_reqs])
         drafts = None
-        if drafts_needed(cost, num_reqs, ids, self.trispec_waiting):
+        # Rank 0's answer (its own timings), so every rank proposes alike.
+        needed = drafts_needed(cost, num_reqs, ids, self.trispec_waiting)
+        if ranks.rank0_flag(needed, self.device):
             drafts = propose(scheduler_output, *args, **kwargs)
         # Chosen once the drafts are known: a step without any is never an SD step.
         # (Skipped drafts: plain decoding is settled either way, so either set serves.)
         drafted = drafts is None or isinstance(drafts, torch.Tensor) or any(map(len, drafts))
         self.trispec_next_kind = self._choose_kind(num_reqs, kinds_for(cost.kinds, drafted))
         if drafts is None and self.trispec_next_kind != "plain":
-            # Rank 0 chose otherwise under tensor parallelism (its own timings).
+            # Not expected (the prediction and the choice run the same code); kept
+            # so that a step that is not plain never goes without its drafts.
             drafts = propose(scheduler_output, *args, **kwargs)
         if self.trispec_next_kind == "plain":
             self.trispec.stats.plain_steps_without_drafter += int(drafts is None)

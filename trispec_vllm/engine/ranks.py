@@ -3,8 +3,9 @@
 Each rank routes on its own copy of identical inputs (all-gathered logits, the
 broadcast scheduler output), so they agree by construction. The cost-aware
 step's choice of step kind is the exception: it comes from each rank's own
-timings, so rank 0's choice is broadcast (`rank0_kind`); ranks running
-different kinds would pair one model's collectives with another's. With
+timings, so rank 0's choice is broadcast (`rank0_kind`), and so is its
+choice to skip the drafter (`rank0_flag`); ranks running different kinds
+would pair one model's collectives with another's. With
 TRISPEC_CHECK_RANKS=1 every step also all-gathers a 4-number fingerprint of
 the routing and raises if any rank differs (one tiny collective per step).
 """
@@ -26,12 +27,21 @@ def tp_world_size() -> int:
 
 def rank0_kind(kind: str, kinds: tuple[str, ...], device: torch.device) -> str:
     """Rank 0's step kind on every tensor-parallel rank (`kind` itself at TP = 1)."""
+    return kinds[_rank0_index(kinds.index(kind), device)]
+
+
+def rank0_flag(flag: bool, device: torch.device) -> bool:
+    """Rank 0's yes/no on every tensor-parallel rank (`flag` itself at TP = 1)."""
+    return bool(_rank0_index(int(flag), device))
+
+
+def _rank0_index(index: int, device: torch.device) -> int:
     if tp_world_size() == 1:
-        return kind
+        return index
     from vllm.distributed import get_tp_group
 
-    index = torch.tensor([kinds.index(kind)], dtype=torch.int64, device=device)
-    return kinds[int(get_tp_group().broadcast(index, src=0).item())]
+    value = torch.tensor([index], dtype=torch.int64, device=device)
+    return int(get_tp_group().broadcast(value, src=0).item())
 
 
 def check_agreement(plan: StepPlan, device: torch.device, step: int) -> None:

@@ -31,11 +31,13 @@ A speculative kind must beat plain decoding by `plain_margin` to be chosen over
 it: plain decoding is exact and costs no quality, so a tie or a gain inside the
 noise goes to it (and among equal rates, the kind doing less work). Only steps
 that follow a step of the same kind are timed: the first step after a switch
-pays the catch-up of the kind before it. After a TriSpec run, that catch-up is
-the target's work over the tokens the proxy alone completed, which a short run
-(warm-up, exploration) never pays itself: the switch step's excess over the
-next step of its kind is booked on the TriSpec step, spread over the run (without
-it, short TriSpec runs measured cheaper than TriSpec steps are). Switches cost
+pays the catch-up of the kind before it. Both catch-ups are the TriSpec step's
+doing: entering a TriSpec run, the proxy reads the tokens other kinds emitted since
+it last ran; after one, the target verifies the tokens the proxy alone completed.
+A short run (warm-up, exploration) never pays either in a timed step, so each
+switch step's excess over the next step of its kind is booked on the TriSpec step,
+spread over the run (without it, short TriSpec runs measured cheaper than TriSpec
+steps are). Switches cost
 time no timing attributes in full, so a kind must also beat the class's current
 choice by `switch_margin` to replace it: kinds within the noise of each other
 would otherwise trade places, and pay a catch-up, at every exploration.
@@ -138,9 +140,14 @@ class CostModel:
     best: dict[int, str] = field(default_factory=dict)  # class -> kind last exploited
     last: dict[int, str] = field(default_factory=dict)  # class -> kind of its last step
     run_steps: dict[int, int] = field(default_factory=dict)  # class -> steps of that kind's run
-    # class -> (seconds of the step after a TriSpec run, that run's steps), until the
-    # next step of the same kind shows how long such a step takes without the catch-up
-    owed: dict[int, tuple[float, int]] = field(default_factory=dict)
+    # class -> (seconds of the step after a TriSpec run, that run's steps, the excess
+    # of the run's first step), until the next step of the same kind shows how long
+    # such a step takes without the catch-up
+    owed: dict[int, tuple[float, int, float]] = field(default_factory=dict)
+    # class -> seconds of a TriSpec run's first step (the proxy's catch-up), until the
+    # run's next step shows how long one takes without it; then that step's excess
+    entered: dict[int, float] = field(default_factory=dict)
+    entry_excess: dict[int, float] = field(default_factory=dict)
     # Called with (class, kind, measured tok/s per kind) when the choice for a class
     # and set of candidates changes (`reported`: the last choice per such pair).
     # Called with (class, kind, each candidate's measured tok/s, objective) when the
@@ -174,24 +181,34 @@ class CostModel:
         steps = self.run_steps.get(cls, 0)
         self.run_steps[cls] = 1 if previous != kind else steps + 1
         owed = self.owed.pop(cls, None)
+        entered = self.entered.pop(cls, None)
         if previous != kind:
-            # A switch: this step paid for the previous kind's deferred work.
+            # A switch: this step paid for the previous kind's deferred work, or (into
+            # a TriSpec step) for the proxy's catch-up over the steps it did not run.
+            if owed is not None:  # no step of the kind after the run to compare with
+                self._charge_deferred(cls, owed[2], owed[1])
             if previous == DEFERS and steps:
-                self.owed[cls] = (seconds, steps)
+                self.owed[cls] = (seconds, steps, self.entry_excess.pop(cls, 0.0))
+            if kind == DEFERS:
+                self.entered[cls] = seconds
             return
         if owed is not None:
-            self._charge_deferred(cls, owed[0] - seconds, owed[1])
+            self._charge_deferred(cls, owed[0] - seconds + owed[2], owed[1])
+        if entered is not None:
+            self.entry_excess[cls] = max(entered - seconds, 0.0)
         self.stats.setdefault((cls, kind), KindStats()).observe(
             seconds, tokens, self.weight, num_reqs
         )
 
     def _charge_deferred(self, cls: int, excess: float, steps: int) -> None:
-        """Book on the TriSpec step the work its run of `steps` steps left to the first
-        step after it: the target's catch-up over the tokens the proxy alone completed.
-        Within a long run that catch-up is paid by later TriSpec steps (and timed); a
-        short run (warm-up, exploration) leaves it to the switch, so without this its
-        steps look cheaper than TriSpec steps are. `excess` is the switch step's time
-        over the next step of its kind; spread over the run, it is added to the
+        """Book on the TriSpec step the switches its run of `steps` steps caused: the
+        proxy's catch-up in the run's first step (over the tokens other kinds emitted
+        since it last ran) and the target's catch-up in the first step after it (over
+        the tokens the proxy alone completed). Within a long run the target's catch-up
+        is paid by later TriSpec steps (and timed); a short run (warm-up, exploration)
+        leaves both to the switch steps, which are not timed, so without this its steps
+        look cheaper than TriSpec steps are. `excess` is the switch steps' time over
+        the next step of the same kind each; spread over the run, it is added to the
         TriSpec step's mean seconds."""
         mine = self.stats.get((cls, DEFERS))
         if mine is not None and mine.samples and excess > 0:
