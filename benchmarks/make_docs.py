@@ -387,7 +387,8 @@ def b1_repeat() -> str:
     rates = ", ".join(f"{x['config']} {spread(x, 'tokens_per_s', '{:.2f}')}" for x in others)
     return (
         f"a repeat at batch 1 with {requests} requests in {d['rounds']} interleaved rounds "
-        f"(`{B1_REPEAT}`) gave the default {spread(r, 'vs_best_sd', '{:.2f}x')} of the faster "
+        f"(`{B1_REPEAT}`, {d['machine'].split(',')[0]}) gave the default "
+        f"{spread(r, 'vs_best_sd', '{:.2f}x')} of the faster "
         f"vLLM SD configuration ({spread(r, 'tokens_per_s', '{:.2f}')} tok/s; {rates})"
     )
 
