@@ -20,6 +20,8 @@ Results files (one per experiment, under benchmarks/results/):
 
 - speed_headline.json the README's headline: default section vs plain and vLLM's SD,
                       batch 1 / 8 / 32 / 64, 128 tokens, 3 interleaved rounds, eager
+- speed_headline_before_entry_charge.json the headline before the proxy's catch-up at
+                      the start of a TriSpec run was booked on it (AMD EPYC)
 - speed_headline_before_warmup.json the headline before the batch >= 8 warm-up rule and
                       the drafter skip
 - speed_b64_repeat.json batch 64 again, plain decoding and the default only, more rounds
@@ -75,6 +77,7 @@ HEADLINE = "speed_headline.json"  # the README's headline run
 HEADLINE_BEFORE_PREFILL = "speed_headline_before_prefill.json"  # before the prefill rule
 # before the batch >= 8 warm-up rule and the drafter skip
 HEADLINE_BEFORE_WARMUP = "speed_headline_before_warmup.json"
+HEADLINE_BEFORE_ENTRY = "speed_headline_before_entry_charge.json"
 B64_REPEAT = "speed_b64_repeat.json"  # batch 64 again: plain against the default, more rounds
 B1_REPEAT = "speed_b1_repeat.json"  # batch 1 again: vLLM's SD against the default, more rounds
 TARGET_SHARE = "speed_target_share.json"  # the target's share of the steps, batch 8 and 32
@@ -678,6 +681,7 @@ BLOCKS: dict[str, Callable[[], str]] = {
     "speed-headline-full": lambda: speed_table(HEADLINE),
     "speed-headline-before-prefill": lambda: speed_table(HEADLINE_BEFORE_PREFILL),
     "speed-headline-before-warmup": lambda: speed_table(HEADLINE_BEFORE_WARMUP),
+    "speed-headline-before-entry": lambda: speed_table(HEADLINE_BEFORE_ENTRY),
     "b64-repeat": b64_repeat,
     "b1-repeat": b1_repeat,
     "speed-target-share": lambda: speed_table(TARGET_SHARE),
@@ -737,6 +741,7 @@ def unreferenced() -> list[str]:
         HEADLINE,
         HEADLINE_BEFORE_PREFILL,
         HEADLINE_BEFORE_WARMUP,
+        HEADLINE_BEFORE_ENTRY,
         B64_REPEAT,
         B1_REPEAT,
         TARGET_SHARE,
