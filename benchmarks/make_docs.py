@@ -26,6 +26,7 @@ Results files (one per experiment, under benchmarks/results/):
                       the drafter skip
 - speed_b64_repeat.json batch 64 again, plain decoding and the default only, more rounds
 - speed_b1_repeat.json batch 1 again, vLLM's SD and the default only, more rounds and requests
+- speed_b8_repeat.json batch 8 again, every headline configuration, more rounds and requests
 - speed_target_share.json TriSpec steps only at batch 8 / 32: the target's share of the steps
 - speed_avx512.json   the same harness over every main configuration, before the
                       cost-aware step's fixes
@@ -80,6 +81,7 @@ HEADLINE_BEFORE_WARMUP = "speed_headline_before_warmup.json"
 HEADLINE_BEFORE_ENTRY = "speed_headline_before_entry_charge.json"
 B64_REPEAT = "speed_b64_repeat.json"  # batch 64 again: plain against the default, more rounds
 B1_REPEAT = "speed_b1_repeat.json"  # batch 1 again: vLLM's SD against the default, more rounds
+B8_REPEAT = "speed_b8_repeat.json"  # batch 8 again: every headline configuration, more rounds
 TARGET_SHARE = "speed_target_share.json"  # the target's share of the steps, batch 8 and 32
 # the same run before the slowest-request objective
 HEADLINE_THROUGHPUT = "speed_headline_throughput.json"
@@ -380,19 +382,22 @@ def b64_repeat() -> str:
     )
 
 
-def b1_repeat() -> str:
-    """One clause: the batch-1 repeat of vLLM's SD against the default section."""
-    d = load(B1_REPEAT)
-    r = speed_row(B1_REPEAT, DEFAULT, 1)
-    requests = dict(map(tuple, d["plan"]))[1]
+def repeat(name: str, batch: int) -> str:
+    """One clause: a repeat of one batch size of the headline, the default against the
+    fastest of the other configurations in it."""
+    d = load(name)
+    r = speed_row(name, DEFAULT, batch)
+    requests = dict(map(tuple, d["plan"]))[batch]
     spread = _bench("bench_speed").spread
-    others = [x for x in d["results"] if x["batch"] == 1 and x["config"] != DEFAULT]
+    others = [x for x in d["results"] if x["batch"] == batch and x["config"] != DEFAULT]
     rates = ", ".join(f"{x['config']} {spread(x, 'tokens_per_s', '{:.2f}')}" for x in others)
+    plain = any(x["config"] == "no speculation" for x in others)
+    versus = "of the fastest" if plain else "of the faster vLLM SD configuration"
+    ratio = vs_fastest(r)[0] if plain else spread(r, "vs_best_sd", "{:.2f}x")
     return (
-        f"a repeat at batch 1 with {requests} requests in {d['rounds']} interleaved rounds "
-        f"(`{B1_REPEAT}`, {d['machine'].split(',')[0]}) gave the default "
-        f"{spread(r, 'vs_best_sd', '{:.2f}x')} of the faster "
-        f"vLLM SD configuration ({spread(r, 'tokens_per_s', '{:.2f}')} tok/s; {rates})"
+        f"a repeat at batch {batch} with {requests} requests in {d['rounds']} interleaved rounds "
+        f"(`{name}`, {d['machine'].split(',')[0]}) gave the default {ratio} {versus} "
+        f"({spread(r, 'tokens_per_s', '{:.2f}')} tok/s; {rates})"
     )
 
 
@@ -683,7 +688,8 @@ BLOCKS: dict[str, Callable[[], str]] = {
     "speed-headline-before-warmup": lambda: speed_table(HEADLINE_BEFORE_WARMUP),
     "speed-headline-before-entry": lambda: speed_table(HEADLINE_BEFORE_ENTRY),
     "b64-repeat": b64_repeat,
-    "b1-repeat": b1_repeat,
+    "b1-repeat": lambda: repeat(B1_REPEAT, 1),
+    "b8-repeat": lambda: repeat(B8_REPEAT, 8),
     "speed-target-share": lambda: speed_table(TARGET_SHARE),
     "speed-headline-throughput": lambda: speed_table(HEADLINE_THROUGHPUT),
     "speed-learned": lambda: speed_table(SPEED_LEARNED),
@@ -744,6 +750,7 @@ def unreferenced() -> list[str]:
         HEADLINE_BEFORE_ENTRY,
         B64_REPEAT,
         B1_REPEAT,
+        B8_REPEAT,
         TARGET_SHARE,
         HEADLINE_THROUGHPUT,
         COST_MODEL,
