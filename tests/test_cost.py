@@ -287,14 +287,37 @@ def test_a_draining_batch_is_ranked_by_its_slowest_requests_pace():
     assert batch_run(even, 30, waiting=False, sd_tokens=[3] * 8)[-10:] == ["sd"] * 10
 
 
-def test_a_requests_pace_starts_at_the_class_mean_and_is_forgotten_when_it_leaves():
+def test_a_requests_pace_starts_at_one_token_a_step_and_is_forgotten_when_it_leaves():
     model = CostModel(warmup=1, explore_every=1000, kinds=("sd", "plain"), prior_steps=4)
     batch_run(model, 6, waiting=False, sd_tokens=[3] * 8)
     sd = model.stats[(8, "sd")]
-    # A newcomer is credited with the class's mean tokens per request per step.
-    assert model._slowest_rate("sd", sd, ["new"]) == pytest.approx(sd.per_request / sd.seconds)
+    # A newcomer is credited with no accepted draft, whatever the class's mean.
+    assert sd.tokens / 8 > 2
+    assert model._slowest_rate("sd", sd, ["new"]) == pytest.approx(1 / sd.seconds)
+    done, steps = model.paces["sd"]["r0"]
+    assert model._slowest_rate("sd", sd, ["r0"]) == pytest.approx(
+        (done + 4) / (steps + 4) / sd.seconds
+    )
     model.choose(8, allowed=("sd", "plain"), req_ids=REQS[:4], waiting=False)
     assert sorted(model.paces["sd"]) == REQS[:4]
+
+
+def test_newcomers_that_accept_nothing_turn_a_draining_batch_to_plain_decoding_at_once():
+    """A batch whose first requests all accepted 3 drafts per SD step is replaced by
+    one in which one request accepts nothing: SD's class-wide tokens per request stay
+    high, but no newcomer has shown an accepted draft yet, so the new batch is
+    decoded plainly from its first step (crediting newcomers with the class's mean
+    kept SD on for seven steps here)."""
+    model = CostModel(warmup=2, explore_every=1000, kinds=("sd", "plain"))
+    assert batch_run(model, 12, waiting=False, sd_tokens=[3] * 8)[-4:] == ["sd"] * 4
+    newcomers = [f"n{i}" for i in range(8)]
+    picks = []
+    for _ in range(6):
+        kind = model.choose(8, allowed=("sd", "plain"), req_ids=newcomers, waiting=False)
+        per = dict(zip(newcomers, [3] * 7 + [1] if kind == "sd" else [1] * 8, strict=True))
+        model.observe(kind, 8, 1.0 if kind == "sd" else 0.6, sum(per.values()), per)
+        picks.append(kind)
+    assert picks == ["plain"] * 6
 
 
 def test_batch_one_is_ranked_by_throughput_whatever_waits():

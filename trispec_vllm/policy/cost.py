@@ -51,9 +51,13 @@ efficient steps (on a 2-core CPU at batch 8 the engine measured its SD steps at
 1.2x plain decoding's tokens/s, yet a fixed batch finished at 0.88-0.91x plain
 decoding's speed with them, and with vLLM's own ngram SD). Then
 each kind is ranked by the pace of the batch's slowest request: its tokens per
-step of that kind (its running mean, from the class's mean per request before
-it has steps of its own) over the kind's step seconds. At batch 1 both measures
-are the same.
+step of that kind (its running mean, from one token a step before it has steps
+of its own) over the kind's step seconds. At batch 1 both measures are the same.
+A request is credited only with the drafts it has itself been seen to accept:
+the slowest of a batch is below the class's mean by definition, and crediting
+newcomers with that mean kept SD chosen for a dozen steps per batch after its
+slowest requests had shown they accept nothing (at batch 8 on a 2-core CPU,
+mixed code and chat prompts, the default finished at 0.88x plain decoding).
 
 The choice is made after the drafter proposed, so a step whose drafter found
 nothing (ngram on text that does not repeat) is never an ``sd`` step: without
@@ -89,17 +93,14 @@ class KindStats:
     tokens: float = 0.0  # EWMA of tokens emitted per step
     samples: int = 0
     last: float = 0.0  # tokens/s of the latest sample
-    per_request: float = 1.0  # EWMA of tokens emitted per request per step
 
-    def observe(self, seconds: float, tokens: int, weight: float, num_reqs: int = 1) -> None:
+    def observe(self, seconds: float, tokens: int, weight: float) -> None:
         self.last = tokens / seconds
-        share = tokens / max(num_reqs, 1)
         if self.samples == 0:
-            self.seconds, self.tokens, self.per_request = seconds, float(tokens), share
+            self.seconds, self.tokens = seconds, float(tokens)
         else:
             self.seconds += weight * (seconds - self.seconds)
             self.tokens += weight * (tokens - self.tokens)
-            self.per_request += weight * (share - self.per_request)
         self.samples += 1
 
     @property
@@ -155,7 +156,7 @@ class CostModel:
     # last choice per such triple). The objective is "throughput" or "slowest request".
     on_change: Callable[[int, str, dict[str, float], str], None] | None = None
     reported: dict[tuple[int, tuple[str, ...], str], str] = field(default_factory=dict)
-    prior_steps: int = 4  # a request's pace starts as this many steps at the class mean
+    prior_steps: int = 4  # a request's pace starts as this many steps of one token
     # kind -> request -> (tokens emitted, steps) in steps of that kind
     paces: dict[str, dict[str, tuple[int, int]]] = field(default_factory=dict)
 
@@ -196,9 +197,7 @@ class CostModel:
             self._charge_deferred(cls, owed[0] - seconds + owed[2], owed[1])
         if entered is not None:
             self.entry_excess[cls] = max(entered - seconds, 0.0)
-        self.stats.setdefault((cls, kind), KindStats()).observe(
-            seconds, tokens, self.weight, num_reqs
-        )
+        self.stats.setdefault((cls, kind), KindStats()).observe(seconds, tokens, self.weight)
 
     def _charge_deferred(self, cls: int, excess: float, steps: int) -> None:
         """Book on the TriSpec step the switches its run of `steps` steps caused: the
@@ -354,8 +353,10 @@ class CostModel:
 
     def _slowest_rate(self, kind: str, st: KindStats, req_ids: list[str]) -> float:
         """Tokens/s of the batch's slowest request on steps of `kind`: its running mean
-        of tokens per such step (`prior_steps` at the class's mean per request to start
-        with) over the kind's step seconds. Plain decoding emits one token per request."""
+        of tokens per such step (`prior_steps` of one token, the least any step gives,
+        to start with) over the kind's step seconds. Plain decoding emits one token per
+        request. The prior is not the class's mean: the batch's slowest request is
+        below it, and a newcomer has shown no draft it accepts."""
         if st.seconds <= 0:
             return 0.0
         if kind == "plain":
@@ -363,7 +364,7 @@ class CostModel:
         paces = self.paces.get(kind, {})
         prior = self.prior_steps
         slowest = min(
-            (done + prior * st.per_request) / (steps + prior)
+            (done + prior) / (steps + prior)
             for done, steps in (paces.get(r, (0, 0)) for r in req_ids)
         )
         return slowest / st.seconds
