@@ -139,6 +139,14 @@ def configurations(
             ngram(3),
             {"proxy_model": proxy, "margin_threshold": 0.5, "disable_by_batch_size": 16},
         ),
+        # Every step plain, by vLLM's own code, in a TriSpec engine (the proxy loaded, never
+        # run): against "no speculation" it is the engine's cost without any measuring;
+        # against the default, the cost of the cost-aware step's measuring.
+        Config(
+            "TriSpec ngram disable_by_batch_size=1",
+            ngram(3),
+            {"proxy_model": proxy, "disable_by_batch_size": 1},
+        ),
         Config(
             "TriSpec ngram lambda=0.5 max_proxy_batch=4",
             ngram(3),
