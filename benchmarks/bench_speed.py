@@ -99,6 +99,13 @@ def configurations(
         Config("TriSpec ngram lossless", ngram(3), tri(1.5), lam=1.5),
         # The default section: only proxy_model set (lambda 0.5, cost-aware step on).
         Config("TriSpec default (ngram k=3)", ngram(3), {"proxy_model": proxy}),
+        # The default without its measurements kept across engines: every engine (every
+        # round) measures its step kinds from scratch.
+        Config(
+            "TriSpec default, no cost memory",
+            ngram(3),
+            {"proxy_model": proxy, "cost_memory": False},
+        ),
         Config(
             "TriSpec ngram lambda=0.5 ride_along=expiring",
             ngram(3),
@@ -643,6 +650,10 @@ def main() -> None:
     )
     args = ap.parse_args()
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "4")
+    # One fresh folder for the cost-aware step's kept measurements (cost_memory) per
+    # run: the first round's engines measure, later rounds start from what they kept,
+    # and nothing comes from an earlier run.
+    cost_dir = os.environ.setdefault("TRISPEC_COST_DIR", tempfile.mkdtemp(prefix="costs-"))
     if args.temperature > 0:
         from trispec_vllm.plugin import SAMPLING_FIX_ENV
 
@@ -679,6 +690,7 @@ def main() -> None:
 
     tuned_env = cpu_runtime.recommended({})  # what "tuned" adds to an empty environment
     print(f"CPU runtime {args.runtime}; tuned means {tuned_env or 'nothing to add here'}")
+    print(f"cost-aware step's kept measurements: {cost_dir}")
     builtin = {c.label for c, _ in cfgs if c.builtin_sd}
     per_round: list[list[dict]] = []
     for rnd in range(args.rounds):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 
 import pytest
 
@@ -13,6 +14,15 @@ os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
 # 25 s of each engine's start here). Servers and the demo run as users run them:
 # their subprocesses drop this (trispec_vllm.testing.server.user_env).
 os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+# The cost-aware step keeps its measurements across engines (`cost_memory`): never in
+# the user's cache, and (`fresh_cost_memory`) never from one test to the next.
+os.environ.setdefault("TRISPEC_COST_DIR", tempfile.mkdtemp(prefix="trispec-costs-"))
+
+
+@pytest.fixture(autouse=True)
+def fresh_cost_memory(tmp_path, monkeypatch):
+    """Each test's engines start without another test's measurements."""
+    monkeypatch.setenv("TRISPEC_COST_DIR", str(tmp_path / "costs"))
 
 
 @pytest.hookimpl(tryfirst=True)

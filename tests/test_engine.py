@@ -400,6 +400,29 @@ def test_cost_aware_proxy_equal_to_target_switches_kinds_exactly(tiny_pair, refe
         assert c[f"{kind}_kind_steps"] > 0, c
 
 
+def test_cost_memory_carries_the_measurements_to_the_next_engine(tiny_pair, reference, tmp_path):
+    """An engine saves the cost-aware step's measurements (every 64 measured steps and
+    at shutdown); the next engine of the same setup starts from them, before its
+    first request, and its lossless output is still plain greedy. Another section
+    (another key) starts from nothing."""
+    cfg = {"proxy_model": tiny_pair.proxy, "margin_threshold": 1.5, "cost_aware": True}
+    llm = make_llm(tiny_pair, NGRAM, cfg)
+    first = token_ids(llm.generate(prompts(), greedy()))
+    measured = counters(llm)["cost_rates"]
+    close(llm)
+    files = list((tmp_path / "costs").glob("costs-*.json"))
+    assert len(files) == 1, files
+    llm = make_llm(tiny_pair, NGRAM, cfg)
+    restored = counters(llm)["cost_rates"]
+    second = token_ids(llm.generate(prompts()[:4], greedy()))
+    close(llm)
+    assert first == reference and second == reference[:4]
+    assert restored == measured and measured
+    other = make_llm(tiny_pair, NGRAM, {**cfg, "max_skips": 3})
+    assert counters(other)["cost_rates"] == {}
+    close(other)
+
+
 def test_cost_aware_step_with_prompt_chunks_runs_no_proxy_pass(tiny_pair, reference_all):
     """A step that carries prompt chunks (small chunks, long prompts beside decoding
     requests) runs as standard SD when a TriSpec step was chosen: the proxy does not

@@ -77,6 +77,13 @@ class _Section(BaseModel):
         "tokens then depend on its batch and on timing. max_proxy_batch and "
         "disable_by_batch_size, when set, decide first.",
     )
+    cost_memory: bool = Field(
+        default=True,
+        description="Keep the cost-aware step's measurements in a file (under "
+        "TRISPEC_COST_DIR, one per models, drafter, section and hardware) and start from "
+        "them at the next engine start, instead of measuring every kind again. Files "
+        "older than 30 days, unreadable or of another setup are ignored.",
+    )
     disable_by_batch_size: int | None = Field(
         default=None,
         ge=1,

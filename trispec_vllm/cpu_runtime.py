@@ -44,6 +44,18 @@ TCMALLOC_NAMES = ("libtcmalloc_minimal.so.4", "libtcmalloc.so.4")
 SYSTEM_LIB_DIRS = ("/usr/lib/x86_64-linux-gnu", "/usr/lib64", "/usr/lib", "/usr/local/lib")
 
 
+def cpu_name() -> str:
+    """The CPU's model name ('' where /proc/cpuinfo has none)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() == "model name":
+                return value.strip()
+    except OSError:
+        pass
+    return ""
+
+
 def find_tcmalloc() -> Path | None:
     """tcmalloc from TRISPEC_TCMALLOC, the dynamic linker's cache, or the usual folders."""
     given = envs.get("TRISPEC_TCMALLOC")

@@ -17,6 +17,11 @@ VARIABLES: dict[str, tuple[str | None, str]] = {
         "Cache root of the real-model fetcher and the tiny demo pair "
         "(default ~/.cache/trispec-vllm).",
     ),
+    "TRISPEC_COST_DIR": (
+        None,
+        "Folder of the cost-aware step's measurements kept across engine restarts "
+        "(`cost_memory`; default <TRISPEC_CACHE>/costs).",
+    ),
     "TRISPEC_DEBUG": (None, "Set to 1 for extra start-up logging (proxy vocabulary check)."),
     "TRISPEC_KERNELS": (
         "auto",
@@ -60,6 +65,12 @@ def cache_root() -> Path:
     """Where downloaded and generated models are cached (outside the repository)."""
     root = get("TRISPEC_CACHE")
     return Path(root).expanduser() if root else Path.home() / ".cache" / "trispec-vllm"
+
+
+def cost_dir() -> Path:
+    """Where the cost-aware step keeps its measurements (`policy/cost_file.py`)."""
+    folder = get("TRISPEC_COST_DIR")
+    return Path(folder).expanduser() if folder else cache_root() / "costs"
 
 
 def kernel_backend() -> str:

@@ -24,6 +24,7 @@ from vllm.v1.worker.gpu_model_runner import ExecuteModelState, GPUModelRunner
 from trispec_vllm import cpu_runtime
 from trispec_vllm.config import parse_trispec_config
 from trispec_vllm.engine import (
+    cost_memory,
     cpu_workarounds,
     fused_drafter,
     kernel_warmup,
@@ -96,6 +97,8 @@ class TriSpecRunnerMixin:
             self.trispec_cost = CostModel(
                 kinds=step_kinds(cfg.lossless, plain_ok), on_change=log_choice
             )
+        # Measurements kept across engine restarts (engine/cost_memory.py).
+        self.trispec_cost_memory = cost_memory.open_memory(self, cfg, self.trispec_cost)
         self.trispec_next_kind: str | None = None  # chosen when the drafter proposes
         # The prefix cache's block ledger (engine/prefix_cache.py); False: not made yet.
         self.trispec_blocks: BlockLedger | None | bool = False
@@ -561,6 +564,8 @@ class TriSpecRunnerMixin:
                 self.trispec_cost.observe(
                     kind, num_reqs, time.perf_counter() - t_start, emitted, emitted_by
                 )
+                if self.trispec_cost_memory is not None:
+                    self.trispec_cost_memory.measured()
                 name = f"{kind}_kind_steps"
                 setattr(step, name, 1)
                 setattr(self.trispec.stats, name, getattr(self.trispec.stats, name) + 1)

@@ -30,6 +30,16 @@ def save_drafter(worker) -> None:
             logger.exception("TriSpec: saving the drafter head at shutdown failed")
 
 
+def save_costs(worker) -> None:
+    """At shutdown the cost-aware step saves its measurements (`cost_memory`)."""
+    memory = getattr(getattr(worker, "model_runner", None), "trispec_cost_memory", None)
+    if memory is not None:
+        try:
+            memory.save()
+        except Exception:  # noqa: BLE001 - a failed save must not break the shutdown
+            logger.exception("TriSpec: saving the cost-aware step's measurements failed")
+
+
 class TriSpecWorkerMethods:
     """What TriSpec adds to vLLM's CPU and GPU workers (called by name through
     `collective_rpc`)."""
@@ -46,6 +56,7 @@ class TriSpecWorkerMethods:
 
     def shutdown(self) -> None:
         save_drafter(self)
+        save_costs(self)
         super().shutdown()
 
 

@@ -1,0 +1,146 @@
+"""The cost-aware step's measurements kept across engines (pure logic and files)."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+
+from trispec_vllm.policy.cost import CostModel, drafts_needed
+from trispec_vllm.policy.cost_file import CostFile, merge
+
+KEY = {"target": "t", "hardware": {"name": "cpu", "threads": 2}}
+SPEED = {"trispec": 3, "sd": 4, "plain": 10}  # tokens per one-second step
+
+
+def measured(num_reqs: int = 8, steps: int = 60) -> CostModel:
+    """A model that warmed up at `num_reqs` requests, where plain decoding wins."""
+    model = CostModel(warmup=2, explore_every=8, run_length=3)
+    for _ in range(steps):
+        kind = model.choose(num_reqs)
+        model.observe(kind, num_reqs, 1.0, SPEED[kind])
+    return model
+
+
+def first_picks(model: CostModel, num_reqs: int, steps: int) -> list[str]:
+    picks = []
+    for _ in range(steps):
+        kind = model.choose(num_reqs)
+        model.observe(kind, num_reqs, 1.0, SPEED[kind])
+        picks.append(kind)
+    return picks
+
+
+def test_a_restored_model_needs_no_warm_up_and_no_drafter():
+    cold = CostModel(warmup=2, explore_every=8, run_length=3)
+    assert "sd" in first_picks(cold, 8, 8)  # a fresh model warms the kinds up
+    warm = CostModel(warmup=2, explore_every=8, run_length=3)
+    assert warm.restore(measured().snapshot()) >= 2
+    assert not drafts_needed(warm, 8)  # plain decoding is settled from the start
+    picks = first_picks(warm, 8, 8)
+    assert picks == ["plain"] * 8  # exploration waits for its (restored) interval
+    assert warm.rates()["plain"][8] == 10.0
+
+
+def test_exploration_still_runs_after_a_restore_so_a_changed_workload_is_noticed():
+    warm = CostModel(warmup=2, explore_every=8, run_length=3, max_backoff=2)
+    warm.restore(measured().snapshot())
+    picks = []
+    for _ in range(200):  # drafts now pay: SD emits four times plain decoding's tokens
+        kind = warm.choose(8)
+        warm.observe(kind, 8, 1.0, {**SPEED, "sd": 40}[kind])
+        picks.append(kind)
+    assert picks[:8] == ["plain"] * 8
+    assert picks[-10:].count("sd") >= 8, picks
+
+
+def test_the_snapshot_round_trips_through_json_and_keeps_only_known_kinds():
+    snap = json.loads(json.dumps(measured().snapshot()))
+    lossless = CostModel(kinds=("sd", "plain"))
+    lossless.restore(snap)
+    assert {kind for _, kind in lossless.stats} <= {"sd", "plain"}
+    assert lossless.rates()["sd"] == measured().rates()["sd"]
+
+
+@pytest.mark.parametrize(
+    "snapshot",
+    [
+        {"stats": [[8, "plain", 0.0, 1.0, 3]]},  # no time
+        {"stats": [[8, "plain", float("nan"), 1.0, 3]]},
+        {"stats": [[8, "plain", 1.0, 1.0]]},  # a field short
+        {"stats": [[0, "plain", 1.0, 1.0, 3]]},  # no such class
+        {"stats": [[8, None, 1.0, 1.0, 3]]},
+        {"stats": [["x", "plain", 1.0, 1.0, 3]]},
+        {"stats": 5},
+        {"stats": [], "interval": {"8": "soon"}},
+    ],
+)
+def test_a_malformed_snapshot_is_refused_and_changes_nothing(snapshot):
+    model = measured()
+    before = model.snapshot()
+    with pytest.raises(ValueError):
+        model.restore(snapshot)
+    assert model.snapshot() == before
+
+
+def test_a_restored_interval_stays_within_the_models_bounds():
+    model = CostModel(explore_every=8, max_backoff=4)
+    model.restore({"stats": [], "interval": {"8": 10_000, "16": 1}})
+    assert model.interval == {8: 32, 16: 8}
+
+
+def test_the_file_carries_a_model_to_the_next_engine(tmp_path):
+    saved = measured()
+    assert CostFile(tmp_path, KEY).save(saved)
+    fresh = CostModel()
+    assert CostFile(tmp_path, KEY).load(fresh) == len(saved.stats)
+    assert fresh.rates() == saved.rates()
+
+
+def test_another_key_a_stale_file_or_a_broken_one_is_ignored(tmp_path):
+    CostFile(tmp_path, KEY).save(measured())
+    other = {**KEY, "hardware": {"name": "cpu", "threads": 4}}
+    assert CostFile(tmp_path, other).load(CostModel()) == 0
+    assert CostFile(tmp_path, KEY, max_age_s=-1.0).load(CostModel()) == 0
+    file = CostFile(tmp_path, KEY)
+    for broken in ("{not json", "[]", json.dumps({"format": 99})):
+        file.path.write_text(broken)
+        assert file.load(CostModel()) == 0
+    payload = {"format": 1, "key": file.key, "saved_at": time.time(), "snapshot": {"stats": 3}}
+    file.path.write_text(json.dumps(payload))
+    assert file.load(CostModel()) == 0
+    assert file.save(measured())  # the next save replaces it
+    assert file.load(CostModel()) > 0
+
+
+def test_a_file_of_the_same_key_is_read_as_stale_by_its_age(tmp_path):
+    file = CostFile(tmp_path, KEY, max_age_s=3600)
+    file.save(measured())
+    payload = json.loads(file.path.read_text())
+    payload["saved_at"] -= 7200
+    file.path.write_text(json.dumps(payload))
+    assert file.load(CostModel()) == 0
+
+
+def test_a_save_keeps_the_classes_another_engine_measured(tmp_path):
+    CostFile(tmp_path, KEY).save(measured(num_reqs=1))
+    CostFile(tmp_path, KEY).save(measured(num_reqs=8))
+    both = CostModel()
+    CostFile(tmp_path, KEY).load(both)
+    assert {cls for cls, _ in both.stats} == {1, 8}
+
+
+def test_merge_prefers_this_engines_rows_and_drops_a_malformed_file():
+    mine = {"stats": [[8, "plain", 1.0, 8.0, 5]], "interval": {}}
+    theirs = {"stats": [[8, "plain", 2.0, 8.0, 5], [1, "sd", 1.0, 2.0, 4]], "interval": {}}
+    assert merge(theirs, mine)["stats"] == [[1, "sd", 1.0, 2.0, 4], [8, "plain", 1.0, 8.0, 5]]
+    assert merge({"stats": [[1, "sd", -1.0, 2.0, 4]]}, mine)["stats"] == mine["stats"]
+
+
+def test_an_unwritable_folder_loses_nothing_but_the_file(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    file = CostFile(blocker / "costs", KEY)  # a folder under a file: cannot exist
+    assert file.save(measured()) is False
+    assert file.load(CostModel()) == 0
