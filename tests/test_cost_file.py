@@ -144,3 +144,19 @@ def test_an_unwritable_folder_loses_nothing_but_the_file(tmp_path):
     file = CostFile(blocker / "costs", KEY)  # a folder under a file: cannot exist
     assert file.save(measured()) is False
     assert file.load(CostModel()) == 0
+
+
+def test_the_costs_command_lists_and_clears_the_kept_files(tmp_path, monkeypatch, capsys):
+    from trispec_vllm.cli import main
+
+    monkeypatch.setenv("TRISPEC_COST_DIR", str(tmp_path))
+    assert main(["costs"]) == 0
+    assert "no kept measurements" in capsys.readouterr().out
+    CostFile(tmp_path, {**KEY, "target": ["/models/t", None]}).save(measured())
+    (tmp_path / "costs-broken.json").write_text("{")
+    assert main(["costs"]) == 0
+    out = capsys.readouterr().out
+    assert "target /models/t" in out and "plain tok/s: batch <= 8: 10.0" in out
+    assert "costs-broken.json: unreadable" in out
+    assert main(["costs", "--clear"]) == 0
+    assert not list(tmp_path.glob("costs-*.json"))

@@ -1,9 +1,11 @@
-"""`trispec-vllm` command line: demo, self-check, fetch-models, train-drafter, serve, cpu-env."""
+"""`trispec-vllm` command line: demo, self-check, fetch-models, train-drafter, serve, cpu-env,
+costs."""
 
 from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -21,6 +23,11 @@ def main(argv: list[str] | None = None) -> int:
         "cpu-env",
         help='print the exports vLLM\'s CPU runtime wants (eval "$(trispec-vllm cpu-env)")',
     )
+    costs = sub.add_parser(
+        "costs",
+        help="list the cost-aware step's measurements kept across engine restarts",
+    )
+    costs.add_argument("--clear", action="store_true", help="delete them (engines re-measure)")
     from trispec_vllm import fetch, serve
     from trispec_vllm.drafter import cli as drafter_cli
 
@@ -60,6 +67,8 @@ def main(argv: list[str] | None = None) -> int:
 
         sys.stdout.write(cpu_runtime.shell_exports(cpu_runtime.recommended()))
         return 0
+    if args.command == "costs":
+        return show_costs(clear=args.clear)
     if args.command == "selfcheck":
         from trispec_vllm import selfcheck
 
@@ -74,6 +83,37 @@ def main(argv: list[str] | None = None) -> int:
             verbose=args.verbose,
         )
     return 2
+
+
+def show_costs(clear: bool) -> int:
+    """One paragraph per kept cost file (`cost_memory`); `clear` deletes them."""
+    from trispec_vllm import envs
+    from trispec_vllm.policy.cost_file import describe
+
+    folder = envs.cost_dir()
+    files = describe(folder)
+    if not files:
+        print(f"no kept measurements in {folder}")
+        return 0
+    for entry in files:
+        key = entry["key"]
+        if clear:
+            Path(entry["path"]).unlink(missing_ok=True)
+            print(f"deleted {entry['path']}")
+        elif key is None:
+            print(f"{entry['path']}: unreadable (ignored by engines, replaced at their next save)")
+        else:
+            hw = key.get("hardware", {})
+            print(
+                f"{entry['path']}\n  target {key.get('target', ['?'])[0]}, drafter "
+                f"{key.get('drafter')}, proxy {key.get('trispec', {}).get('proxy_model')}\n"
+                f"  {hw.get('name') or hw.get('device')}, {hw.get('threads')} threads, "
+                f"TP {hw.get('tp')}; saved {entry['days']:.1f} days ago"
+            )
+            for kind, per_class in entry["rates"].items():
+                cells = ", ".join(f"batch <= {c}: {r}" for c, r in per_class.items())
+                print(f"  {kind} tok/s: {cells}")
+    return 0
 
 
 if __name__ == "__main__":

@@ -132,3 +132,24 @@ def merge(theirs: dict | None, mine: dict) -> dict:
             both = CostModel()
     both.restore(mine)
     return both.snapshot()
+
+
+def describe(directory: str | Path) -> list[dict[str, Any]]:
+    """Every cost file in `directory`: its path, key, age in days and measured tok/s
+    per kind and batch-size class (None where the file cannot be read)."""
+    out = []
+    for path in sorted(Path(directory).expanduser().glob("costs-*.json")):
+        entry: dict[str, Any] = {"path": str(path), "key": None, "days": None, "rates": None}
+        try:
+            payload = json.loads(path.read_text())
+            model = CostModel()
+            model.restore(payload["snapshot"])
+            entry.update(
+                key=payload["key"],
+                days=(time.time() - float(payload["saved_at"])) / 86400,
+                rates=model.rates(),
+            )
+        except (OSError, ValueError, KeyError, TypeError):
+            pass
+        out.append(entry)
+    return out
