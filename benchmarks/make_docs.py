@@ -27,6 +27,7 @@ Results files (one per experiment, under benchmarks/results/):
 - speed_b64_repeat.json batch 64 again, plain decoding and the default only, more rounds
 - speed_b1_repeat.json batch 1 again, vLLM's SD and the default only, more rounds and requests
 - speed_b8_repeat.json batch 8 again, every headline configuration, more rounds and requests
+- speed_b8_memory.json batch 8 again: the default with and without its kept measurements
 - speed_target_share.json TriSpec steps only at batch 8 / 32: the target's share of the steps
 - speed_avx512.json   the same harness over every main configuration, before the
                       cost-aware step's fixes
@@ -82,6 +83,7 @@ HEADLINE_BEFORE_ENTRY = "speed_headline_before_entry_charge.json"
 B64_REPEAT = "speed_b64_repeat.json"  # batch 64 again: plain against the default, more rounds
 B1_REPEAT = "speed_b1_repeat.json"  # batch 1 again: vLLM's SD against the default, more rounds
 B8_REPEAT = "speed_b8_repeat.json"  # batch 8 again: every headline configuration, more rounds
+B8_MEMORY = "speed_b8_memory.json"  # batch 8 again: the default with and without cost_memory
 TARGET_SHARE = "speed_target_share.json"  # the target's share of the steps, batch 8 and 32
 # the same run before the slowest-request objective
 HEADLINE_THROUGHPUT = "speed_headline_throughput.json"
@@ -158,6 +160,7 @@ def speed_table(name: str) -> str:
 
 
 DEFAULT = "TriSpec default (ngram k=3)"  # the section with only proxy_model set
+NO_MEMORY = "TriSpec default, no cost memory"  # the same, measuring afresh in every engine
 
 
 def status() -> str:
@@ -398,6 +401,35 @@ def repeat(name: str, batch: int) -> str:
         f"a repeat at batch {batch} with {requests} requests in {d['rounds']} interleaved rounds "
         f"(`{name}`, {d['machine'].split(',')[0]}) gave the default {ratio} {versus} "
         f"({spread(r, 'tokens_per_s', '{:.2f}')} tok/s; {rates})"
+    )
+
+
+def memory(name: str, batch: int) -> str:
+    """One clause: the default with its kept measurements (cost_memory; round 1 starts
+    without any, later rounds from what earlier ones kept) against the fastest and
+    against the same section measuring afresh in every engine."""
+    d = load(name)
+    r, cold = speed_row(name, DEFAULT, batch), speed_row(name, NO_MEMORY, batch)
+    spread = _bench("bench_speed").spread
+    text, ratios = vs_fastest(r)
+    later = ratios[1:]
+    own = [
+        a["tokens_per_s"] / b["tokens_per_s"]
+        for a, b in zip(r["rounds"], cold["rounds"], strict=True)
+    ]
+    others = [
+        x for x in d["results"] if x["batch"] == batch and x["config"] not in (DEFAULT, NO_MEMORY)
+    ]
+    rates = ", ".join(f"{x['config']} {spread(x, 'tokens_per_s', '{:.2f}')}" for x in others)
+    return (
+        f"at batch {batch} with {dict(map(tuple, d['plan']))[batch]} requests in {d['rounds']} "
+        f"interleaved rounds (`{name}`, {d['machine'].split(',')[0]}) the default ran at {text} "
+        f"of the fastest ({spread(r, 'tokens_per_s', '{:.2f}')} tok/s; {rates}); in rounds "
+        f"2-{d['rounds']}, which started from the measurements earlier rounds kept, "
+        f"{statistics.median(later):.2f}x ({min(later):.2f}-{max(later):.2f}x). The same section "
+        f"measuring afresh in every engine (`cost_memory: false`) ran at {vs_fastest(cold)[0]} "
+        f"({spread(cold, 'tokens_per_s', '{:.2f}')} tok/s); the default over it, round by round: "
+        + ", ".join(f"{x:.2f}x" for x in own)
     )
 
 
@@ -690,6 +722,7 @@ BLOCKS: dict[str, Callable[[], str]] = {
     "b64-repeat": b64_repeat,
     "b1-repeat": lambda: repeat(B1_REPEAT, 1),
     "b8-repeat": lambda: repeat(B8_REPEAT, 8),
+    "b8-memory": lambda: memory(B8_MEMORY, 8),
     "speed-target-share": lambda: speed_table(TARGET_SHARE),
     "speed-headline-throughput": lambda: speed_table(HEADLINE_THROUGHPUT),
     "speed-learned": lambda: speed_table(SPEED_LEARNED),
@@ -751,6 +784,7 @@ def unreferenced() -> list[str]:
         B64_REPEAT,
         B1_REPEAT,
         B8_REPEAT,
+        B8_MEMORY,
         TARGET_SHARE,
         HEADLINE_THROUGHPUT,
         COST_MODEL,
