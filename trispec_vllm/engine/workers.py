@@ -20,24 +20,24 @@ from trispec_vllm.engine.stats import worker_counters
 logger = logging.getLogger("vllm.trispec")
 
 
-def save_drafter(worker) -> None:
-    """At shutdown the learned drafter saves its head to drafter_checkpoint."""
-    drafter = getattr(getattr(worker, "model_runner", None), "trispec_learned", None)
-    if drafter is not None:
-        try:
-            drafter.save()
-        except Exception:  # noqa: BLE001 - a failed save must not break the shutdown
-            logger.exception("TriSpec: saving the drafter head at shutdown failed")
+# What a runner keeps in files, saved again at shutdown: (runner attribute, what it is).
+SAVED_AT_SHUTDOWN = (
+    ("trispec_learned", "the drafter head (drafter_checkpoint)"),
+    ("trispec_cost_memory", "the cost-aware step's measurements (cost_memory)"),
+)
 
 
-def save_costs(worker) -> None:
-    """At shutdown the cost-aware step saves its measurements (`cost_memory`)."""
-    memory = getattr(getattr(worker, "model_runner", None), "trispec_cost_memory", None)
-    if memory is not None:
-        try:
-            memory.save()
-        except Exception:  # noqa: BLE001 - a failed save must not break the shutdown
-            logger.exception("TriSpec: saving the cost-aware step's measurements failed")
+def save_at_shutdown(worker) -> None:
+    """At shutdown the learned drafter saves its head and the cost-aware step its
+    measurements; a failed save is logged and does not stop the shutdown."""
+    runner = getattr(worker, "model_runner", None)
+    for attr, what in SAVED_AT_SHUTDOWN:
+        saver = getattr(runner, attr, None)
+        if saver is not None:
+            try:
+                saver.save()
+            except Exception:  # noqa: BLE001 - a failed save must not break the shutdown
+                logger.exception("TriSpec: saving %s at shutdown failed", what)
 
 
 class TriSpecWorkerMethods:
@@ -55,8 +55,7 @@ class TriSpecWorkerMethods:
         return {"updates": drafter.learner.updates, "buffer": len(drafter.buffer)}
 
     def shutdown(self) -> None:
-        save_drafter(self)
-        save_costs(self)
+        save_at_shutdown(self)
         super().shutdown()
 
 
