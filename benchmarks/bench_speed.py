@@ -513,6 +513,16 @@ def with_ratios(rows: list[dict], builtin: set[str]) -> None:
 SPREAD_KEYS = ("tokens_per_s", "vs_no_spec", "vs_best_sd", "ttft_s", "tpot_s")
 
 
+# Counters kept for every round, not only the first: with cost_memory later rounds start
+# from what earlier ones measured, so their choice of step kinds differs.
+ROUND_COUNTERS = (
+    "worker:trispec_kind_steps",
+    "worker:sd_kind_steps",
+    "worker:plain_kind_steps",
+    "worker:plain_steps_without_drafter",
+)
+
+
 def summarise(per_round: list[list[dict]]) -> list[dict]:
     """One row per (configuration, batch): medians over rounds, min-max for SPREAD_KEYS,
     the first round's counters (greedy runs repeat them) and every round's figures."""
@@ -534,7 +544,10 @@ def summarise(per_round: list[list[dict]]) -> list[dict]:
                 if key in SPREAD_KEYS:
                     row[key + "_range"] = [min(vals), max(vals)]
         row["rounds"] = [
-            {k: r.get(k) for k in SPREAD_KEYS} | {"seconds": r["seconds"]} for r in same
+            {k: r.get(k) for k in SPREAD_KEYS}
+            | {"seconds": r["seconds"]}
+            | {k: v for k, v in r["raw"].items() if k in ROUND_COUNTERS}
+            for r in same
         ]
         out.append(row)
     return out
