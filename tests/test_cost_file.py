@@ -160,3 +160,19 @@ def test_the_costs_command_lists_and_clears_the_kept_files(tmp_path, monkeypatch
     assert "costs-broken.json: unreadable" in out
     assert main(["costs", "--clear"]) == 0
     assert not list(tmp_path.glob("costs-*.json"))
+
+
+def test_a_memory_that_cannot_start_leaves_the_engine_measuring_afresh(monkeypatch, caplog):
+    from types import SimpleNamespace
+
+    from trispec_vllm.engine import cost_memory
+
+    def broken(*_):
+        raise RuntimeError("no device name")
+
+    monkeypatch.setattr(cost_memory, "cost_key", broken)
+    runner = SimpleNamespace(vllm_config=None, device=None)
+    cfg = SimpleNamespace(cost_memory=True)
+    assert cost_memory.open_memory(runner, cfg, CostModel()) is None
+    assert "cost_memory is off" in caplog.text
+    assert cost_memory.open_memory(runner, SimpleNamespace(cost_memory=False), CostModel()) is None

@@ -99,5 +99,9 @@ def open_memory(runner, cfg, cost: CostModel | None) -> CostMemory | None:
     """The runner's cost memory (None: no cost-aware step, or `cost_memory` off)."""
     if cost is None or not cfg.cost_memory:
         return None
-    key = cost_key(runner.vllm_config, cfg, runner.device)
-    return CostMemory(CostFile(envs.cost_dir(), key), cost, saves=tp_rank() == 0)
+    try:
+        key = cost_key(runner.vllm_config, cfg, runner.device)
+        return CostMemory(CostFile(envs.cost_dir(), key), cost, saves=tp_rank() == 0)
+    except Exception:  # noqa: BLE001 - a memory that cannot start must not stop the engine
+        logger.exception("TriSpec: cost_memory is off for this engine (it measures afresh)")
+        return None
