@@ -19,14 +19,13 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 from filelock import FileLock
 
+from trispec_vllm.fetch.cache import atomic_write_text
 from trispec_vllm.policy.cost import CostModel
 
 FORMAT = 1
@@ -105,16 +104,7 @@ class CostFile:
                     "saved_at": time.time(),
                     "snapshot": merged,
                 }
-                fd, tmp = tempfile.mkstemp(
-                    dir=self.path.parent, prefix=self.path.name + ".", suffix=".tmp"
-                )
-                try:
-                    with os.fdopen(fd, "w") as f:
-                        json.dump(payload, f, indent=1)
-                    os.replace(tmp, self.path)
-                except BaseException:
-                    Path(tmp).unlink(missing_ok=True)
-                    raise
+                atomic_write_text(self.path, json.dumps(payload, indent=1))
         except OSError as err:
             logger.warning("TriSpec: cannot save the cost file %s (%s)", self.path, err)
             return False
