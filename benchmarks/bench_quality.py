@@ -544,13 +544,9 @@ def load_references(path: Path, settings: dict) -> dict[str, dict]:
 
 def cpu_model() -> str:
     """The CPU's model name (platform.processor() is empty on most Linux systems)."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return ""
+    from trispec_vllm.cpu_runtime import cpu_name
+
+    return cpu_name()
 
 
 def quick_problems(n: int) -> list[dict]:
