@@ -385,6 +385,14 @@ def b64_repeat() -> str:
     )
 
 
+def other_rates(d: dict, batch: int, exclude: tuple[str, ...]) -> tuple[list[dict], str]:
+    """The run's rows at `batch` but those of `exclude`, and their tok/s as one clause."""
+    spread = _bench("bench_speed").spread
+    others = [x for x in d["results"] if x["batch"] == batch and x["config"] not in exclude]
+    rates = ", ".join(f"{x['config']} {spread(x, 'tokens_per_s', '{:.2f}')}" for x in others)
+    return others, rates
+
+
 def repeat(name: str, batch: int) -> str:
     """One clause: a repeat of one batch size of the headline, the default against the
     fastest of the other configurations in it."""
@@ -392,8 +400,7 @@ def repeat(name: str, batch: int) -> str:
     r = speed_row(name, DEFAULT, batch)
     requests = dict(map(tuple, d["plan"]))[batch]
     spread = _bench("bench_speed").spread
-    others = [x for x in d["results"] if x["batch"] == batch and x["config"] != DEFAULT]
-    rates = ", ".join(f"{x['config']} {spread(x, 'tokens_per_s', '{:.2f}')}" for x in others)
+    others, rates = other_rates(d, batch, (DEFAULT,))
     plain = any(x["config"] == "no speculation" for x in others)
     versus = "of the fastest" if plain else "of the faster vLLM SD configuration"
     ratio = vs_fastest(r)[0] if plain else spread(r, "vs_best_sd", "{:.2f}x")
@@ -417,10 +424,7 @@ def memory(name: str, batch: int) -> str:
         a["tokens_per_s"] / b["tokens_per_s"]
         for a, b in zip(r["rounds"], cold["rounds"], strict=True)
     ]
-    others = [
-        x for x in d["results"] if x["batch"] == batch and x["config"] not in (DEFAULT, NO_MEMORY)
-    ]
-    rates = ", ".join(f"{x['config']} {spread(x, 'tokens_per_s', '{:.2f}')}" for x in others)
+    _, rates = other_rates(d, batch, (DEFAULT, NO_MEMORY))
     return (
         f"at batch {batch} with {dict(map(tuple, d['plan']))[batch]} requests in {d['rounds']} "
         f"interleaved rounds (`{name}`, {d['machine'].split(',')[0]}) the default ran at {text} "
