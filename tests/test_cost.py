@@ -400,3 +400,35 @@ def test_the_drafter_is_skipped_only_where_plain_decoding_is_settled():
     no_plain = CostModel(kinds=("trispec", "sd"), warmup=1)
     run(no_plain, {"trispec": 5, "sd": 20}, 1, 20)
     assert drafts_needed(no_plain, 1)
+
+
+def test_a_stale_kind_is_re_measured_before_the_class_switches_to_it():
+    """The machine slows down by 20%. Plain decoding, chosen, follows step by step;
+    SD's means, last measured before, do not, and out-rank it. The class does not
+    switch on them (nor warm the TriSpec step up, which it would where SD beat plain
+    decoding): one run of SD re-measures it, its means re-based on its own steps, and
+    plain decoding stays. Where the fresh run confirms SD, the class switches."""
+    model = CostModel(warmup=2, run_length=3, explore_every=1000, stale_after=20)
+    run(model, {"sd": 90, "plain": 100, "trispec": 10}, num_reqs=8, steps=40)
+    assert model.best[8] == "plain" and (8, "trispec") not in model.stats
+    slower = run(model, {"sd": 72, "plain": 80, "trispec": 8}, num_reqs=8, steps=60)
+    assert slower.count("sd") == 3 and "trispec" not in slower, slower
+    assert slower[-30:] == ["plain"] * 30 and model.rates()["sd"][8] == 72.0
+    sd_holds = CostModel(warmup=2, run_length=3, explore_every=1000, stale_after=20)
+    run(sd_holds, {"sd": 90, "plain": 100, "trispec": 10}, num_reqs=8, steps=40)
+    picks = run(sd_holds, {"sd": 90, "plain": 80, "trispec": 10}, num_reqs=8, steps=60)
+    assert picks[-20:] == ["sd"] * 20 and sd_holds.best[8] == "sd"
+
+
+def test_a_fresh_run_re_bases_a_kinds_means():
+    """The first timed step after its means went stale replaces them; the next ones
+    average evenly until the EWMA's own weight takes over."""
+    model = CostModel(weight=0.2, stale_after=5)
+    model.observe("plain", 1, 1.0, 10)  # a switch step: not timed
+    for _ in range(10):
+        model.observe("plain", 1, 1.0, 10)
+    model.decisions[1] = 100  # many decisions later, none of them plain
+    model.observe("plain", 1, 1.0, 4)
+    assert model.rates()["plain"][1] == 4.0
+    model.observe("plain", 1, 1.0, 6)
+    assert model.rates()["plain"][1] == 5.0

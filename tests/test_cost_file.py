@@ -176,3 +176,14 @@ def test_a_memory_that_cannot_start_leaves_the_engine_measuring_afresh(monkeypat
     assert cost_memory.open_memory(runner, cfg, CostModel()) is None
     assert "cost_memory is off" in caplog.text
     assert cost_memory.open_memory(runner, SimpleNamespace(cost_memory=False), CostModel()) is None
+
+
+def test_restored_means_are_re_based_by_this_engines_own_steps():
+    """A kept rate describes the machine as it was: this engine's first timed step
+    of a kind replaces it, rather than blending in at the EWMA's weight."""
+    warm = CostModel(warmup=2, explore_every=8, run_length=3)
+    warm.restore(measured().snapshot())
+    for _ in range(2):  # the first step of a kind in a class is a switch: not timed
+        kind = warm.choose(8)
+        warm.observe(kind, 8, 1.0, 6)
+    assert kind == "plain" and warm.rates()["plain"][8] == 6.0

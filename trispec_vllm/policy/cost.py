@@ -93,15 +93,22 @@ class KindStats:
     tokens: float = 0.0  # EWMA of tokens emitted per step
     samples: int = 0
     last: float = 0.0  # tokens/s of the latest sample
+    fresh: int = 0  # samples since the means were last re-based (`stale`)
 
     def observe(self, seconds: float, tokens: int, weight: float) -> None:
+        """One sample; the first `1 / weight` after a re-base are averaged evenly (the
+        first replaces the means), later ones weighted by `weight`."""
         self.last = tokens / seconds
-        if self.samples == 0:
-            self.seconds, self.tokens = seconds, float(tokens)
-        else:
-            self.seconds += weight * (seconds - self.seconds)
-            self.tokens += weight * (tokens - self.tokens)
+        w = max(weight, 1.0 / (self.fresh + 1))
+        self.seconds += w * (seconds - self.seconds)
+        self.tokens += w * (tokens - self.tokens)
         self.samples += 1
+        self.fresh += 1
+
+    def stale(self) -> None:
+        """The means describe an earlier state of the machine: the next sample
+        replaces them rather than blending in at `weight`."""
+        self.fresh = 0
 
     @property
     def rate(self) -> float:
@@ -126,6 +133,10 @@ class CostModel:
     switch_margin: float = 0.05  # another kind must beat the class's choice by this share
     abandon: float = 0.5  # a run stops once its kind is measured below this share of another
     max_backoff: int = 8  # exploration intervals grow up to this many times explore_every
+    # A kind's means are stale once its class made this many decisions without a step
+    # of it (or when they were restored from an earlier engine): the class does not
+    # switch to it on them, it re-measures it first, and the run re-bases the means.
+    stale_after: int = 48
     # From this batch-size class on, some request escalates in nearly every TriSpec step
     # (the target ran in 96-100% of them at batch 8 and 32, lambda 0.5, on the real
     # pair), so a TriSpec step costs an SD step plus a proxy pass (see _after_sd).
@@ -137,6 +148,9 @@ class CostModel:
     runs: dict[int, tuple[str, int, int]] = field(default_factory=dict)
     since: dict[int, int] = field(default_factory=dict)  # class -> decisions since exploring
     interval: dict[int, int] = field(default_factory=dict)  # class -> current interval
+    decisions: dict[int, int] = field(default_factory=dict)  # class -> decisions made
+    # (class, kind) -> the class's decision count at the kind's latest timed step
+    measured_at: dict[tuple[int, str], int] = field(default_factory=dict)
     explored: dict[int, bool] = field(default_factory=dict)  # class -> explored since last pick
     best: dict[int, str] = field(default_factory=dict)  # class -> kind last exploited
     last: dict[int, str] = field(default_factory=dict)  # class -> kind of its last step
@@ -197,7 +211,21 @@ class CostModel:
             self._charge_deferred(cls, owed[0] - seconds + owed[2], owed[1])
         if entered is not None:
             self.entry_excess[cls] = max(entered - seconds, 0.0)
-        self.stats.setdefault((cls, kind), KindStats()).observe(seconds, tokens, self.weight)
+        st = self.stats.setdefault((cls, kind), KindStats())
+        if self._stale(cls, kind):
+            st.stale()
+        st.observe(seconds, tokens, self.weight)
+        self.measured_at[(cls, kind)] = self.decisions.get(cls, 0)
+
+    def _stale(self, cls: int, kind: str) -> bool:
+        """Whether a kind's means in a class are from an earlier state of the machine:
+        restored from an earlier engine, or not timed in its last `stale_after`
+        decisions. Plain decoding's means follow the machine's drift step by step
+        while it is chosen; a kind last measured minutes ago does not, and on a
+        2-core CPU at batch 8 a kept SD rate out-ranked plain decoding's drifting one
+        in about one step in ten, each such SD step slower than a plain one."""
+        at = self.measured_at.get((cls, kind))
+        return at is None or self.decisions.get(cls, 0) - at > self.stale_after
 
     def _charge_deferred(self, cls: int, excess: float, steps: int) -> None:
         """Book on the TriSpec step the switches its run of `steps` steps caused: the
@@ -229,6 +257,7 @@ class CostModel:
         if req_ids:
             self._forget_all_but(req_ids)
         cls = size_class(num_reqs)
+        self.decisions[cls] = self.decisions.get(cls, 0) + 1
         stats = {k: self.stats.get((cls, k), KindStats()) for k in options}
         run = self.runs.pop(cls, None)
         if run is not None and run[1] > 0 and run[0] in options:
@@ -257,6 +286,11 @@ class CostModel:
             "slowest request" if self._draining(num_reqs, req_ids, waiting) else "throughput"
         )
         self.objectives[objective] = self.objectives.get(objective, 0) + 1
+        refresh = self._refresh(cls, ranked)
+        if refresh is not None:  # an exploration of it, before any switch
+            self.since[cls] = 0
+            self.explored[cls] = True
+            return self._run(cls, refresh)
         context = (cls, tuple(options), objective)  # without drafts, SD is no candidate
         if self.reported.get(context) != ranked[0] and self.on_change is not None:
             self.on_change(cls, ranked[0], {k: round(score[k], 2) for k in options}, objective)
@@ -293,7 +327,18 @@ class CostModel:
         if self._warming(cls, options, stats, scored):
             return None
         ranked = self._ranked(cls, options, {k: scored(k) for k in options})
-        return None if self._to_explore(cls, ranked, scored) else ranked[0]
+        if self._to_explore(cls, ranked, scored) or self._refresh(cls, ranked):
+            return None
+        return ranked[0]
+
+    def _refresh(self, cls: int, ranked: list[str]) -> str | None:
+        """The kind to re-measure in a run before the class switches to it: ranked
+        above the class's current choice on stale means (`_stale`). A switch needs
+        fresh evidence; the run re-bases the kind's means on its own steps."""
+        current, top = self.best.get(cls), ranked[0]
+        if current is None or current == top or current not in ranked:
+            return None
+        return top if self._stale(cls, top) else None
 
     def _draining(self, num_reqs: int, req_ids: list[str] | None, waiting: bool) -> bool:
         """Whether a decision ranks by the slowest request's pace (none waits)."""
@@ -413,8 +458,8 @@ class CostModel:
         if kind != DEFERS or cls < self.escalates_from or "sd" not in self.kinds:
             return True
         sd = self.stats.get((cls, "sd"))
-        if sd is None or not sd.samples:
-            return False
+        if sd is None or not sd.samples or self._stale(cls, "sd"):
+            return False  # SD's stale means are re-measured before they count
         if "plain" not in self.kinds:
             return True
         plain = self.stats.get((cls, "plain"))
