@@ -40,7 +40,11 @@ spread over the run (without it, short TriSpec runs measured cheaper than TriSpe
 steps are). Switches cost
 time no timing attributes in full, so a kind must also beat the class's current
 choice by `switch_margin` to replace it: kinds within the noise of each other
-would otherwise trade places, and pay a catch-up, at every exploration.
+would otherwise trade places, and pay a catch-up, at every exploration. A switch
+also needs fresh evidence: the chosen kind's means follow the machine's drift step
+by step, a kind last timed many decisions ago (or restored from an earlier engine)
+does not, so such a kind is re-measured in a run before the class switches to it,
+and that run's steps replace its means rather than blend in.
 
 What "most tokens per second" means depends on the load. While requests wait
 for a slot, the step's throughput is what serves them soonest. When none waits,
