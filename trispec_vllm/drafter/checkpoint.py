@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from pathlib import Path
 
 import torch
 from filelock import FileLock
+
+from trispec_vllm.fetch.cache import atomic_write
 
 FORMAT = 1
 
@@ -39,16 +40,7 @@ def save(
         "draft_vocab": None if draft_vocab is None else draft_vocab.detach().cpu().clone(),
     }
     with FileLock(str(path) + ".lock"):
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                torch.save(payload, f)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        atomic_write(path, lambda f: torch.save(payload, f))
 
 
 def load(path: str | Path, fingerprint: str) -> dict:

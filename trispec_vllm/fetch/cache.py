@@ -24,8 +24,9 @@ import os
 import shutil
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import BinaryIO
 
 from filelock import FileLock, Timeout
 
@@ -95,12 +96,15 @@ def is_ready(path: PathLike) -> bool:
 # ------------------------------------------------------------------ atomic writes
 
 
-def atomic_write_text(path: Path, text: str) -> None:
+def atomic_write(path: Path, write: Callable[[BinaryIO], object]) -> None:
+    """Write `path` through `write(file)` into a temporary file beside it, fsync it and
+    move it into place: a reader sees the old file or the whole new one, never a torn
+    one (a process killed mid-write leaves only the temporary file, removed if it can)."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         os.fchmod(fd, 0o644)
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
+        with os.fdopen(fd, "wb") as f:
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -108,6 +112,11 @@ def atomic_write_text(path: Path, text: str) -> None:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """`atomic_write` of a text file (UTF-8)."""
+    atomic_write(path, lambda f: f.write(text.encode()))
 
 
 def install_dir_atomically(tmp_dir: Path, final_dir: Path, extra: dict | None = None) -> Path:
