@@ -481,13 +481,9 @@ def cpu_model() -> str:
     """The CPU's model name, cores and widest vector ISA, for every table's hardware
     line: without AVX512-BF16, vLLM's CPU linear layers in bf16 cost time in proportion
     to the tokens in the pass, which changes every speculative configuration's speed."""
-    fields: dict[str, str] = {}
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            key, _, value = line.partition(":")
-            fields.setdefault(key.strip(), value.strip())
-    except OSError:
-        pass
+    from trispec_vllm.cpu_runtime import cpu_info
+
+    fields = cpu_info()
     name = fields.get("model name") or platform.processor() or platform.machine()
     flags = set(fields.get("flags", "").split())
     isa = next(
