@@ -432,3 +432,33 @@ def test_a_fresh_run_re_bases_a_kinds_means():
     assert model.rates()["plain"][1] == 4.0
     model.observe("plain", 1, 1.0, 6)
     assert model.rates()["plain"][1] == 5.0
+
+
+def test_the_first_step_between_sd_and_plain_decoding_is_timed():
+    """Neither SD nor plain decoding leaves work to the other, so the step after a
+    switch between them is a sample; a switch into or out of a TriSpec step (or a
+    TriSpec step anywhere just before) is not."""
+    model = CostModel(warmup=1)
+    model.observe("plain", 1, 1.0, 1)  # the class's first step: not timed
+    model.observe("sd", 1, 1.0, 3)
+    assert model.rates() == {"sd": {1: 3.0}}
+    model.observe("trispec", 1, 9.0, 1)
+    model.observe("plain", 1, 9.0, 1)  # after a TriSpec step: not timed
+    model.observe("plain", 1, 1.0, 1)
+    assert model.rates() == {"plain": {1: 1.0}, "sd": {1: 3.0}}
+    model.observe("trispec", 2, 9.0, 1)  # in another class, just before
+    model.observe("sd", 1, 9.0, 3)
+    assert model.rates()["sd"][1] == 3.0
+
+
+def test_a_losing_exploration_run_stops_after_its_first_step():
+    """At a batch nothing waits behind, SD out-runs plain decoding in throughput while
+    its slowest request falls behind: ranked by the slowest request, one timed SD step
+    shows it under `abandon_uniform` of plain decoding, and the exploration run stops
+    there instead of paying its other steps (at batch 64 on a 2-core CPU an SD step
+    cost twice a plain one)."""
+    model = CostModel(warmup=2, run_length=4, explore_every=8, kinds=("sd", "plain"))
+    picks = batch_run(model, 80, waiting=False, sd_tokens=[5, 5, 5, 5, 1, 1, 1, 1])
+    later = "".join(k[0] for k in picks[20:])
+    assert "p" * 8 in later and "ss" not in later, later
+    assert later.count("s") >= 2  # exploration still runs

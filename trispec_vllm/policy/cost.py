@@ -20,8 +20,9 @@ others now and then (one run in `explore_every` decisions of the class, an
 interval that doubles, up to `max_backoff` times, while the re-tries keep
 confirming the choice) so a change in the workload is noticed. Trying a kind
 is not free: on a CPU whose passes cost their tokens, a TriSpec step can take
-several plain steps' time, so a run stops as soon as its kind has measured
-below `abandon` times another kind's rate, a kind that lost to one doing less
+several plain steps' time, so a run stops as soon as one step of it has measured
+below `abandon` times another kind's rate (`abandon_uniform` for SD and plain
+decoding, whose steps vary less), a kind that lost to one doing less
 work at a smaller batch is not warmed up at a larger one (speculation pays less
 as the batch grows), and from batch 8 on, where some request escalates in nearly
 every TriSpec step, the TriSpec step is not warmed up where SD lost to plain
@@ -29,9 +30,9 @@ decoding (it costs SD plus a proxy pass there); such kinds are still re-tried,
 at the longest exploration interval.
 A speculative kind must beat plain decoding by `plain_margin` to be chosen over
 it: plain decoding is exact and costs no quality, so a tie or a gain inside the
-noise goes to it (and among equal rates, the kind doing less work). Only steps
-that follow a step of the same kind are timed: the first step after a switch
-pays the catch-up of the kind before it. Both catch-ups are the TriSpec step's
+noise goes to it (and among equal rates, the kind doing less work). The first
+step after a switch into or out of a TriSpec step is not timed: it pays a
+catch-up (between SD and plain decoding there is none). Both catch-ups are the TriSpec step's
 doing: entering a TriSpec run, the proxy reads the tokens other kinds emitted since
 it last ran; after one, the target verifies the tokens the proxy alone completed.
 A short run (warm-up, exploration) never pays either in a timed step, so each
@@ -97,12 +98,13 @@ class KindStats:
     tokens: float = 0.0  # EWMA of tokens emitted per step
     samples: int = 0
     last: float = 0.0  # tokens/s of the latest sample
+    last_seconds: float = 0.0  # seconds of the latest sample
     fresh: int = 0  # samples since the means were last re-based (`stale`)
 
     def observe(self, seconds: float, tokens: int, weight: float) -> None:
         """One sample; the first `1 / weight` after a re-base are averaged evenly (the
         first replaces the means), later ones weighted by `weight`."""
-        self.last = tokens / seconds
+        self.last, self.last_seconds = tokens / seconds, seconds
         w = max(weight, 1.0 / (self.fresh + 1))
         self.seconds += w * (seconds - self.seconds)
         self.tokens += w * (tokens - self.tokens)
@@ -123,10 +125,10 @@ class KindStats:
 class CostModel:
     """Measured cost of each step kind per batch-size class, and the choice.
 
-    Kinds are run in runs of `run_length` steps (warm-up and exploration alike), and
-    only steps that follow a step of the same kind are measured: the first step after
-    a switch pays for the kind before it (the target's or the proxy's catch-up), so
-    timing it would charge one kind for another's deferred work."""
+    Kinds are run in runs of `run_length` steps (warm-up and exploration alike). The
+    first step after a switch into or out of a TriSpec step is not measured: it pays
+    for the kind before it (the target's or the proxy's catch-up), so timing it would
+    charge one kind for another's deferred work."""
 
     kinds: tuple[str, ...] = KINDS
     warmup: int = 3  # measured steps of each kind before exploiting
@@ -136,6 +138,10 @@ class CostModel:
     plain_margin: float = 0.05  # a speculative kind must beat plain by this share
     switch_margin: float = 0.05  # another kind must beat the class's choice by this share
     abandon: float = 0.5  # a run stops once its kind is measured below this share of another
+    # ... and a run of SD or plain decoding below this share: their steps vary with the
+    # machine's noise only, a TriSpec step's with its routing (a step the proxy completes
+    # costs a fraction of one the target verifies), so one of theirs says more
+    abandon_uniform: float = 0.8
     max_backoff: int = 8  # exploration intervals grow up to this many times explore_every
     # A kind's means are stale once its class made this many decisions without a step
     # of it (or when they were restored from an earlier engine): the class does not
@@ -174,6 +180,7 @@ class CostModel:
     # last choice per such triple). The objective is "throughput" or "slowest request".
     on_change: Callable[[int, str, dict[str, float], str], None] | None = None
     reported: dict[tuple[int, tuple[str, ...], str], str] = field(default_factory=dict)
+    previous: str | None = None  # the kind of the engine's latest booked step, any class
     prior_steps: int = 4  # a request's pace starts as this many steps of one token
     # kind -> request -> (tokens emitted, steps) in steps of that kind
     paces: dict[str, dict[str, tuple[int, int]]] = field(default_factory=dict)
@@ -197,6 +204,7 @@ class CostModel:
                 paces[req] = (done + n, steps + 1)
         cls = size_class(num_reqs)
         previous, self.last[cls] = self.last.get(cls), kind
+        engine_previous, self.previous = self.previous, kind
         steps = self.run_steps.get(cls, 0)
         self.run_steps[cls] = 1 if previous != kind else steps + 1
         owed = self.owed.pop(cls, None)
@@ -210,7 +218,11 @@ class CostModel:
                 self.owed[cls] = (seconds, steps, self.entry_excess.pop(cls, 0.0))
             if kind == DEFERS:
                 self.entered[cls] = seconds
-            return
+            if DEFERS in (previous, kind, engine_previous) or previous is None:
+                return
+            # Between SD and plain decoding neither leaves work to the other: the first
+            # step is timed, so a losing exploration run can stop after one step (at
+            # batch 64 on a 2-core CPU an SD step took twice a plain one).
         if owed is not None:
             self._charge_deferred(cls, owed[0] - seconds + owed[2], owed[1])
         if entered is not None:
@@ -263,14 +275,14 @@ class CostModel:
         cls = size_class(num_reqs)
         self.decisions[cls] = self.decisions.get(cls, 0) + 1
         stats = {k: self.stats.get((cls, k), KindStats()) for k in options}
+        scored = self._scorer(cls, num_reqs, req_ids, waiting)
         run = self.runs.pop(cls, None)
         if run is not None and run[1] > 0 and run[0] in options:
             kind, left, at_start = run
             fresh = stats[kind].samples > at_start  # measured in this run
-            if not (fresh and self._clearly_slower(kind, stats, latest=True)):
+            if not (fresh and self._run_lost(kind, stats, scored)):
                 self.runs[cls] = (kind, left - 1, at_start)
                 return self._chose(kind)
-        scored = self._scorer(cls, num_reqs, req_ids, waiting)
         warming = self._warming(cls, options, stats, scored)
         if warming:
             order = self._warm_order(cls)
@@ -425,15 +437,29 @@ class CostModel:
             for r in [r for r in paces if r not in live]:
                 del paces[r]
 
-    def _clearly_slower(self, kind: str, stats: dict[str, KindStats], latest: bool = False) -> bool:
-        """Measured (its latest sample, with `latest`), and at under `abandon` times
-        another measured kind's rate: no need to finish its warm-up or exploration
-        run, each step of which costs."""
+    def _clearly_slower(self, kind: str, stats: dict[str, KindStats]) -> bool:
+        """Measured, and at under `abandon` times another measured kind's rate: no need
+        to finish its warm-up, each step of which costs."""
         st = stats[kind]
         if not st.samples:
             return False
         best = max((o.rate for k, o in stats.items() if k != kind and o.samples), default=0.0)
-        return (st.last if latest else st.rate) < self.abandon * best
+        return st.rate < self.abandon * best
+
+    def _run_lost(
+        self, kind: str, stats: dict[str, KindStats], scored: Callable[[str], float]
+    ) -> bool:
+        """Whether a run's latest step puts its kind under `abandon` (a TriSpec run) or
+        `abandon_uniform` (SD, plain) times another measured kind, by the decision's
+        objective (`scored`, with the latest step's seconds in place of the kind's
+        mean): the run stops there, each of its steps costs."""
+        st = stats[kind]
+        if not st.samples or st.last_seconds <= 0:
+            return False
+        latest = scored(kind) * st.seconds / st.last_seconds
+        best = max((scored(k) for k, o in stats.items() if k != kind and o.samples), default=0.0)
+        share = self.abandon if kind == DEFERS else self.abandon_uniform
+        return latest < share * best
 
     def _warm_order(self, cls: int) -> Callable[[str], int]:
         """Plain decoding first (the baseline). Below `escalates_from` the TriSpec step
