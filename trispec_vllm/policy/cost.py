@@ -238,8 +238,8 @@ class CostModel:
         restored from an earlier engine, or not timed in its last `stale_after`
         decisions. Plain decoding's means follow the machine's drift step by step
         while it is chosen; a kind last measured minutes ago does not, and on a
-        2-core CPU at batch 8 a kept SD rate out-ranked plain decoding's drifting one
-        in about one step in ten, each such SD step slower than a plain one."""
+        2-core CPU at batch 8 kept SD rates out-ranked plain decoding's drifting one,
+        each SD step that followed slower than a plain one."""
         at = self.measured_at.get((cls, kind))
         return at is None or self.decisions.get(cls, 0) - at > self.stale_after
 
