@@ -402,63 +402,80 @@ def test_the_drafter_is_skipped_only_where_plain_decoding_is_settled():
     assert drafts_needed(no_plain, 1)
 
 
+def timed_run(model: CostModel, secs: dict[str, float], num_reqs: int, steps: int) -> list[str]:
+    """Like `run`, with the machine's speed in the step seconds: each step of a kind
+    takes `secs[kind]` and emits TOKENS[kind] tokens."""
+    picks = []
+    for _ in range(steps):
+        kind = model.choose(num_reqs)
+        model.observe(kind, num_reqs, secs[kind], TOKENS[kind])
+        picks.append(kind)
+    return picks
+
+
+TOKENS = {"plain": 8, "sd": 24, "trispec": 24}
+
+
 def test_a_stale_kind_is_re_measured_before_the_class_switches_to_it():
     """The machine slows down by 20%. Plain decoding, chosen, follows step by step;
-    SD's means, last measured before, do not, and out-rank it. The class does not
-    switch on them (nor warm the TriSpec step up, which it would where SD beat plain
-    decoding): one run of SD re-measures it, its means re-based on its own steps, and
-    plain decoding stays. Where the fresh run confirms SD, the class switches."""
+    SD's mean step time, last measured before, does not, and SD out-ranks it. The
+    class does not switch on that (nor warm the TriSpec step up, which it would where
+    SD beat plain decoding): one run of SD re-measures it, its step time re-based on
+    its own steps, and plain decoding stays. Where the fresh run confirms SD, the
+    class switches."""
+    before = {"plain": 0.08, "sd": 24 / 90, "trispec": 2.4}  # 100, 90, 10 tok/s
+    slower = {k: v * 1.25 for k, v in before.items()}  # 80, 72, 8 tok/s
     model = CostModel(warmup=2, run_length=3, explore_every=1000, stale_after=20)
-    run(model, {"sd": 90, "plain": 100, "trispec": 10}, num_reqs=8, steps=40)
+    timed_run(model, before, num_reqs=8, steps=40)
     assert model.best[8] == "plain" and (8, "trispec") not in model.stats
-    slower = run(model, {"sd": 72, "plain": 80, "trispec": 8}, num_reqs=8, steps=60)
-    assert slower.count("sd") == 3 and "trispec" not in slower, slower
-    assert slower[-30:] == ["plain"] * 30 and model.rates()["sd"][8] == 72.0
+    picks = timed_run(model, slower, num_reqs=8, steps=60)
+    assert picks.count("sd") == 3 and "trispec" not in picks, picks
+    assert picks[-30:] == ["plain"] * 30
+    # The stale mean counts as one sample among the run's two timed steps.
+    assert model.stats[(8, "sd")].seconds == pytest.approx((before["sd"] + 2 * slower["sd"]) / 3)
     sd_holds = CostModel(warmup=2, run_length=3, explore_every=1000, stale_after=20)
-    run(sd_holds, {"sd": 90, "plain": 100, "trispec": 10}, num_reqs=8, steps=40)
-    picks = run(sd_holds, {"sd": 90, "plain": 80, "trispec": 10}, num_reqs=8, steps=60)
+    timed_run(sd_holds, before, num_reqs=8, steps=40)
+    picks = timed_run(sd_holds, {**slower, "sd": before["sd"]}, num_reqs=8, steps=60)
     assert picks[-20:] == ["sd"] * 20 and sd_holds.best[8] == "sd"
 
 
-def test_a_fresh_run_re_bases_a_kinds_means():
-    """The first timed step after its means went stale replaces them; the next ones
-    average evenly until the EWMA's own weight takes over."""
+def test_a_fresh_run_re_bases_a_kinds_step_time_not_its_tokens():
+    """Once a kind's step time went stale, it and the next steps are averaged evenly
+    (as one sample among them: one outlier must not replace it) until the EWMA's own
+    weight takes over. Tokens per step follow the workload and vary from step to step:
+    their mean keeps moving by the EWMA's weight (a single SD step that accepted
+    nothing would otherwise erase its kept rate)."""
     model = CostModel(weight=0.2, stale_after=5)
-    model.observe("plain", 1, 1.0, 10)  # a switch step: not timed
+    model.observe("sd", 1, 1.0, 10)  # a switch step: not timed
     for _ in range(10):
-        model.observe("plain", 1, 1.0, 10)
-    model.decisions[1] = 100  # many decisions later, none of them plain
-    model.observe("plain", 1, 1.0, 4)
-    assert model.rates()["plain"][1] == 4.0
-    model.observe("plain", 1, 1.0, 6)
-    assert model.rates()["plain"][1] == 5.0
+        model.observe("sd", 1, 1.0, 10)
+    model.decisions[1] = 100  # many decisions later, none of them SD
+    sd = model.stats[(1, "sd")]
+    model.observe("sd", 1, 2.0, 10)
+    assert sd.seconds == 1.5
+    model.observe("sd", 1, 4.0, 10)
+    assert sd.seconds == pytest.approx(7 / 3)
+    for _ in range(20):
+        model.observe("sd", 1, 4.0, 10)
+    assert sd.seconds == pytest.approx(4.0, abs=0.05)
+    model.decisions[1] = 200
+    model.observe("sd", 1, 2.0, 5)  # half the tokens it used to emit per step
+    assert sd.seconds == pytest.approx(3.0, abs=0.05) and sd.tokens == pytest.approx(9.0)
+    plain = CostModel(weight=0.2)  # never stale: the EWMA's weight from the second sample
+    plain.observe("plain", 1, 9.0, 1)  # the class's first step: not timed
+    for secs in (1.0, 2.0):
+        plain.observe("plain", 1, secs, 1)
+    assert plain.stats[(1, "plain")].seconds == pytest.approx(1.2)
 
 
-def test_the_first_step_between_sd_and_plain_decoding_is_timed():
-    """Neither SD nor plain decoding leaves work to the other, so the step after a
-    switch between them is a sample; a switch into or out of a TriSpec step (or a
-    TriSpec step anywhere just before) is not."""
-    model = CostModel(warmup=1)
-    model.observe("plain", 1, 1.0, 1)  # the class's first step: not timed
-    model.observe("sd", 1, 1.0, 3)
-    assert model.rates() == {"sd": {1: 3.0}}
-    model.observe("trispec", 1, 9.0, 1)
-    model.observe("plain", 1, 9.0, 1)  # after a TriSpec step: not timed
-    model.observe("plain", 1, 1.0, 1)
-    assert model.rates() == {"plain": {1: 1.0}, "sd": {1: 3.0}}
-    model.observe("trispec", 2, 9.0, 1)  # in another class, just before
-    model.observe("sd", 1, 9.0, 3)
-    assert model.rates()["sd"][1] == 3.0
-
-
-def test_a_losing_exploration_run_stops_after_its_first_step():
+def test_a_losing_exploration_run_stops_after_its_first_timed_step():
     """At a batch nothing waits behind, SD out-runs plain decoding in throughput while
     its slowest request falls behind: ranked by the slowest request, one timed SD step
     shows it under `abandon_uniform` of plain decoding, and the exploration run stops
-    there instead of paying its other steps (at batch 64 on a 2-core CPU an SD step
-    cost twice a plain one)."""
+    there (after its untimed switch step and that one) instead of paying its other
+    steps (at batch 64 on a 2-core CPU an SD step cost twice a plain one)."""
     model = CostModel(warmup=2, run_length=4, explore_every=8, kinds=("sd", "plain"))
     picks = batch_run(model, 80, waiting=False, sd_tokens=[5, 5, 5, 5, 1, 1, 1, 1])
     later = "".join(k[0] for k in picks[20:])
-    assert "p" * 8 in later and "ss" not in later, later
+    assert "p" * 8 in later and "ss" in later and "sss" not in later, later
     assert later.count("s") >= 2  # exploration still runs

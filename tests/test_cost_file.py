@@ -179,11 +179,12 @@ def test_a_memory_that_cannot_start_leaves_the_engine_measuring_afresh(monkeypat
 
 
 def test_restored_means_are_re_based_by_this_engines_own_steps():
-    """A kept rate describes the machine as it was: this engine's first timed step
-    of a kind replaces it, rather than blending in at the EWMA's weight."""
+    """A kept step time describes the machine as it was: this engine's first timed
+    step of a kind outweighs it sooner than the EWMA's weight would let it."""
     warm = CostModel(warmup=2, explore_every=8, run_length=3)
     warm.restore(measured().snapshot())
     for _ in range(2):  # the first step of a kind in a class is a switch: not timed
         kind = warm.choose(8)
-        warm.observe(kind, 8, 1.0, 6)
-    assert kind == "plain" and warm.rates()["plain"][8] == 6.0
+        warm.observe(kind, 8, 2.0, SPEED[kind])
+    # the kept step time (1 s) counts as one sample next to this engine's first (2 s)
+    assert kind == "plain" and warm.stats[(8, "plain")].seconds == 1.5

@@ -30,9 +30,9 @@ decoding (it costs SD plus a proxy pass there); such kinds are still re-tried,
 at the longest exploration interval.
 A speculative kind must beat plain decoding by `plain_margin` to be chosen over
 it: plain decoding is exact and costs no quality, so a tie or a gain inside the
-noise goes to it (and among equal rates, the kind doing less work). The first
-step after a switch into or out of a TriSpec step is not timed: it pays a
-catch-up (between SD and plain decoding there is none). Both catch-ups are the TriSpec step's
+noise goes to it (and among equal rates, the kind doing less work). Only steps
+that follow a step of the same kind are timed: the first step after a switch
+pays the catch-up of the kind before it. Both catch-ups are the TriSpec step's
 doing: entering a TriSpec run, the proxy reads the tokens other kinds emitted since
 it last ran; after one, the target verifies the tokens the proxy alone completed.
 A short run (warm-up, exploration) never pays either in a timed step, so each
@@ -45,7 +45,7 @@ would otherwise trade places, and pay a catch-up, at every exploration. A switch
 also needs fresh evidence: the chosen kind's means follow the machine's drift step
 by step, a kind last timed many decisions ago (or restored from an earlier engine)
 does not, so such a kind is re-measured in a run before the class switches to it,
-and that run's steps replace its means rather than blend in.
+and that run's steps outweigh its kept step time sooner than the EWMA would.
 
 What "most tokens per second" means depends on the load. While requests wait
 for a slot, the step's throughput is what serves them soonest. When none waits,
@@ -99,21 +99,32 @@ class KindStats:
     samples: int = 0
     last: float = 0.0  # tokens/s of the latest sample
     last_seconds: float = 0.0  # seconds of the latest sample
-    fresh: int = 0  # samples since the means were last re-based (`stale`)
+    fresh: int | None = None  # samples since the seconds' mean went stale (None: never)
 
     def observe(self, seconds: float, tokens: int, weight: float) -> None:
-        """One sample; the first `1 / weight` after a re-base are averaged evenly (the
-        first replaces the means), later ones weighted by `weight`."""
+        """One sample. After the seconds' mean went stale (`stale`), it and the next
+        samples are averaged evenly, as if it were one sample of them, until `weight`
+        gives a sample more; the tokens' mean always moves by `weight`."""
         self.last, self.last_seconds = tokens / seconds, seconds
-        w = max(weight, 1.0 / (self.fresh + 1))
+        if self.samples == 0:
+            w = 1.0
+        elif self.fresh is None:
+            w = weight
+        else:
+            w = max(weight, 1.0 / (self.fresh + 2))
+            self.fresh += 1
         self.seconds += w * (seconds - self.seconds)
+        w = 1.0 if self.samples == 0 else weight
         self.tokens += w * (tokens - self.tokens)
         self.samples += 1
-        self.fresh += 1
 
     def stale(self) -> None:
-        """The means describe an earlier state of the machine: the next sample
-        replaces them rather than blending in at `weight`."""
+        """The seconds' mean describes an earlier state of the machine: the next
+        samples outweigh it sooner than `weight` would let them (one outlier among them
+        must not replace it: the first fresh sample gets half). Not the tokens' mean:
+        tokens per step follow the workload's acceptance, not the machine's drift,
+        and vary from step to step (an SD step at batch 1 emits 1 to k + 1), so one
+        step re-basing it put a kept SD rate of 21.5 tok/s at 5.5."""
         self.fresh = 0
 
     @property
@@ -125,10 +136,10 @@ class KindStats:
 class CostModel:
     """Measured cost of each step kind per batch-size class, and the choice.
 
-    Kinds are run in runs of `run_length` steps (warm-up and exploration alike). The
-    first step after a switch into or out of a TriSpec step is not measured: it pays
-    for the kind before it (the target's or the proxy's catch-up), so timing it would
-    charge one kind for another's deferred work."""
+    Kinds are run in runs of `run_length` steps (warm-up and exploration alike), and
+    only steps that follow a step of the same kind are measured: the first step after
+    a switch pays for the kind before it (the target's or the proxy's catch-up), so
+    timing it would charge one kind for another's deferred work."""
 
     kinds: tuple[str, ...] = KINDS
     warmup: int = 3  # measured steps of each kind before exploiting
@@ -145,7 +156,7 @@ class CostModel:
     max_backoff: int = 8  # exploration intervals grow up to this many times explore_every
     # A kind's means are stale once its class made this many decisions without a step
     # of it (or when they were restored from an earlier engine): the class does not
-    # switch to it on them, it re-measures it first, and the run re-bases the means.
+    # switch to it on them, it re-measures it first, and the run re-bases its step time.
     stale_after: int = 48
     # From this batch-size class on, some request escalates in nearly every TriSpec step
     # (the target ran in 96-100% of them at batch 8 and 32, lambda 0.5, on the real
@@ -180,7 +191,6 @@ class CostModel:
     # last choice per such triple). The objective is "throughput" or "slowest request".
     on_change: Callable[[int, str, dict[str, float], str], None] | None = None
     reported: dict[tuple[int, tuple[str, ...], str], str] = field(default_factory=dict)
-    previous: str | None = None  # the kind of the engine's latest booked step, any class
     prior_steps: int = 4  # a request's pace starts as this many steps of one token
     # kind -> request -> (tokens emitted, steps) in steps of that kind
     paces: dict[str, dict[str, tuple[int, int]]] = field(default_factory=dict)
@@ -204,7 +214,6 @@ class CostModel:
                 paces[req] = (done + n, steps + 1)
         cls = size_class(num_reqs)
         previous, self.last[cls] = self.last.get(cls), kind
-        engine_previous, self.previous = self.previous, kind
         steps = self.run_steps.get(cls, 0)
         self.run_steps[cls] = 1 if previous != kind else steps + 1
         owed = self.owed.pop(cls, None)
@@ -218,17 +227,13 @@ class CostModel:
                 self.owed[cls] = (seconds, steps, self.entry_excess.pop(cls, 0.0))
             if kind == DEFERS:
                 self.entered[cls] = seconds
-            if DEFERS in (previous, kind, engine_previous) or previous is None:
-                return
-            # Between SD and plain decoding neither leaves work to the other: the first
-            # step is timed, so a losing exploration run can stop after one step (at
-            # batch 64 on a 2-core CPU an SD step took twice a plain one).
+            return
         if owed is not None:
             self._charge_deferred(cls, owed[0] - seconds + owed[2], owed[1])
         if entered is not None:
             self.entry_excess[cls] = max(entered - seconds, 0.0)
         st = self.stats.setdefault((cls, kind), KindStats())
-        if self._stale(cls, kind):
+        if st.samples and self._stale(cls, kind):
             st.stale()
         st.observe(seconds, tokens, self.weight)
         self.measured_at[(cls, kind)] = self.decisions.get(cls, 0)
@@ -350,7 +355,7 @@ class CostModel:
     def _refresh(self, cls: int, ranked: list[str]) -> str | None:
         """The kind to re-measure in a run before the class switches to it: ranked
         above the class's current choice on stale means (`_stale`). A switch needs
-        fresh evidence; the run re-bases the kind's means on its own steps."""
+        fresh evidence; the run re-bases the kind's mean step time on its own steps."""
         current, top = self.best.get(cls), ranked[0]
         if current is None or current == top or current not in ranked:
             return None
