@@ -29,6 +29,8 @@ Results files (one per experiment, under benchmarks/results/):
 - speed_b8_repeat.json batch 8 again, every headline configuration, more rounds and requests
 - speed_b8_memory.json batch 8 again: the default with and without its kept measurements
 - speed_target_share.json TriSpec steps only at batch 8 / 32: the target's share of the steps
+- ab_all_plain_b16.json, ab_default_b64.json ab_engines.py: vLLM's no-speculation engine and a
+                      TriSpec engine held side by side, interleaved (linked from the docs)
 - speed_avx512.json   the same harness over every main configuration, before the
                       cost-aware step's fixes
 - speed.json          greedy, batch 1 / 8 / 32, 32 tokens, every engine compiled
