@@ -97,7 +97,6 @@ class KindStats:
     seconds: float = 0.0  # EWMA of step seconds
     tokens: float = 0.0  # EWMA of tokens emitted per step
     samples: int = 0
-    last: float = 0.0  # tokens/s of the latest sample
     last_seconds: float = 0.0  # seconds of the latest sample
     fresh: int | None = None  # samples since the seconds' mean went stale (None: never)
 
@@ -105,7 +104,7 @@ class KindStats:
         """One sample. After the seconds' mean went stale (`stale`), it and the next
         samples are averaged evenly, as if it were one sample of them, until `weight`
         gives a sample more; the tokens' mean always moves by `weight`."""
-        self.last, self.last_seconds = tokens / seconds, seconds
+        self.last_seconds = seconds
         if self.samples == 0:
             w = 1.0
         elif self.fresh is None:
@@ -572,8 +571,7 @@ class CostModel:
         restored = 0
         for cls, kind, seconds, tokens, samples in rows:
             if kind in self.kinds:
-                rate = tokens / seconds
-                self.stats[(cls, kind)] = KindStats(seconds, tokens, samples, rate)
+                self.stats[(cls, kind)] = KindStats(seconds, tokens, samples)
                 restored += 1
         self.interval.update(interval)
         return restored
