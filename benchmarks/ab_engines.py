@@ -47,7 +47,7 @@ def main() -> None:
     from trispec_vllm import cpu_runtime
 
     cpu_runtime.apply()
-    from bench_speed import chat_prompts, cpu_model, ngram
+    from bench_speed import ENGINE_ARGS, chat_prompts, cpu_model, ngram
     from vllm import LLM, SamplingParams
 
     from trispec_vllm.fetch import fetch_pair
@@ -56,7 +56,7 @@ def main() -> None:
     section = {"proxy_model": pair.proxy}
     if args.trispec == "all-plain":
         section["disable_by_batch_size"] = 1
-    common = {"dtype": "bfloat16", "max_model_len": 2048, "seed": 0, "enforce_eager": True}
+    common = {**ENGINE_ARGS, "enforce_eager": True}
     engines = {
         "no speculation": LLM(model=pair.target, **common),
         f"TriSpec {args.trispec}": LLM(

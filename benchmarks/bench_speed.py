@@ -53,6 +53,8 @@ class Config:
     lam: float | None = None
 
 
+# What every benchmark's engine is given, whatever it measures.
+ENGINE_ARGS = {"dtype": "bfloat16", "max_model_len": 2048, "seed": 0}
 # Every engine's first request; no measured prompt shares its first KV block.
 WARMUP_CHAT = [{"role": "user", "content": "Name three colours."}]
 # The learned drafter's offline warm start (`trispec-vllm train-drafter --out ...`).
@@ -323,9 +325,7 @@ def run_config(
         kwargs["additional_config"] = {"trispec": section}
     llm = LLM(
         model=target,
-        dtype="bfloat16",
-        max_model_len=2048,
-        seed=0,
+        **ENGINE_ARGS,
         disable_log_stats=False,
         enforce_eager=eager,
         **kwargs,

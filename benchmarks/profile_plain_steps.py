@@ -36,7 +36,7 @@ def main() -> None:
     from trispec_vllm import cpu_runtime
 
     cpu_runtime.apply()
-    from bench_speed import chat_prompts, ngram
+    from bench_speed import ENGINE_ARGS, chat_prompts, ngram
     from vllm import LLM, SamplingParams
 
     from trispec_vllm.fetch import fetch_pair
@@ -46,7 +46,7 @@ def main() -> None:
     if args.engine == "trispec":
         section = {"proxy_model": pair.proxy, "disable_by_batch_size": 1}
         kwargs = {"speculative_config": ngram(3), "additional_config": {"trispec": section}}
-    kwargs.update(dtype="bfloat16", max_model_len=2048, seed=0, enforce_eager=True)
+    kwargs.update(ENGINE_ARGS, enforce_eager=True)
     llm = LLM(model=pair.target, **kwargs)
     prompts = chat_prompts(args.batch)
     llm.chat(prompts[:8], SamplingParams(temperature=0, max_tokens=4), use_tqdm=False)
