@@ -6,6 +6,7 @@ import pytest
 
 from trispec_vllm.policy.cost import (
     CostModel,
+    batch_horizon,
     drafts_needed,
     kind_with_prompts,
     kinds_for,
@@ -479,3 +480,38 @@ def test_a_losing_exploration_run_stops_after_its_first_timed_step():
     later = "".join(k[0] for k in picks[20:])
     assert "p" * 8 in later and "ss" in later and "sss" not in later, later
     assert later.count("s") >= 2  # exploration still runs
+
+
+def test_no_run_starts_when_the_batch_has_too_few_steps_left():
+    """A batch draining into a smaller class for its last steps does not warm a kind
+    up there (a TriSpec warm-up's first step catches the proxy up over the whole
+    context): it runs the class's best measured kind, plain decoding if none is, and
+    the drafter need not run for it."""
+    model = CostModel(warmup=2, run_length=3, explore_every=4, min_horizon=16)
+    reqs = ["a", "b", "c"]
+    for left in range(15, 0, -1):
+        assert model.choose(3, req_ids=reqs, waiting=False, horizon=left) == "plain"
+        model.observe("plain", 3, 1.0, 3)
+    assert model.runs == {} and set(model.stats) == {(4, "plain")}
+    assert not drafts_needed(model, 3, reqs, waiting=False, horizon=15)
+    # With time to use what it learns, the class warms its kinds up as before.
+    assert drafts_needed(model, 3, reqs, waiting=False, horizon=16)
+    picks = [model.choose(3, req_ids=reqs, waiting=False, horizon=100) for _ in range(3)]
+    assert picks == ["trispec"] * 3
+    # A measured kind that out-runs plain decoding is used in a short tail; no
+    # exploration starts there, however overdue.
+    model = CostModel(warmup=1, run_length=2, explore_every=2, kinds=("sd", "plain"))
+    picks = run(model, {"sd": 20, "plain": 10}, num_reqs=1, steps=12)
+    assert "plain" in picks[4:]  # explored now and then while the horizon is unbounded
+    tail = []
+    for _ in range(10):
+        tail.append(model.choose(1, horizon=3))
+        model.observe(tail[-1], 1, 1.0, 20 if tail[-1] == "sd" else 10)
+    assert tail == ["sd"] * 10
+
+
+def test_a_batch_horizon_is_its_longest_requests_tokens_left():
+    assert batch_horizon([128, 128], [120, 100], [500, 500]) == 28
+    assert batch_horizon([None, 16], [3, 2], [40, 900]) == 40  # no max_tokens: the context
+    assert batch_horizon([64], [10], [20]) == 20  # the context ends first
+    assert batch_horizon([], [], []) == 0

@@ -108,3 +108,50 @@ def test_a_routing_failure_falls_back_to_sd_and_keeps_every_output(engine):
         del runner.trispec.plan
     assert runner.trispec.stats.routing_fallbacks - before == 2
     assert got == want
+
+
+def test_a_plain_choice_the_target_cannot_follow_is_one_sd_catch_up_step():
+    """After a TriSpec run the target lags behind the tokens the proxy completed, so
+    a plain choice cannot be vLLM's own step: it runs as SD without drafts (the
+    catch-up plus plain decoding), never as another TriSpec step that would leave
+    the target behind again; without a choice yet, the cost model picks."""
+    from types import SimpleNamespace
+
+    from trispec_vllm.engine.model_runner import TriSpecRunnerMixin
+    from trispec_vllm.policy.cost import CostModel
+
+    cost = CostModel(kinds=("trispec", "sd", "plain"))
+    runner = SimpleNamespace(trispec_next_kind="plain", trispec_cost=cost)
+    assert TriSpecRunnerMixin._step_kind(runner, 3) == "sd"
+    for kind in ("trispec", "sd"):
+        runner.trispec_next_kind = kind
+        assert TriSpecRunnerMixin._step_kind(runner, 3) == kind
+    runner.trispec_next_kind = None
+    runner._choose_kind = lambda n, allowed: allowed
+    assert TriSpecRunnerMixin._step_kind(runner, 3) == ("trispec", "sd")
+
+
+def test_the_horizon_is_the_longest_requests_tokens_left_when_nothing_waits():
+    from types import SimpleNamespace
+
+    import numpy as np
+
+    from trispec_vllm.engine.model_runner import TriSpecRunnerMixin
+
+    params = {"a": SimpleNamespace(max_tokens=128), "b": SimpleNamespace(max_tokens=None)}
+    runner = SimpleNamespace(
+        trispec_waiting=False,
+        max_model_len=1000,
+        requests={r: SimpleNamespace(sampling_params=p) for r, p in params.items()},
+        input_batch=SimpleNamespace(
+            req_ids=["a", "b"],
+            num_tokens_no_spec=np.array([400, 990]),
+            num_prompt_tokens=np.array([300, 980]),
+        ),
+    )
+    assert TriSpecRunnerMixin._horizon(runner, 2) == 28  # a: 128 - 100 tokens made
+    assert TriSpecRunnerMixin._horizon(runner, 1) == 28
+    runner.input_batch.num_tokens_no_spec[1] = 900  # b: 100 tokens of context left
+    assert TriSpecRunnerMixin._horizon(runner, 2) == 100
+    runner.trispec_waiting = True
+    assert TriSpecRunnerMixin._horizon(runner, 2) is None

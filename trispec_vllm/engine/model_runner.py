@@ -43,6 +43,7 @@ from trispec_vllm.policy.batch import StepPlan, decoding_rows
 from trispec_vllm.policy.cost import (
     KINDS,
     CostModel,
+    batch_horizon,
     drafts_needed,
     kind_with_prompts,
     kinds_for,
@@ -451,13 +452,18 @@ class TriSpecRunnerMixin:
 
     def _step_kind(self, num_reqs: int) -> str:
         """This step's kind among those that run TriSpec's path: the one chosen when
-        the drafter proposed, or a fresh choice (first step, or a plain choice the step
-        could not follow because the target still had positions to catch up)."""
+        the drafter proposed; for a plain choice the step could not follow (the target
+        still had positions to catch up, which vLLM's own step cannot), an SD step
+        without drafts, that is the catch-up plus plain decoding, after which plain
+        steps can follow (a TriSpec step there would let the proxy complete tokens the
+        target then lags behind again: at batch 4 on a 2-core CPU eleven such steps ran
+        in a row, each half again a plain step's time); else (first step, sampled
+        requests) a fresh choice."""
         kind = self.trispec_next_kind
         if kind in ("trispec", "sd"):
             return kind
-        # Not plain: the target has positions to catch up, which vLLM's own step cannot
-        # (without drafts, an SD step is that catch-up plus plain decoding, booked so).
+        if kind == "plain":
+            return "sd"
         kinds = tuple(k for k in self.trispec_cost.kinds if k != "plain")
         return self._choose_kind(num_reqs, kinds)
 
@@ -468,8 +474,23 @@ class TriSpecRunnerMixin:
             allowed=allowed,
             req_ids=list(self.input_batch.req_ids[:num_reqs]),
             waiting=self.trispec_waiting,
+            horizon=self._horizon(num_reqs),
         )
         return ranks.rank0_kind(kind, KINDS, self.device)
+
+    def _horizon(self, num_reqs: int) -> int | None:
+        """The most steps the running batch can still take when nothing waits (its
+        longest request's tokens left); None while requests wait for a slot."""
+        if self.trispec_waiting:
+            return None
+        ib = self.input_batch
+        total = ib.num_tokens_no_spec[:num_reqs]
+        params = (self.requests[r].sampling_params for r in ib.req_ids[:num_reqs])
+        return batch_horizon(
+            [p.max_tokens if p is not None else None for p in params],
+            (total - ib.num_prompt_tokens[:num_reqs]).tolist(),
+            (self.max_model_len - total).tolist(),
+        )
 
     def _decoding(self, req_ids, num_sched) -> np.ndarray:
         """[B] bool: requests decoding one token this step (no prefill chunk)."""
@@ -520,7 +541,7 @@ class TriSpecRunnerMixin:
         ids = list(self.input_batch.req_ids[:num_reqs])
         drafts = None
         # Rank 0's answer (its own timings), so every rank proposes alike.
-        needed = drafts_needed(cost, num_reqs, ids, self.trispec_waiting)
+        needed = drafts_needed(cost, num_reqs, ids, self.trispec_waiting, self._horizon(num_reqs))
         if ranks.rank0_flag(needed, self.device):
             drafts = propose(scheduler_output, *args, **kwargs)
         # Chosen once the drafts are known: a step without any is never an SD step.

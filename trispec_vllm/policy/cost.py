@@ -64,6 +64,16 @@ newcomers with that mean kept SD chosen for a dozen steps per batch after its
 slowest requests had shown they accept nothing (at batch 8 on a 2-core CPU,
 mixed code and chat prompts, the default finished at 0.88x plain decoding).
 
+Measuring a kind pays only if the class then runs long enough to use what it
+learnt. When nothing waits, the batch's remaining steps are bounded by its
+longest request's tokens left (`batch_horizon`); below `min_horizon` of them no
+warm-up, exploration or re-measurement starts and the class runs its best
+measured kind (plain decoding if none is measured). Without this a batch
+draining into smaller classes warmed up every kind there for its last few
+steps: at batch 8 on a 2-core CPU, a TriSpec warm-up at batch 4 whose first step
+caught the proxy up over 774 tokens took 0.74 s, five plain steps' time, six
+steps before the batch ended.
+
 The choice is made after the drafter proposed, so a step whose drafter found
 nothing (ngram on text that does not repeat) is never an ``sd`` step: without
 drafts and without the proxy it is plain decoding, and booking it as ``sd``
@@ -79,7 +89,7 @@ tokens, so a request's output then depends on its batch and on timing.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 KINDS = ("trispec", "sd", "plain")
@@ -153,6 +163,9 @@ class CostModel:
     # costs a fraction of one the target verifies), so one of theirs says more
     abandon_uniform: float = 0.8
     max_backoff: int = 8  # exploration intervals grow up to this many times explore_every
+    # No run (warm-up, exploration, re-measurement) starts when the batch can take
+    # fewer steps than this (`horizon`): too few to use what the run would measure.
+    min_horizon: int = 32
     # A kind's means are stale once its class made this many decisions without a step
     # of it (or when they were restored from an earlier engine): the class does not
     # switch to it on them, it re-measures it first, and the run re-bases its step time.
@@ -267,10 +280,12 @@ class CostModel:
         allowed: tuple[str, ...] | None = None,
         req_ids: list[str] | None = None,
         waiting: bool = True,
+        horizon: int | None = None,
     ) -> str:
         """The kind for the next step over `num_reqs` requests (among `allowed`).
         With `req_ids` and nothing `waiting`, kinds rank by the pace of the batch's
-        slowest request; otherwise by throughput."""
+        slowest request; otherwise by throughput. `horizon`: the most steps the batch
+        can still take (None: unbounded); under `min_horizon` no run starts."""
         options = [k for k in self.kinds if allowed is None or k in allowed]
         if not options:
             raise ValueError("no step kind allowed")
@@ -287,6 +302,8 @@ class CostModel:
             if not (fresh and self._run_lost(kind, stats, scored)):
                 self.runs[cls] = (kind, left - 1, at_start)
                 return self._chose(kind)
+        if self._short(horizon):  # the class's best measured kind, nothing learnt
+            return self._chose(self._ranked(cls, options, {k: scored(k) for k in options})[0])
         warming = self._warming(cls, options, stats, scored)
         if warming:
             order = self._warm_order(cls)
@@ -330,6 +347,7 @@ class CostModel:
         allowed: tuple[str, ...],
         req_ids: list[str] | None = None,
         waiting: bool = True,
+        horizon: int | None = None,
     ) -> str | None:
         """The kind the next decision over `allowed` will make, when it is sure to be
         the class's current choice: no run under way, nothing to warm up, no
@@ -344,12 +362,17 @@ class CostModel:
             return None
         stats = {k: self.stats.get((cls, k), KindStats()) for k in options}
         scored = self._scorer(cls, num_reqs, req_ids, waiting)
-        if self._warming(cls, options, stats, scored):
+        short = self._short(horizon)
+        if not short and self._warming(cls, options, stats, scored):
             return None
         ranked = self._ranked(cls, options, {k: scored(k) for k in options})
-        if self._to_explore(cls, ranked, scored) or self._refresh(cls, ranked):
+        if not short and (self._to_explore(cls, ranked, scored) or self._refresh(cls, ranked)):
             return None
         return ranked[0]
+
+    def _short(self, horizon: int | None) -> bool:
+        """Whether the batch can take too few steps for a run to pay (`min_horizon`)."""
+        return horizon is not None and horizon < self.min_horizon
 
     def _refresh(self, cls: int, ranked: list[str]) -> str | None:
         """The kind to re-measure in a run before the class switches to it: ranked
@@ -450,6 +473,10 @@ class CostModel:
         best = max((o.rate for k, o in stats.items() if k != kind and o.samples), default=0.0)
         return st.rate < self.abandon * best
 
+    def _share(self, kind: str) -> float:
+        """The share of another kind's rate under which a run of `kind` stops."""
+        return self.abandon if kind == DEFERS else self.abandon_uniform
+
     def _run_lost(
         self, kind: str, stats: dict[str, KindStats], scored: Callable[[str], float]
     ) -> bool:
@@ -462,8 +489,7 @@ class CostModel:
             return False
         latest = scored(kind) * st.seconds / st.last_seconds
         best = max((scored(k) for k, o in stats.items() if k != kind and o.samples), default=0.0)
-        share = self.abandon if kind == DEFERS else self.abandon_uniform
-        return latest < share * best
+        return latest < self._share(kind) * best
 
     def _warm_order(self, cls: int) -> Callable[[str], int]:
         """Plain decoding first (the baseline). Below `escalates_from` the TriSpec step
@@ -585,15 +611,34 @@ class CostModel:
 
 
 def drafts_needed(
-    cost: CostModel, num_reqs: int, req_ids: list[str] | None = None, waiting: bool = True
+    cost: CostModel,
+    num_reqs: int,
+    req_ids: list[str] | None = None,
+    waiting: bool = True,
+    horizon: int | None = None,
 ) -> bool:
     """Whether the drafter must propose before the next choice: not when plain
     decoding is settled (`CostModel.settled`) both with drafts and without them."""
     if "plain" not in cost.kinds:
         return True
     return any(
-        cost.settled(num_reqs, kinds_for(cost.kinds, drafted), req_ids, waiting) != "plain"
+        cost.settled(num_reqs, kinds_for(cost.kinds, drafted), req_ids, waiting, horizon) != "plain"
         for drafted in (True, False)
+    )
+
+
+def batch_horizon(
+    max_tokens: Sequence[int | None], produced: Sequence[int], room: Sequence[int]
+) -> int:
+    """The most steps a batch nothing waits behind can still take: its longest
+    request's tokens left, by `max_tokens` (None: unbounded) and by the `room` left
+    in the model's context (one token a step at least; a request may stop sooner)."""
+    return max(
+        (
+            r if m is None else min(r, m - p)
+            for m, p, r in zip(max_tokens, produced, room, strict=True)
+        ),
+        default=0,
     )
 
 
