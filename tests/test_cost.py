@@ -515,3 +515,18 @@ def test_a_batch_horizon_is_its_longest_requests_tokens_left():
     assert batch_horizon([None, 16], [3, 2], [40, 900]) == 40  # no max_tokens: the context
     assert batch_horizon([64], [10], [20]) == 20  # the context ends first
     assert batch_horizon([], [], []) == 0
+
+
+def test_a_draining_batch_stops_a_losing_warm_up_after_its_first_timed_step():
+    """Half the batch accepts nothing: ranked by the slowest request's pace, SD's first
+    timed step puts it at 0.6 of plain decoding, and its warm-up ends there (the
+    switch step and that one) instead of running on to `warmup` samples; later
+    explorations still re-try it. By throughput the same SD steps win, and the
+    warm-up runs in full."""
+    model = CostModel(warmup=3, run_length=4, explore_every=48)
+    picks = "".join(k[0] for k in batch_run(model, 120, False, [5, 5, 5, 5, 1, 1, 1, 1]))
+    assert picks.startswith("pppp" + "ss" + "p" * 40), picks
+    assert "s" in picks[48:]
+    busy = CostModel(warmup=3, run_length=4, explore_every=48)
+    picks = "".join(k[0] for k in batch_run(busy, 20, True, [5, 5, 5, 5, 1, 1, 1, 1]))
+    assert picks.startswith("pppp" + "ssss"), picks

@@ -185,6 +185,11 @@ class CostModel:
     # (class, kind) -> the class's decision count at the kind's latest timed step
     measured_at: dict[tuple[int, str], int] = field(default_factory=dict)
     explored: dict[int, bool] = field(default_factory=dict)  # class -> explored since last pick
+    # (class, kind) whose run a draining decision stopped (`_run_lost`): its warm-up is
+    # not restarted (exploration still re-tries it). Ranked by the slowest request's
+    # pace, which starts from `prior_steps` steps, one step's tokens move a score
+    # little; by throughput at batch 1 one SD step's 1 to k + 1 tokens would decide.
+    cut: set[tuple[int, str]] = field(default_factory=set)
     best: dict[int, str] = field(default_factory=dict)  # class -> kind last exploited
     last: dict[int, str] = field(default_factory=dict)  # class -> kind of its last step
     run_steps: dict[int, int] = field(default_factory=dict)  # class -> steps of that kind's run
@@ -302,6 +307,8 @@ class CostModel:
             if not (fresh and self._run_lost(kind, stats, scored)):
                 self.runs[cls] = (kind, left - 1, at_start)
                 return self._chose(kind)
+            if self._draining(num_reqs, req_ids, waiting):
+                self.cut.add((cls, kind))
         if self._short(horizon):  # the class's best measured kind, nothing learnt
             return self._chose(self._ranked(cls, options, {k: scored(k) for k in options})[0])
         warming = self._warming(cls, options, stats, scored)
@@ -407,11 +414,12 @@ class CostModel:
         scored: Callable[[str], float],
     ) -> list[str]:
         """Kinds still to warm up: under `warmup` samples, not a kind that already
-        lost (exploration still re-tries it)."""
+        lost or whose run a draining decision stopped (exploration still re-tries it)."""
         return [
             k
             for k in options
             if stats[k].samples < self.warmup
+            and (cls, k) not in self.cut
             and not self._clearly_slower(k, stats)
             and not self._held_back(cls, k, scored)
         ]
