@@ -482,30 +482,40 @@ def test_a_losing_exploration_run_stops_after_its_first_timed_step():
     assert later.count("s") >= 2  # exploration still runs
 
 
-def test_no_run_starts_when_the_batch_has_too_few_steps_left():
+def test_no_run_starts_in_a_draining_tail_with_too_few_steps_left():
     """A batch draining into a smaller class for its last steps does not warm a kind
     up there (a TriSpec warm-up's first step catches the proxy up over the whole
     context): it runs the class's best measured kind, plain decoding if none is, and
-    the drafter need not run for it."""
+    the drafter need not run for it. A class a batch starts in is measured whatever
+    its horizon: the next batch starts there again."""
     model = CostModel(warmup=2, run_length=3, explore_every=4, min_horizon=16)
-    reqs = ["a", "b", "c"]
+    eight = [f"r{i}" for i in range(8)]
+    model.choose(8, req_ids=eight, waiting=False, horizon=100)
+    tail = eight[:3]
     for left in range(15, 0, -1):
-        assert model.choose(3, req_ids=reqs, waiting=False, horizon=left) == "plain"
+        assert model.choose(3, req_ids=tail, waiting=False, horizon=left) == "plain"
         model.observe("plain", 3, 1.0, 3)
-    assert model.runs == {} and set(model.stats) == {(4, "plain")}
-    assert not drafts_needed(model, 3, reqs, waiting=False, horizon=15)
-    # With time to use what it learns, the class warms its kinds up as before.
-    assert drafts_needed(model, 3, reqs, waiting=False, horizon=16)
-    picks = [model.choose(3, req_ids=reqs, waiting=False, horizon=100) for _ in range(3)]
+    assert 4 not in model.runs and (4, "trispec") not in model.stats
+    assert not drafts_needed(model, 3, tail, waiting=False, horizon=15)
+    # With time to use what it learns, the tail warms its kinds up as before.
+    assert drafts_needed(model, 3, tail, waiting=False, horizon=16)
+    # So does a batch that starts in the class, however short its requests.
+    fresh = ["a", "b", "c"]
+    assert drafts_needed(model, 3, fresh, waiting=False, horizon=5)
+    picks = [model.choose(3, req_ids=fresh, waiting=False, horizon=5 - i) for i in range(3)]
     assert picks == ["trispec"] * 3
     # A measured kind that out-runs plain decoding is used in a short tail; no
     # exploration starts there, however overdue.
     model = CostModel(warmup=1, run_length=2, explore_every=2, kinds=("sd", "plain"))
-    picks = run(model, {"sd": 20, "plain": 10}, num_reqs=1, steps=12)
-    assert "plain" in picks[4:]  # explored now and then while the horizon is unbounded
+    model.choose(2, req_ids=["x", "y"], waiting=False, horizon=100)
+    picks = []
+    for _ in range(12):
+        picks.append(model.choose(1, req_ids=["x"], waiting=False, horizon=100))
+        model.observe(picks[-1], 1, 1.0, 20 if picks[-1] == "sd" else 10)
+    assert "plain" in picks[4:]  # explored now and then while the horizon is long
     tail = []
-    for _ in range(10):
-        tail.append(model.choose(1, horizon=3))
+    for left in range(10, 0, -1):
+        tail.append(model.choose(1, req_ids=["x"], waiting=False, horizon=left))
         model.observe(tail[-1], 1, 1.0, 20 if tail[-1] == "sd" else 10)
     assert tail == ["sd"] * 10
 

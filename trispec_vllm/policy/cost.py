@@ -64,15 +64,16 @@ newcomers with that mean kept SD chosen for a dozen steps per batch after its
 slowest requests had shown they accept nothing (at batch 8 on a 2-core CPU,
 mixed code and chat prompts, the default finished at 0.88x plain decoding).
 
-Measuring a kind pays only if the class then runs long enough to use what it
-learnt. When nothing waits, the batch's remaining steps are bounded by its
-longest request's tokens left (`batch_horizon`); below `min_horizon` of them no
-warm-up, exploration or re-measurement starts and the class runs its best
-measured kind (plain decoding if none is measured). Without this a batch
-draining into smaller classes warmed up every kind there for its last few
-steps: at batch 8 on a 2-core CPU, a TriSpec warm-up at batch 4 whose first step
-caught the proxy up over 774 tokens took 0.74 s, five plain steps' time, six
-steps before the batch ended.
+Measuring a kind pays only if what it measures is used. A class a batch starts
+in recurs with the next batch; one a fixed batch drains through, as its requests
+finish, is passed in its last steps. So in a batch's draining tail (nothing
+waits, no request joined since the batch was in a larger class) with fewer than
+`min_horizon` steps left (bounded by its longest request's tokens left,
+`batch_horizon`), no warm-up, exploration or re-measurement starts, and the
+class runs its best measured kind (plain decoding if none is measured). Without
+this, at batch 8 on a 2-core CPU, a TriSpec warm-up at batch 4 six steps before
+the batch ended took 0.74 s in its first step (the proxy's catch-up over 774
+tokens), five plain steps' time.
 
 The choice is made after the drafter proposed, so a step whose drafter found
 nothing (ngram on text that does not repeat) is never an ``sd`` step: without
@@ -163,8 +164,8 @@ class CostModel:
     # costs a fraction of one the target verifies), so one of theirs says more
     abandon_uniform: float = 0.8
     max_backoff: int = 8  # exploration intervals grow up to this many times explore_every
-    # No run (warm-up, exploration, re-measurement) starts when the batch can take
-    # fewer steps than this (`horizon`): too few to use what the run would measure.
+    # No run (warm-up, exploration, re-measurement) starts in a draining tail (`_tail`)
+    # that can take fewer steps than this: too few to use what the run would measure.
     min_horizon: int = 32
     # A kind's means are stale once its class made this many decisions without a step
     # of it (or when they were restored from an earlier engine): the class does not
@@ -190,6 +191,10 @@ class CostModel:
     # pace, which starts from `prior_steps` steps, one step's tokens move a score
     # little; by throughput at batch 1 one SD step's 1 to k + 1 tokens would decide.
     cut: set[tuple[int, str]] = field(default_factory=set)
+    # The requests of the latest decision, and the largest class their batch was in
+    # since a request last joined it (`_tail`).
+    batch_ids: frozenset[str] = frozenset()
+    batch_peak: int = 0
     best: dict[int, str] = field(default_factory=dict)  # class -> kind last exploited
     last: dict[int, str] = field(default_factory=dict)  # class -> kind of its last step
     run_steps: dict[int, int] = field(default_factory=dict)  # class -> steps of that kind's run
@@ -290,13 +295,16 @@ class CostModel:
         """The kind for the next step over `num_reqs` requests (among `allowed`).
         With `req_ids` and nothing `waiting`, kinds rank by the pace of the batch's
         slowest request; otherwise by throughput. `horizon`: the most steps the batch
-        can still take (None: unbounded); under `min_horizon` no run starts."""
+        can still take (None: unbounded; see `_tail`)."""
         options = [k for k in self.kinds if allowed is None or k in allowed]
         if not options:
             raise ValueError("no step kind allowed")
         if req_ids:
             self._forget_all_but(req_ids)
         cls = size_class(num_reqs)
+        tail = self._tail(cls, req_ids, horizon)
+        self.batch_peak = self._peak(cls, req_ids)
+        self.batch_ids = frozenset(req_ids or ())
         self.decisions[cls] = self.decisions.get(cls, 0) + 1
         stats = {k: self.stats.get((cls, k), KindStats()) for k in options}
         scored = self._scorer(cls, num_reqs, req_ids, waiting)
@@ -309,7 +317,7 @@ class CostModel:
                 return self._chose(kind)
             if self._draining(num_reqs, req_ids, waiting):
                 self.cut.add((cls, kind))
-        if self._short(horizon):  # the class's best measured kind, nothing learnt
+        if tail:  # the class's best measured kind, nothing to learn here
             return self._chose(self._ranked(cls, options, {k: scored(k) for k in options})[0])
         warming = self._warming(cls, options, stats, scored)
         if warming:
@@ -369,17 +377,30 @@ class CostModel:
             return None
         stats = {k: self.stats.get((cls, k), KindStats()) for k in options}
         scored = self._scorer(cls, num_reqs, req_ids, waiting)
-        short = self._short(horizon)
-        if not short and self._warming(cls, options, stats, scored):
+        tail = self._tail(cls, req_ids, horizon)
+        if not tail and self._warming(cls, options, stats, scored):
             return None
         ranked = self._ranked(cls, options, {k: scored(k) for k in options})
-        if not short and (self._to_explore(cls, ranked, scored) or self._refresh(cls, ranked)):
+        if not tail and (self._to_explore(cls, ranked, scored) or self._refresh(cls, ranked)):
             return None
         return ranked[0]
 
-    def _short(self, horizon: int | None) -> bool:
-        """Whether the batch can take too few steps for a run to pay (`min_horizon`)."""
-        return horizon is not None and horizon < self.min_horizon
+    def _peak(self, cls: int, req_ids: list[str] | None) -> int:
+        """The largest class the batch of `req_ids` has been in since a request last
+        joined it (this class when one just did)."""
+        if req_ids and set(req_ids) <= self.batch_ids:
+            return max(self.batch_peak, cls)
+        return cls
+
+    def _tail(self, cls: int, req_ids: list[str] | None, horizon: int | None) -> bool:
+        """Whether a decision is in a batch's draining tail, where no run pays: under
+        `min_horizon` steps left (`horizon`, None while requests wait) in a class the
+        batch shrank into (`_peak`). A class a batch starts in is measured whatever
+        its horizon: the next batch of short requests starts there again (a stream
+        of 16-token requests one at a time would otherwise never speculate)."""
+        if horizon is None or horizon >= self.min_horizon:
+            return False
+        return cls < self._peak(cls, req_ids)
 
     def _refresh(self, cls: int, ranked: list[str]) -> str | None:
         """The kind to re-measure in a run before the class switches to it: ranked
