@@ -3,6 +3,7 @@ over vLLM's no-speculation engine when its steps are plain.
 
     python benchmarks/ab_engines.py --trispec all-plain --batch 16 --tokens 48 --rounds 6
     python benchmarks/ab_engines.py --trispec default --batch 64 --tokens 48 --rounds 5
+    python benchmarks/ab_engines.py --trispec vllm-sync --batch 32 --tokens 48 --rounds 5
 
 Both engines (the real 1.5B target; TriSpec's with the 0.5B proxy and vLLM's ngram
 k=3 drafter) load once and stay up, so each round costs only its generation, and a
@@ -12,6 +13,9 @@ greedy tokens by default, `ignore_eos`, so every request decodes every token).
 and never run); "default" is the section with only `proxy_model` set (the
 cost-aware step, which measures and explores in the first rounds and keeps
 choosing afterwards: a long-lived server, not bench_speed's fresh engine per round).
+"vllm-sync" is no TriSpec engine at all: vLLM's no-speculation engine with
+`async_scheduling=False`, which every TriSpec engine runs with (and vLLM's ngram
+SD too), against the same engine with vLLM's default (async scheduling on).
 Prints each round and the median tok/s and ratio with its min-max; writes
 benchmarks/results/ab_<mode>_b<batch>.json and a plot of the rounds beside it.
 Never run it beside the test suite or another benchmark: two engines share the
@@ -36,11 +40,16 @@ RESULTS = Path(__file__).resolve().parent / "results"
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--trispec", choices=("all-plain", "default"), default="all-plain")
+    ap.add_argument("--trispec", choices=("all-plain", "default", "vllm-sync"), default="all-plain")
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--tokens", type=int, default=128)
     ap.add_argument("--rounds", type=int, default=6)
     ap.add_argument("--out", type=Path, default=None)
+    ap.add_argument(
+        "--no-prefix-caching",
+        action="store_true",
+        help="both engines without vLLM's prefix cache, so every round prefills its prompts",
+    )
     args = ap.parse_args()
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "2")  # two engines in 24 GiB
     os.environ["TRISPEC_COST_DIR"] = tempfile.mkdtemp(prefix="trispec-ab-costs-")
@@ -57,15 +66,20 @@ def main() -> None:
     if args.trispec == "all-plain":
         section["disable_by_batch_size"] = 1
     common = {**ENGINE_ARGS, "enforce_eager": True}
-    engines = {
-        "no speculation": LLM(model=pair.target, **common),
-        f"TriSpec {args.trispec}": LLM(
+    if args.no_prefix_caching:
+        common["enable_prefix_caching"] = False
+    engines = {"no speculation": LLM(model=pair.target, **common)}
+    if args.trispec == "vllm-sync":
+        engines["no speculation, no async scheduling"] = LLM(
+            model=pair.target, async_scheduling=False, **common
+        )
+    else:
+        engines[f"TriSpec {args.trispec}"] = LLM(
             model=pair.target,
             speculative_config=ngram(3),
             additional_config={"trispec": section},
             **common,
-        ),
-    }
+        )
     prompts = chat_prompts(args.batch)
     warm = SamplingParams(temperature=0, max_tokens=4)
     params = SamplingParams(temperature=0, max_tokens=args.tokens, ignore_eos=True)
@@ -92,7 +106,8 @@ def main() -> None:
     for name in names:
         print(f"| {name} | {summary(rates[name])} |")
     print(f"| {other} over {base}, per round | {summary(ratios)} |")
-    out = args.out or RESULTS / f"ab_{args.trispec.replace('-', '_')}_b{args.batch}.json"
+    tag = "_no_prefix_cache" if args.no_prefix_caching else ""
+    out = args.out or RESULTS / f"ab_{args.trispec.replace('-', '_')}_b{args.batch}{tag}.json"
     out.write_text(
         json.dumps(
             {
@@ -100,6 +115,7 @@ def main() -> None:
                 "batch": args.batch,
                 "tokens": args.tokens,
                 "rounds": args.rounds,
+                "prefix_caching": not args.no_prefix_caching,
                 "tok_s": rates,
                 "ratios": ratios,
             },
