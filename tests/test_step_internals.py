@@ -127,7 +127,8 @@ def test_a_plain_choice_the_target_cannot_follow_is_one_sd_catch_up_step():
         runner.trispec_next_kind = kind
         assert TriSpecRunnerMixin._step_kind(runner, 3) == kind
     runner.trispec_next_kind = None
-    runner._choose_kind = lambda n, allowed: allowed
+    runner._choose_kind = lambda n, allowed, horizon: allowed
+    runner._horizon = lambda n: None
     assert TriSpecRunnerMixin._step_kind(runner, 3) == ("trispec", "sd")
 
 

@@ -465,16 +465,17 @@ class TriSpecRunnerMixin:
         if kind == "plain":
             return "sd"
         kinds = tuple(k for k in self.trispec_cost.kinds if k != "plain")
-        return self._choose_kind(num_reqs, kinds)
+        return self._choose_kind(num_reqs, kinds, self._horizon(num_reqs))
 
-    def _choose_kind(self, num_reqs: int, allowed: tuple[str, ...]) -> str:
-        """The cost-aware choice among `allowed`; rank 0's under tensor parallelism."""
+    def _choose_kind(self, num_reqs: int, allowed: tuple[str, ...], horizon: int | None) -> str:
+        """The cost-aware choice among `allowed` (`horizon`: `_horizon`); rank 0's under
+        tensor parallelism."""
         kind = self.trispec_cost.choose(
             num_reqs,
             allowed=allowed,
             req_ids=list(self.input_batch.req_ids[:num_reqs]),
             waiting=self.trispec_waiting,
-            horizon=self._horizon(num_reqs),
+            horizon=horizon,
         )
         return ranks.rank0_kind(kind, KINDS, self.device)
 
@@ -541,13 +542,16 @@ class TriSpecRunnerMixin:
         ids = list(self.input_batch.req_ids[:num_reqs])
         drafts = None
         # Rank 0's answer (its own timings), so every rank proposes alike.
-        needed = drafts_needed(cost, num_reqs, ids, self.trispec_waiting, self._horizon(num_reqs))
+        horizon = self._horizon(num_reqs)
+        needed = drafts_needed(cost, num_reqs, ids, self.trispec_waiting, horizon)
         if ranks.rank0_flag(needed, self.device):
             drafts = propose(scheduler_output, *args, **kwargs)
         # Chosen once the drafts are known: a step without any is never an SD step.
         # (Skipped drafts: plain decoding is settled either way, so either set serves.)
         drafted = drafts is None or isinstance(drafts, torch.Tensor) or any(map(len, drafts))
-        self.trispec_next_kind = self._choose_kind(num_reqs, kinds_for(cost.kinds, drafted))
+        self.trispec_next_kind = self._choose_kind(
+            num_reqs, kinds_for(cost.kinds, drafted), horizon
+        )
         if drafts is None and self.trispec_next_kind != "plain":
             # Not expected (the prediction and the choice run the same code); kept
             # so that a step that is not plain never goes without its drafts.

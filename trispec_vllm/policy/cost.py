@@ -302,9 +302,9 @@ class CostModel:
         if req_ids:
             self._forget_all_but(req_ids)
         cls = size_class(num_reqs)
-        tail = self._tail(cls, req_ids, horizon)
         self.batch_peak = self._peak(cls, req_ids)
         self.batch_ids = frozenset(req_ids or ())
+        tail = self._tail(cls, self.batch_peak, horizon)
         self.decisions[cls] = self.decisions.get(cls, 0) + 1
         stats = {k: self.stats.get((cls, k), KindStats()) for k in options}
         scored = self._scorer(cls, num_reqs, req_ids, waiting)
@@ -377,7 +377,7 @@ class CostModel:
             return None
         stats = {k: self.stats.get((cls, k), KindStats()) for k in options}
         scored = self._scorer(cls, num_reqs, req_ids, waiting)
-        tail = self._tail(cls, req_ids, horizon)
+        tail = self._tail(cls, self._peak(cls, req_ids), horizon)
         if not tail and self._warming(cls, options, stats, scored):
             return None
         ranked = self._ranked(cls, options, {k: scored(k) for k in options})
@@ -392,15 +392,13 @@ class CostModel:
             return max(self.batch_peak, cls)
         return cls
 
-    def _tail(self, cls: int, req_ids: list[str] | None, horizon: int | None) -> bool:
+    def _tail(self, cls: int, peak: int, horizon: int | None) -> bool:
         """Whether a decision is in a batch's draining tail, where no run pays: under
-        `min_horizon` steps left (`horizon`, None while requests wait) in a class the
-        batch shrank into (`_peak`). A class a batch starts in is measured whatever
+        `min_horizon` steps left (`horizon`, None while requests wait) in a class below
+        the batch's `peak` (`_peak`). A class a batch starts in is measured whatever
         its horizon: the next batch of short requests starts there again (a stream
         of 16-token requests one at a time would otherwise never speculate)."""
-        if horizon is None or horizon >= self.min_horizon:
-            return False
-        return cls < self._peak(cls, req_ids)
+        return horizon is not None and horizon < self.min_horizon and cls < peak
 
     def _refresh(self, cls: int, ranked: list[str]) -> str | None:
         """The kind to re-measure in a run before the class switches to it: ranked
@@ -502,10 +500,6 @@ class CostModel:
         best = max((o.rate for k, o in stats.items() if k != kind and o.samples), default=0.0)
         return st.rate < self.abandon * best
 
-    def _share(self, kind: str) -> float:
-        """The share of another kind's rate under which a run of `kind` stops."""
-        return self.abandon if kind == DEFERS else self.abandon_uniform
-
     def _run_lost(
         self, kind: str, stats: dict[str, KindStats], scored: Callable[[str], float]
     ) -> bool:
@@ -518,7 +512,8 @@ class CostModel:
             return False
         latest = scored(kind) * st.seconds / st.last_seconds
         best = max((scored(k) for k, o in stats.items() if k != kind and o.samples), default=0.0)
-        return latest < self._share(kind) * best
+        share = self.abandon if kind == DEFERS else self.abandon_uniform
+        return latest < share * best
 
     def _warm_order(self, cls: int) -> Callable[[str], int]:
         """Plain decoding first (the baseline). Below `escalates_from` the TriSpec step
