@@ -514,7 +514,9 @@ SPREAD_KEYS = ("tokens_per_s", "vs_no_spec", "vs_best_sd", "ttft_s", "tpot_s")
 ROUND_COUNTERS = (
     "worker:trispec_kind_steps",
     "worker:sd_kind_steps",
+    "worker:draft_kind_steps",
     "worker:plain_kind_steps",
+    "worker:proxy_drafted_tokens",
     "worker:plain_steps_without_drafter",
 )
 

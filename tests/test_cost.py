@@ -23,6 +23,8 @@ def test_kinds_per_mode():
     assert step_kinds(lossless=False, plain_allowed=True) == ("trispec", "sd", "plain")
     assert step_kinds(lossless=True, plain_allowed=True) == ("sd", "plain")
     assert step_kinds(lossless=False, plain_allowed=False) == ("trispec", "sd")
+    assert step_kinds(False, True, proxy_drafts=True) == ("trispec", "sd", "draft", "plain")
+    assert step_kinds(True, True, proxy_drafts=True) == ("sd", "draft", "plain")
 
 
 def run(model: CostModel, speed: dict[str, float], num_reqs: int, steps: int) -> list[str]:
@@ -104,6 +106,50 @@ def test_without_drafts_there_is_no_sd_step():
     assert kinds_for(("sd", "plain"), drafted=False) == ("plain",)
     assert kinds_for(("trispec", "sd"), drafted=True) == ("trispec", "sd")
     assert kinds_for(("sd",), drafted=False) == ("sd",)  # nothing else to run
+
+
+def test_a_draft_step_needs_a_sampled_token_not_a_drafters_draft():
+    """Without any draft an SD step would be plain decoding, while the proxy can still
+    draft for every request that sampled a token; with prompt chunks only, it cannot."""
+    kinds = ("trispec", "sd", "draft", "plain")
+    assert kinds_for(kinds, drafted=True) == kinds
+    assert kinds_for(kinds, drafted=False) == ("trispec", "draft", "plain")
+    assert kinds_for(kinds, drafted=False, sampled=False) == ("trispec", "plain")
+
+
+def test_the_draft_kind_is_held_back_by_plain_decodings_lead_below_not_by_sds():
+    """SD is timed only on steps where the ngram drafter found drafts (its best), the
+    draft kind on any step, so SD's lead at a smaller batch says nothing of the draft
+    kind at a larger one; plain decoding's lead does."""
+    kinds = ("sd", "draft", "plain")
+    sd_led = CostModel(kinds=kinds, warmup=2, run_length=3, explore_every=1000)
+    run(sd_led, {"sd": 30, "draft": 12, "plain": 10}, num_reqs=1, steps=30)
+    picks = run(sd_led, {"sd": 30, "draft": 40, "plain": 20}, num_reqs=8, steps=30)
+    assert "draft" in picks[:9] and picks[-5:] == ["draft"] * 5
+    plain_led = CostModel(kinds=kinds, warmup=2, run_length=3, explore_every=1000)
+    run(plain_led, {"sd": 11, "draft": 9.5, "plain": 10}, num_reqs=1, steps=30)
+    assert "draft" not in run(plain_led, {"sd": 30, "draft": 40, "plain": 20}, 8, 30)
+
+
+def test_the_proxy_catch_up_that_starts_a_draft_run_is_booked_on_it():
+    """A draft run's first step pays the proxy's catch-up (its first drafting pass over
+    what other kinds emitted) and is not timed; its excess over the run's next step is
+    booked on the draft kind when the run ends, so runs that each start with a long
+    catch-up lose to plain decoding."""
+    kinds = ("draft", "sd", "plain")  # warm-up: plain, draft, then SD (the run's end)
+
+    def picks_with_entry(enter: float) -> list[str]:
+        model = CostModel(kinds=kinds, warmup=3, run_length=4, explore_every=1000)
+        picks = []
+        for _ in range(80):
+            kind = model.choose(1)
+            secs = 1.0 + (enter if kind == "draft" and picks and picks[-1] != "draft" else 0.0)
+            model.observe(kind, 1, secs, {"draft": 12, "sd": 9, "plain": 10}[kind])
+            picks.append(kind)
+        return picks
+
+    assert picks_with_entry(0.1)[-10:] == ["draft"] * 10
+    assert picks_with_entry(3.0)[-10:] == ["plain"] * 10
 
 
 def test_a_clearly_slower_kind_is_dropped_after_one_measured_step():

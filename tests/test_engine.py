@@ -355,9 +355,9 @@ def test_torch_compiled_engine_is_lossless_too(tiny_pair, reference):
 
 
 def test_cost_aware_lossless_runs_no_proxy_and_equals_plain_greedy(tiny_pair, reference):
-    """Lossless mode with the cost-aware step: only standard SD and plain steps are
-    candidates (a TriSpec step would add the proxy to the same target work), and
-    switching between them never changes a token."""
+    """Lossless mode with the cost-aware step: standard SD, SD on the proxy's drafts and
+    plain steps are the candidates (a TriSpec step would add the proxy pass to the
+    same target work), and switching between them never changes a token."""
     cfg = {"proxy_model": tiny_pair.proxy, "margin_threshold": 1.5, "cost_aware": True}
     llm = make_llm(tiny_pair, NGRAM, cfg)
     got = token_ids(llm.generate(prompts(), greedy()))
@@ -398,6 +398,27 @@ def test_cost_aware_proxy_equal_to_target_switches_kinds_exactly(tiny_pair, refe
     assert got == reference
     for kind in ("trispec", "sd", "plain"):
         assert c[f"{kind}_kind_steps"] > 0, c
+
+
+def test_proxy_drafted_steps_keep_every_token_of_plain_greedy(tiny_pair, reference):
+    """The draft kind: the proxy drafts in place of the ngram drafter (here the target's
+    own checkpoint, so its drafts are right) and the target verifies them; lossless
+    mode keeps plain greedy's tokens, drafts near a request's next KV block included
+    (block size 32, 64 tokens per request)."""
+    cfg = {"proxy_model": tiny_pair.target, "margin_threshold": 1.5, "cost_aware": True}
+    llm = make_llm(tiny_pair, NGRAM, cfg, block_size=32)
+    ps = prompts()
+    got = []
+    for i in range(0, 16, 4):
+        got += token_ids(llm.generate(ps[i : i + 4], greedy()))
+    c = counters(llm)
+    close(llm)
+    assert got == reference
+    assert c["draft_kind_steps"] > 0 and c["proxy_drafted_tokens"] > 0, c
+    # The target accepts the drafts of its own checkpoint: a step emits every draft and
+    # one token more per request (garbage drafts would leave one token per request).
+    assert c["draft_kind_tokens"] >= 0.8 * c["proxy_drafted_tokens"], c
+    assert c["trispec_kind_steps"] == 0 and c["proxy_steps"] == 0, c
 
 
 def test_cost_memory_carries_the_measurements_to_the_next_engine(tiny_pair, reference, tmp_path):

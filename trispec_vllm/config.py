@@ -77,6 +77,15 @@ class _Section(BaseModel):
         "tokens then depend on its batch and on timing. max_proxy_batch and "
         "disable_by_batch_size, when set, decide first.",
     )
+    proxy_drafting: bool = Field(
+        default=True,
+        description="With the cost-aware step and vLLM's ngram drafter: steps whose drafts "
+        "the proxy writes (greedily, k passes, as vLLM's draft_model drafter does) instead "
+        "of the ngram drafter, whose drafts are free but few or wrong on text that does not "
+        "repeat itself; the target verifies them like any others, so this changes no token "
+        "in lossless mode. It is one more step kind (`draft`) the cost-aware step measures "
+        "and chooses only where it emits more tokens per second.",
+    )
     cost_memory: bool = Field(
         default=True,
         description="Keep the cost-aware step's measurements in a file (under "

@@ -21,6 +21,10 @@ COUNTERS = {
     "trispec_kind_steps": "Decoding steps the cost-aware choice ran as TriSpec steps.",
     "sd_kind_steps": "Decoding steps the cost-aware choice ran as standard SD (no proxy pass).",
     "plain_kind_steps": "Decoding steps the cost-aware choice ran as plain decoding (no drafts).",
+    "draft_kind_steps": "Decoding steps the cost-aware choice ran as SD on the proxy's drafts.",
+    "proxy_drafted_tokens": "Drafts the proxy wrote for those steps.",
+    "draft_kind_tokens": "Tokens those steps emitted (accepted drafts and one token of the "
+    "target's per request).",
     "drafter_updates": "Optimiser steps the learned drafter took (online learning).",
 }
 
@@ -36,6 +40,9 @@ class TriSpecStats:
     trispec_kind_steps: int = 0
     sd_kind_steps: int = 0
     plain_kind_steps: int = 0
+    draft_kind_steps: int = 0
+    proxy_drafted_tokens: int = 0
+    draft_kind_tokens: int = 0
     catchup_tokens: int = 0
     proxy_catchup_tokens: int = 0  # tokens the proxy caught up after skipped steps
     native_target_steps: int = 0  # target passes run on vLLM's own batch (no sub-batch)

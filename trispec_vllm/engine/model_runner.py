@@ -31,6 +31,7 @@ from trispec_vllm.engine import (
     learned_drafter,
     prefix_cache,
     proxy,
+    proxy_drafting,
     ranks,
 )
 from trispec_vllm.engine.batch_inputs import step_batch
@@ -94,13 +95,19 @@ class TriSpecRunnerMixin:
         overridden = cfg.max_proxy_batch is not None or cfg.disable_by_batch_size is not None
         learned = self.trispec_learned is not None
         if cfg.cost_aware and not self.trispec_fused and not overridden and not learned:
-            plain_ok = spec is not None and spec.method == "ngram"
+            ngram = spec is not None and spec.method == "ngram"
             self.trispec_cost = CostModel(
-                kinds=step_kinds(cfg.lossless, plain_ok), on_change=log_choice
+                kinds=step_kinds(cfg.lossless, ngram, ngram and cfg.proxy_drafting),
+                on_change=log_choice,
             )
         # Measurements kept across engine restarts (engine/cost_memory.py).
         self.trispec_cost_memory = cost_memory.open_memory(self, cfg, self.trispec_cost)
         self.trispec_next_kind: str | None = None  # chosen when the drafter proposes
+        # Seconds the proxy spent drafting in this step's sampling call (for the next
+        # step), and in the previous one (for this step): booked on the step that
+        # verifies the drafts, not on the one whose sampling it followed.
+        self.trispec_draft_secs = 0.0
+        self.trispec_drafted_for = 0.0
         # The prefix cache's block ledger (engine/prefix_cache.py); False: not made yet.
         self.trispec_blocks: BlockLedger | None | bool = False
         self.trispec_measure: tuple[str, int, float] | None = None  # (kind, reqs, start)
@@ -199,17 +206,18 @@ class TriSpecRunnerMixin:
             decoding = decoding_rows(prep.batch).all()
             if self.input_batch.all_greedy:
                 chosen = self._step_kind(len(req_ids))
+                run = "sd" if chosen == "draft" else chosen  # the proxy drafted already
                 # (a fused drafter's proxy has read the prompt chunks already)
-                kind = chosen if self.trispec_fused else kind_with_prompts(chosen, not decoding)
-                self.trispec.stats.prompt_steps_without_proxy += int(kind != chosen)
+                kind = run if self.trispec_fused else kind_with_prompts(run, not decoding)
+                self.trispec.stats.prompt_steps_without_proxy += int(kind != run)
             else:
                 # Sampled requests draw from their seeded generators differently in each
                 # kind of step: one kind only, so a seed gives the same sample every run.
                 kind = "sd" if self.trispec.cfg.lossless else "trispec"
             if decoding and self.input_batch.all_greedy:
                 # No draft scheduled and no proxy: the step costs what plain decoding does.
-                booked = "plain" if kind == "sd" and not prep.batch.num_drafts.any() else kind
-                self.trispec_measure = (booked, len(req_ids), t_start)
+                plain = kind == "sd" and not prep.batch.num_drafts.any()
+                self.trispec_measure = ("plain" if plain else chosen, len(req_ids), t_start)
             prep.kind = kind
         t_prepared = time.perf_counter()
         proxy_logits, own_known = self._run_proxy(prep)
@@ -460,11 +468,12 @@ class TriSpecRunnerMixin:
         in a row, each half again a plain step's time); else (first step, sampled
         requests) a fresh choice."""
         kind = self.trispec_next_kind
-        if kind in ("trispec", "sd"):
+        if kind in ("trispec", "sd", "draft"):
             return kind
         if kind == "plain":
             return "sd"
-        kinds = tuple(k for k in self.trispec_cost.kinds if k != "plain")
+        # (the drafter has proposed already: the proxy drafts for no step chosen now)
+        kinds = tuple(k for k in self.trispec_cost.kinds if k not in ("plain", "draft"))
         return self._choose_kind(num_reqs, kinds, self._horizon(num_reqs))
 
     def _choose_kind(self, num_reqs: int, allowed: tuple[str, ...], horizon: int | None) -> str:
@@ -546,24 +555,43 @@ class TriSpecRunnerMixin:
         needed = drafts_needed(cost, num_reqs, ids, self.trispec_waiting, horizon)
         if ranks.rank0_flag(needed, self.device):
             drafts = propose(scheduler_output, *args, **kwargs)
-        # Chosen once the drafts are known: a step without any is never an SD step.
-        # (Skipped drafts: plain decoding is settled either way, so either set serves.)
+        # Chosen once the drafts are known: a step without any is never an SD step, one
+        # without a sampled token never a draft step (`kinds_for`). (Skipped drafts:
+        # plain decoding is settled either way, so any set serves.)
+        sampled = args[0] if args and isinstance(args[0], list) else None
         drafted = drafts is None or isinstance(drafts, torch.Tensor) or any(map(len, drafts))
-        self.trispec_next_kind = self._choose_kind(
-            num_reqs, kinds_for(cost.kinds, drafted), horizon
+        proxy_can = isinstance(drafts, list) and sampled is not None and any(map(len, sampled))
+        kind = self._choose_kind(
+            num_reqs, kinds_for(cost.kinds, drafted, drafts is None or proxy_can), horizon
         )
-        if drafts is None and self.trispec_next_kind != "plain":
+        self.trispec_next_kind = kind
+        if drafts is None and kind != "plain":
             # Not expected (the prediction and the choice run the same code); kept
             # so that a step that is not plain never goes without its drafts.
             drafts = propose(scheduler_output, *args, **kwargs)
-        if self.trispec_next_kind == "plain":
+        if kind == "plain":
             self.trispec.stats.plain_steps_without_drafter += int(drafts is None)
             return [[] for _ in range(num_reqs)]
+        if kind == "draft":
+            t0 = time.perf_counter()
+            k = min(
+                self.speculative_config.num_speculative_tokens,
+                scheduler_output.num_spec_tokens_to_schedule,
+            )
+            made = proxy_drafting.fill_drafts(self, drafts, sampled, k) if sampled else 0
+            self.trispec_draft_secs = time.perf_counter() - t0
+            self.trispec.stats.proxy_drafted_tokens += made
+            if self.trispec_state.stats is not None:  # this step's, for the metrics
+                self.trispec_state.stats.proxy_drafted_tokens += made
+            if not made:  # no request had room for a draft: what runs is an SD step
+                self.trispec_next_kind = "sd"
         return drafts
 
     def sample_tokens(self, grammar_output):
         t0 = time.perf_counter()
+        self.trispec_draft_secs = 0.0
         out = super().sample_tokens(grammar_output)
+        drafted_for, self.trispec_drafted_for = self.trispec_drafted_for, self.trispec_draft_secs
         state = self.trispec_state
         step = state.stats
         if step is None:
@@ -586,14 +614,16 @@ class TriSpecRunnerMixin:
             if self.trispec_measure is not None:
                 kind, num_reqs, t_start = self.trispec_measure
                 self.trispec_measure = None
-                self.trispec_cost.observe(
-                    kind, num_reqs, time.perf_counter() - t_start, emitted, emitted_by
-                )
+                secs = time.perf_counter() - t_start - self.trispec_draft_secs + drafted_for
+                self.trispec_cost.observe(kind, num_reqs, secs, emitted, emitted_by)
                 if self.trispec_cost_memory is not None:
                     self.trispec_cost_memory.measured()
                 name = f"{kind}_kind_steps"
                 setattr(step, name, 1)
                 setattr(self.trispec.stats, name, getattr(self.trispec.stats, name) + 1)
+                if kind == "draft":
+                    step.draft_kind_tokens = emitted
+                    self.trispec.stats.draft_kind_tokens += emitted
             state.end_step()
             attach_step_stats(out, step)
         return out

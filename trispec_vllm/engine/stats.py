@@ -133,7 +133,7 @@ def patch_stat_loggers() -> None:
             logger.info(
                 "TriSpec: %d steps, proxy ran in %d, target in %d (%.0f%%), %d request-steps "
                 "completed by the proxy, %d escalated, %d tokens emitted, %d catch-up tokens; "
-                "step kinds: %d TriSpec, %d SD, %d plain",
+                "step kinds: %d TriSpec, %d SD, %d draft, %d plain",
                 steps,
                 acc.proxy_steps,
                 acc.target_steps,
@@ -144,6 +144,7 @@ def patch_stat_loggers() -> None:
                 acc.catchup_tokens,
                 acc.trispec_kind_steps,
                 acc.sd_kind_steps,
+                acc.draft_kind_steps,
                 acc.plain_kind_steps,
             )
             if acc.per_request:

@@ -1,10 +1,12 @@
 """The cost-aware step: pick, per batch size, the step kind that emits the most tokens/s.
 
-Three kinds of engine step serve the same requests:
+Four kinds of engine step serve the same requests:
 
 - ``trispec``: drafter -> proxy -> router -> target on the escalated sub-batch;
 - ``sd``: standard speculative decoding, the target verifies every draft and
   the proxy does not run (it catches its KV cache up when it next runs);
+- ``draft``: an SD step on the proxy's drafts (greedy, k autoregressive passes)
+  instead of the ngram drafter's, as vLLM's draft_model SD;
 - ``plain``: vLLM's own decoding, no drafts (chosen one step ahead, when the
   drafter proposes; only for drafters without a KV cache of their own).
 
@@ -78,9 +80,13 @@ tokens), five plain steps' time.
 The choice is made after the drafter proposed, so a step whose drafter found
 nothing (ngram on text that does not repeat) is never an ``sd`` step: without
 drafts and without the proxy it is plain decoding, and booking it as ``sd``
-would credit speculative decoding with plain decoding's speed. Where plain
-decoding is settled whatever the drafts (`settled`, `drafts_needed`), the
-drafter is not run at all.
+would credit speculative decoding with plain decoding's speed. (The draft kind
+needs no drafter's draft: the proxy drafts for every request that sampled a
+token.) Where plain decoding is
+settled whatever the drafts (`settled`, `drafts_needed`), the drafter is not run
+at all. The proxy drafts only once the draft kind is chosen, and its drafting
+time is booked on the step that verifies the drafts, not on the one whose
+sampling it followed.
 
 In lossless mode the ``trispec`` kind is never faster than ``sd`` (it runs
 the same target pass plus the proxy), so it is not a candidate there. Every
@@ -93,9 +99,16 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-KINDS = ("trispec", "sd", "plain")
-WORK = ("plain", "sd", "trispec")  # least work per step first
+KINDS = ("trispec", "sd", "draft", "plain")
+WORK = ("plain", "sd", "draft", "trispec")  # least work per step first
 DEFERS = "trispec"  # the kind that leaves work (the target's catch-up) to later steps
+# Kinds whose first step after another kind pays the proxy's catch-up over the tokens
+# the other kind emitted (the TriSpec step's proxy pass, the draft kind's first pass).
+ENTERS = ("trispec", "draft")
+# kind -> the kinds doing less work whose lead at a smaller batch holds it back there
+# (`_lost_below`). Not SD for the draft kind: SD is timed only on steps where the ngram
+# drafter found drafts (its best), the draft kind on any step.
+LESS_WORK = {"sd": ("plain",), "draft": ("plain",), "trispec": ("plain", "sd")}
 
 
 def size_class(num_reqs: int) -> int:
@@ -151,7 +164,7 @@ class CostModel:
     a switch pays for the kind before it (the target's or the proxy's catch-up), so
     timing it would charge one kind for another's deferred work."""
 
-    kinds: tuple[str, ...] = KINDS
+    kinds: tuple[str, ...] = ("trispec", "sd", "plain")  # the candidates (`step_kinds`)
     warmup: int = 3  # measured steps of each kind before exploiting
     explore_every: int = 48  # then one run in this many decisions tries another kind
     run_length: int = 4  # steps a warm-up or exploration run lasts
@@ -247,7 +260,9 @@ class CostModel:
                 self._charge_deferred(cls, owed[2], owed[1])
             if previous == DEFERS and steps:
                 self.owed[cls] = (seconds, steps, self.entry_excess.pop(cls, 0.0))
-            if kind == DEFERS:
+            elif previous in ENTERS and steps:  # a draft run: only its entry to book
+                self._charge_deferred(cls, self.entry_excess.pop(cls, 0.0), steps, previous)
+            if kind in ENTERS:
                 self.entered[cls] = seconds
             return
         if owed is not None:
@@ -270,7 +285,7 @@ class CostModel:
         at = self.measured_at.get((cls, kind))
         return at is None or self.decisions.get(cls, 0) - at > self.stale_after
 
-    def _charge_deferred(self, cls: int, excess: float, steps: int) -> None:
+    def _charge_deferred(self, cls: int, excess: float, steps: int, kind: str = DEFERS) -> None:
         """Book on the TriSpec step the switches its run of `steps` steps caused: the
         proxy's catch-up in the run's first step (over the tokens other kinds emitted
         since it last ran) and the target's catch-up in the first step after it (over
@@ -279,8 +294,9 @@ class CostModel:
         leaves both to the switch steps, which are not timed, so without this its steps
         look cheaper than TriSpec steps are. `excess` is the switch steps' time over
         the next step of the same kind each; spread over the run, it is added to the
-        TriSpec step's mean seconds."""
-        mine = self.stats.get((cls, DEFERS))
+        TriSpec step's mean seconds. A draft run's first step pays the proxy's catch-up
+        too (its first drafting pass), booked on the draft kind (`kind`) alike."""
+        mine = self.stats.get((cls, kind))
         if mine is not None and mine.samples and excess > 0:
             mine.seconds += excess / steps
 
@@ -554,16 +570,15 @@ class CostModel:
         )
 
     def _lost_below(self, cls: int, kind: str) -> bool:
-        """Whether a kind that does less work than `kind` (WORK order) was measured
+        """Whether a kind that does less work than `kind` (`LESS_WORK`) was measured
         ahead of it at a smaller batch-size class. Speculation pays less as the batch
         grows (each pass gets more compute-bound), so such a kind is not warmed up
         here: at a large batch a warm-up run of the TriSpec step would cost a proxy
         catch-up over every request's context, to learn what the smaller batch
         already showed. Only classes where both kinds finished warming up count."""
-        if kind not in WORK:
-            return False
+        less = LESS_WORK.get(kind, ())
         for (c, k), st in self.stats.items():
-            if c >= cls or k == kind or k not in WORK or WORK.index(k) >= WORK.index(kind):
+            if c >= cls or k not in less:
                 continue
             mine = self.stats.get((c, kind))
             if st.samples < self.warmup or mine is None or mine.samples < self.warmup:
@@ -646,8 +661,8 @@ def drafts_needed(
     if "plain" not in cost.kinds:
         return True
     return any(
-        cost.settled(num_reqs, kinds_for(cost.kinds, drafted), req_ids, waiting, horizon) != "plain"
-        for drafted in (True, False)
+        cost.settled(num_reqs, kinds_for(cost.kinds, *both), req_ids, waiting, horizon) != "plain"
+        for both in ((True, True), (False, True))
     )
 
 
@@ -666,20 +681,26 @@ def batch_horizon(
     )
 
 
-def kinds_for(kinds: tuple[str, ...], drafted: bool) -> tuple[str, ...]:
+def kinds_for(kinds: tuple[str, ...], drafted: bool, sampled: bool = True) -> tuple[str, ...]:
     """The candidates once the drafter has proposed: with no draft in the batch an
-    ``sd`` step would be plain decoding, so only the proxy's step and plain remain
-    (all of `kinds` if that leaves none: a drafter without a plain option)."""
-    if drafted:
-        return kinds
-    return tuple(k for k in kinds if k != "sd") or kinds
+    ``sd`` step would be plain decoding, and with no request that sampled a token
+    (`sampled`: prompt chunks only) the proxy has nothing to draft from, so neither
+    is a candidate then (all of `kinds` if that leaves none: a drafter without a
+    plain option)."""
+    dropped = {"sd"} if not drafted else set()
+    if not sampled:
+        dropped.add("draft")
+    return tuple(k for k in kinds if k not in dropped) or kinds
 
 
-def step_kinds(lossless: bool, plain_allowed: bool) -> tuple[str, ...]:
+def step_kinds(lossless: bool, plain_allowed: bool, proxy_drafts: bool = False) -> tuple[str, ...]:
     """The kinds a cost-aware engine chooses among: no TriSpec step in lossless mode
-    (it is the SD step plus a proxy pass), no plain step for drafters with a KV cache
-    of their own (they would miss the steps without drafts)."""
+    (it is the SD step plus a proxy pass), the draft kind where the proxy may draft,
+    no plain step for drafters with a KV cache of their own (they would miss the
+    steps without drafts)."""
     kinds = ("sd",) if lossless else ("trispec", "sd")
+    if proxy_drafts:
+        kinds = (*kinds, "draft")
     return (*kinds, "plain") if plain_allowed else kinds
 
 
