@@ -8,7 +8,7 @@ import time
 import pytest
 
 from trispec_vllm.policy.cost import CostModel, drafts_needed
-from trispec_vllm.policy.cost_file import CostFile, merge
+from trispec_vllm.policy.cost_file import CostFile, describe, merge
 
 KEY = {"target": "t", "hardware": {"name": "cpu", "threads": 2}}
 SPEED = {"trispec": 3, "sd": 4, "plain": 10}  # tokens per one-second step
@@ -96,6 +96,21 @@ def test_the_file_carries_a_model_to_the_next_engine(tmp_path):
     fresh = CostModel()
     assert CostFile(tmp_path, KEY).load(fresh) == len(saved.stats)
     assert fresh.rates() == saved.rates()
+
+
+def test_every_kind_survives_the_file_the_draft_kind_included(tmp_path):
+    """The file's merge and listing read every kind, not only a default model's."""
+    kinds = ("trispec", "sd", "draft", "plain")
+    saved = CostModel(kinds=kinds, warmup=1, run_length=2)
+    for _ in range(12):
+        kind = saved.choose(8)
+        saved.observe(kind, 8, 1.0, {"trispec": 9, "sd": 10, "draft": 12, "plain": 8}[kind])
+    assert set(saved.rates()) == set(kinds)
+    assert CostFile(tmp_path, KEY).save(saved)
+    fresh = CostModel(kinds=kinds)
+    assert CostFile(tmp_path, KEY).load(fresh) == len(saved.stats)
+    assert fresh.rates() == saved.rates()
+    assert describe(tmp_path)[0]["rates"] == saved.rates()
 
 
 def test_another_key_a_stale_file_or_a_broken_one_is_ignored(tmp_path):

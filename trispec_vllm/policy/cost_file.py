@@ -26,7 +26,7 @@ from typing import Any
 from filelock import FileLock
 
 from trispec_vllm.fetch.cache import atomic_write_text
-from trispec_vllm.policy.cost import CostModel
+from trispec_vllm.policy.cost import KINDS, CostModel
 
 FORMAT = 1
 MAX_AGE_S = 30 * 24 * 3600.0
@@ -114,12 +114,12 @@ class CostFile:
 def merge(theirs: dict | None, mine: dict) -> dict:
     """`mine`, plus the (class, kind) rows and intervals of `theirs` it lacks (all of
     `theirs` dropped if it is malformed)."""
-    both = CostModel()
+    both = CostModel(kinds=KINDS)
     if theirs:
         try:
             both.restore(theirs)
         except ValueError:
-            both = CostModel()
+            both = CostModel(kinds=KINDS)
     both.restore(mine)
     return both.snapshot()
 
@@ -132,7 +132,7 @@ def describe(directory: str | Path) -> list[dict[str, Any]]:
         entry: dict[str, Any] = {"path": str(path), "key": None, "days": None, "rates": None}
         try:
             payload = json.loads(path.read_text())
-            model = CostModel()
+            model = CostModel(kinds=KINDS)
             model.restore(payload["snapshot"])
             entry.update(
                 key=payload["key"],
