@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import statistics
 import sys
 import tempfile
@@ -52,11 +53,12 @@ def main() -> None:
     )
     args = ap.parse_args()
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "2")  # two engines in 24 GiB
-    os.environ["TRISPEC_COST_DIR"] = tempfile.mkdtemp(prefix="trispec-ab-costs-")
+    cost_dir = tempfile.mkdtemp(prefix="trispec-ab-costs-")  # removed at the end
+    os.environ["TRISPEC_COST_DIR"] = cost_dir
     from trispec_vllm import cpu_runtime
 
     cpu_runtime.apply()
-    from bench_speed import ENGINE_ARGS, chat_prompts, cpu_model, ngram
+    from bench_speed import ENGINE_ARGS, WARMUP_CHAT, chat_prompts, cpu_model, ngram
     from vllm import LLM, SamplingParams
 
     from trispec_vllm.fetch import fetch_pair
@@ -83,8 +85,8 @@ def main() -> None:
     prompts = chat_prompts(args.batch)
     warm = SamplingParams(temperature=0, max_tokens=4)
     params = SamplingParams(temperature=0, max_tokens=args.tokens, ignore_eos=True)
-    for llm in engines.values():
-        llm.chat(prompts[:4], warm, use_tqdm=False)
+    for llm in engines.values():  # not on a measured prompt (the prefix cache keeps it)
+        llm.chat([WARMUP_CHAT], warm, use_tqdm=False)
     names = list(engines)
     rates: dict[str, list[float]] = {k: [] for k in names}
     for r in range(args.rounds):
@@ -125,6 +127,9 @@ def main() -> None:
     )
     plot(rates, out.with_suffix(".png"), f"{machine}; batch {args.batch}")
     print(f"wrote {out} and its plot")
+    for llm in engines.values():  # each saves its cost file at shutdown: then remove them
+        llm.llm_engine.engine_core.shutdown()
+    shutil.rmtree(cost_dir, ignore_errors=True)
 
 
 def plot(rates: dict[str, list[float]], out: Path, title: str) -> None:

@@ -405,7 +405,12 @@ def test_proxy_drafted_steps_keep_every_token_of_plain_greedy(tiny_pair, referen
     own checkpoint, so its drafts are right) and the target verifies them; lossless
     mode keeps plain greedy's tokens, drafts near a request's next KV block included
     (block size 32, 64 tokens per request)."""
-    cfg = {"proxy_model": tiny_pair.target, "margin_threshold": 1.5, "cost_aware": True}
+    cfg = {
+        "proxy_model": tiny_pair.target,
+        "margin_threshold": 1.5,
+        "cost_aware": True,
+        "proxy_drafting": True,
+    }
     llm = make_llm(tiny_pair, NGRAM, cfg, block_size=32)
     ps = prompts()
     got = []

@@ -84,10 +84,15 @@ def test_cost_aware_step_runs_the_same_kind_on_every_rank(tiny_pair, plain_tp2):
     """Each rank times its own steps, so the cost-aware choice is rank 0's: with the
     proxy = target (exact in every kind) the output equals plain greedy while every
     kind runs, and both ranks count the same steps of each kind."""
-    cfg = {"proxy_model": tiny_pair.target, "margin_threshold": 0.05, "cost_aware": True}
+    cfg = {
+        "proxy_model": tiny_pair.target,
+        "margin_threshold": 0.05,
+        "cost_aware": True,
+        "proxy_drafting": True,  # the draft kind: the proxy's drafting passes on both ranks
+    }
     got, c, every = run(tiny_pair, NGRAM, cfg, pairs=True)
     assert got == plain_tp2
-    for kind in ("trispec", "sd", "draft", "plain"):  # draft: the proxy's passes on both ranks
+    for kind in ("trispec", "sd", "draft", "plain"):
         assert c[f"{kind}_kind_steps"] > 0, c
     assert len(every) == 2 and every[0] == every[1]
 

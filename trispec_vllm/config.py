@@ -78,13 +78,14 @@ class _Section(BaseModel):
         "disable_by_batch_size, when set, decide first.",
     )
     proxy_drafting: bool = Field(
-        default=True,
+        default=False,
         description="With the cost-aware step and vLLM's ngram drafter: steps whose drafts "
         "the proxy writes (greedily, k passes, as vLLM's draft_model drafter does) instead "
         "of the ngram drafter, whose drafts are free but few or wrong on text that does not "
         "repeat itself; the target verifies them like any others, so this changes no token "
         "in lossless mode. It is one more step kind (`draft`) the cost-aware step measures "
-        "and chooses only where it emits more tokens per second.",
+        "and chooses only where it emits more tokens per second. Off by default: on a 2-core "
+        "CPU the default section ran slower with it at batch 1 and 8 (docs/policies.md).",
     )
     cost_memory: bool = Field(
         default=True,
