@@ -661,8 +661,8 @@ def drafts_needed(
     if "plain" not in cost.kinds:
         return True
     return any(
-        cost.settled(num_reqs, kinds_for(cost.kinds, *both), req_ids, waiting, horizon) != "plain"
-        for both in ((True, True), (False, True))
+        cost.settled(num_reqs, kinds_for(cost.kinds, drafted), req_ids, waiting, horizon) != "plain"
+        for drafted in (True, False)
     )
 
 
