@@ -78,6 +78,16 @@ def counters(llm) -> dict[str, int]:
     return llm.collective_rpc("trispec_counters")[0]
 
 
+def in_groups(llm, size: int) -> list[list[int]]:
+    """Greedy token ids of `prompts()`, generated `size` requests at a time (small
+    batches: whole steps can skip the target, and kinds are chosen per batch size)."""
+    ps = prompts()
+    got = []
+    for i in range(0, len(ps), size):
+        got += token_ids(llm.generate(ps[i : i + size], greedy()))
+    return got
+
+
 LONG_PROMPTS = ["import os\n" * 25 + "def main():", "the cat sat on the mat. " * 14]
 
 
@@ -119,10 +129,7 @@ def test_proxy_equal_to_target_skips_target_steps_exactly(tiny_pair, reference):
         {"proxy_model": tiny_pair.target, "margin_threshold": 0.5},
         disable_log_stats=False,
     )
-    ps = prompts()
-    got = []
-    for i in range(0, 16, 2):  # small batches: whole steps can skip the target
-        got += token_ids(llm.generate(ps[i : i + 2], greedy()))
+    got = in_groups(llm, 2)
     c = counters(llm)
     metrics = {m.name: m.value for m in llm.get_metrics() if m.name.startswith("trispec:")}
     close(llm)
@@ -173,10 +180,7 @@ def test_target_as_drafter_and_proxy_skips_target_steps_exactly(tiny_pair, refer
     most steps skip the target (catch-up, and the no-bonus emission, exact)."""
     spec = {"method": "draft_model", "model": tiny_pair.target, "num_speculative_tokens": K}
     llm = make_llm(tiny_pair, spec, {"proxy_model": tiny_pair.target, "margin_threshold": 0.05})
-    ps = prompts()
-    got = []
-    for i in range(0, 16, 2):  # small batches: whole steps can skip the target
-        got += token_ids(llm.generate(ps[i : i + 2], greedy()))
+    got = in_groups(llm, 2)
     c = counters(llm)
     close(llm)
     assert got == reference
@@ -389,10 +393,7 @@ def test_cost_aware_proxy_equal_to_target_switches_kinds_exactly(tiny_pair, refe
     equal plain greedy while the cost-aware step tries all three kinds."""
     cfg = {"proxy_model": tiny_pair.target, "margin_threshold": 0.05, "cost_aware": True}
     llm = make_llm(tiny_pair, NGRAM, cfg)
-    ps = prompts()
-    got = []
-    for i in range(0, 16, 2):
-        got += token_ids(llm.generate(ps[i : i + 2], greedy()))
+    got = in_groups(llm, 2)
     c = counters(llm)
     close(llm)
     assert got == reference
@@ -412,10 +413,7 @@ def test_proxy_drafted_steps_keep_every_token_of_plain_greedy(tiny_pair, referen
         "proxy_drafting": True,
     }
     llm = make_llm(tiny_pair, NGRAM, cfg, block_size=32)
-    ps = prompts()
-    got = []
-    for i in range(0, 16, 4):
-        got += token_ids(llm.generate(ps[i : i + 4], greedy()))
+    got = in_groups(llm, 4)
     c = counters(llm)
     close(llm)
     assert got == reference
