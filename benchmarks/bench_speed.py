@@ -108,6 +108,12 @@ def configurations(
             ngram(3),
             {"proxy_model": proxy, "cost_memory": False},
         ),
+        # The default with the cost-aware step's fourth kind: SD on the proxy's drafts.
+        Config(
+            "TriSpec default, proxy drafting",
+            ngram(3),
+            {"proxy_model": proxy, "proxy_drafting": True},
+        ),
         Config(
             "TriSpec ngram lambda=0.5 ride_along=expiring",
             ngram(3),
