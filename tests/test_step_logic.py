@@ -298,3 +298,67 @@ def test_proxy_marks_hold_the_positions_of_the_steps_own_pass():
     nxt = step_batch([3, 3], drafts, computed=(12, 12))
     step.begin_step(nxt)
     assert step.proxy_watermarks(nxt).tolist() == [12, 12]
+
+
+def test_held_escalation_keeps_its_trusted_prefix_and_is_forced_next_step():
+    """hold_escalations: request 1 escalates while request 0 completes with the proxy,
+    so request 1 waits: no target row this step, its trusted prefix (none here) is all it
+    emits, and next step it goes to the target even though request 0 completes again."""
+    logits = confident_logits([3, 4, 9, 6, 2])
+    logits[3, 7] = 20.0  # request 1 unsure at its first position
+    step = TriSpecStep(make_config(proxy_model="p", hold_escalations=True))
+    batch = step_batch([2, 1], [3, 4, 5])
+    plan = step.plan(batch, logits)
+    assert plan.escalated_rows.tolist() == [] and plan.held.tolist() == [False, True]
+    assert plan.held_tokens.tolist() == [[-1, -1, -1], [-1, -1, -1]]
+    stats = step.finish(batch, plan, None)
+    assert stats.target_steps == 0 and stats.held_escalations == 1
+    assert stats.held_without_tokens == 1
+    plan = step.plan(batch, logits)
+    assert plan.held is None and plan.escalated_rows.tolist() == [1]
+    # Without the option the target runs at once for request 1.
+    plain = TriSpecStep(make_config(proxy_model="p"))
+    assert plain.plan(batch, logits).escalated_rows.tolist() == [1]
+
+
+def test_a_hold_needs_every_escalation_to_wait_and_most_of_the_batch_moving():
+    from trispec_vllm.policy.hold import held_rows, held_tokens
+
+    esc = np.array([False, True, True])
+    ok = np.ones(3, bool)
+    assert held_rows(esc, ok, ~esc).tolist() == [False, False, False]  # 1 completes, 2 wait
+    esc = np.array([False, False, True])
+    assert held_rows(esc, ok, ~esc).tolist() == [False, False, True]
+    # One escalation that may not wait (forced): the target runs, nobody is held.
+    assert not held_rows(
+        np.array([False, True, True, False, False]),
+        np.array([True, True, False, True, True]),
+        np.array([True, False, False, True, True]),
+    ).any()
+    assert not held_rows(np.array([True]), np.array([True]), np.array([False])).any()  # batch 1
+    drafts = np.array([[5, 6, 7], [8, 9, 10]])
+    tokens = held_tokens(drafts, np.array([2, 1]), np.array([True, False]))
+    assert tokens.tolist() == [[5, 6, -1, -1], [-1, -1, -1, -1]]
+
+
+def test_a_held_step_that_emitted_nothing_is_rolled_back_in_the_scheduler():
+    """vLLM rolls back rejected drafts only for requests that emitted a token; the
+    patch undoes the whole step of a decoding request (drafts or none) that emitted
+    none, and leaves a prompt chunk (which emits none by design) alone."""
+    from types import SimpleNamespace
+
+    from trispec_vllm.engine.held import roll_back_empty_steps
+
+    def req(computed, tokens):
+        return SimpleNamespace(num_computed_tokens=computed, num_tokens=tokens)
+
+    # After scheduling: a/b decoded 1 + 3 drafts, c 1 token, d a prompt chunk.
+    reqs = {"a": req(14, 11), "b": req(14, 11), "c": req(11, 11), "d": req(40, 90)}
+    sched_out = SimpleNamespace(num_scheduled_tokens={"a": 4, "b": 4, "c": 1, "d": 32})
+    out = SimpleNamespace(
+        sampled_token_ids=[[], [7], [], []], req_id_to_index={"a": 0, "b": 1, "c": 2, "d": 3}
+    )
+    roll_back_empty_steps(SimpleNamespace(requests=reqs), sched_out, out)
+    # a and c were held with nothing (back to their last token); b emitted (vLLM's own
+    # rollback); d's chunk stays computed.
+    assert [reqs[r].num_computed_tokens for r in "abcd"] == [10, 14, 10, 40]

@@ -172,6 +172,18 @@ class MarginPolicy(_Section):
         allow_inf_nan=False,
         description="lambda; > 1 means never trust the proxy (lossless).",
     )
+    hold_escalations: bool = Field(
+        default=False,
+        description="With the ngram drafter: in a step where the proxy completes at "
+        "least as many requests as escalate, and none of the escalated ones must reach "
+        "the target now (max_skips, held the step before), hold them for one step instead "
+        "of running the target: they keep their trusted prefix and the target verifies "
+        "them in the next step, with the next step's escalations, so whole steps skip the "
+        "target (it runs in at most every other step of such a batch). A held request "
+        "reaches the same position where the proxy was unsure, so its own tokens are "
+        "decided the same way; which step its target pass falls in, and so its later "
+        "windows, depends on its batch neighbours (docs/determinism.md). Lossy mode only.",
+    )
     adaptive_lambda: bool = Field(
         default=False,
         description="Adjust lambda per request online, from the proxy/target agreement "

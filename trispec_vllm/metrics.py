@@ -16,6 +16,7 @@ COUNTERS = {
     "target_steps": "Engine steps in which the target model ran.",
     "escalations": "Request-steps sent to the target.",
     "proxy_completions": "Request-steps completed by the proxy alone.",
+    "held_escalations": "Escalated request-steps held for a step (hold_escalations).",
     "emitted_tokens": "Tokens output by TriSpec steps.",
     "fuzzy_accepted_tokens": "Candidate tokens the target accepted under policy 'pyramid'.",
     "trispec_kind_steps": "Decoding steps the cost-aware choice ran as TriSpec steps.",
@@ -35,6 +36,8 @@ class TriSpecStats:
     target_steps: int = 0
     escalations: int = 0
     proxy_completions: int = 0
+    held_escalations: int = 0
+    held_without_tokens: int = 0  # of them, held with no trusted draft (the step emitted none)
     emitted_tokens: int = 0
     fuzzy_accepted_tokens: int = 0
     trispec_kind_steps: int = 0
@@ -123,6 +126,7 @@ COUNTED = (
     "prefix_target_recomputed",
     "prefix_proxy_recomputed",
     "routing_fallbacks",
+    "held_without_tokens",
     "decode_request_steps",
     "proxy_accepted_tokens",
     "lambda_sum",

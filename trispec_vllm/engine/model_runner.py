@@ -111,6 +111,10 @@ class TriSpecRunnerMixin:
         # The prefix cache's block ledger (engine/prefix_cache.py); False: not made yet.
         self.trispec_blocks: BlockLedger | None | bool = False
         self.trispec_measure: tuple[str, int, float] | None = None  # (kind, reqs, start)
+        # Drafts of the requests held with nothing to emit (hold_escalations), proposed
+        # again: their context has not moved, and the ngram drafter skips a request
+        # that sampled nothing.
+        self.trispec_held_drafts: dict[str, list[int]] = {}
 
     # ------------------------------------------------------------------ loading
 
@@ -433,6 +437,15 @@ class TriSpecRunnerMixin:
                 self.input_batch.generators,
             )
             state.override = (plan.pyramid_rows, tokens)
+        if plan.held is not None:
+            # Held requests emit their trusted prefix only (none: vLLM's scheduler
+            # rolls the step back, engine/held.py).
+            state.override = (plan.held, torch.from_numpy(plan.held_tokens))
+            drafts = plan.drafts.numpy()
+            self.trispec_held_drafts = {
+                prep.batch.req_ids[r]: drafts[r, : int(prep.batch.num_drafts[r])].tolist()
+                for r in np.nonzero(plan.held & (plan.decision.trusted_len.numpy() == 0))[0]
+            }
         state.stats = self.trispec.finish(prep.batch, plan, tb, fuzzy)
 
     def _plain_step(self, scheduler_output, req_ids, num_sched) -> bool:
@@ -530,6 +543,16 @@ class TriSpecRunnerMixin:
     # ------------------------------------------------------------ sampling side
 
     def propose_draft_token_ids(self, scheduler_output, *args, **kwargs):
+        """`_propose`, and the drafts of requests held with nothing emitted again."""
+        drafts = self._propose(scheduler_output, *args, **kwargs)
+        held, self.trispec_held_drafts = self.trispec_held_drafts, {}
+        if held and isinstance(drafts, list) and self.trispec_next_kind != "plain":
+            for row, req_id in enumerate(self.input_batch.req_ids[: len(drafts)]):
+                if req_id in held and not drafts[row]:
+                    drafts[row] = held[req_id]
+        return drafts
+
+    def _propose(self, scheduler_output, *args, **kwargs):
         """vLLM's drafter, except in batches where speculation is disabled; when the
         proxy is the drafter, its logits at each draft are kept for the next step.
         With the cost-aware step the next step's kind is chosen here, once the drafts
@@ -657,6 +680,10 @@ class TriSpecRunnerMixin:
             ids = out.sampled_token_ids
             idx = torch.from_numpy(np.nonzero(rows)[0]).to(ids.device)
             ids[idx] = tokens[:, : ids.shape[1]][idx.cpu()].to(ids.device, ids.dtype)
+            # A row left with no token (a held request): vLLM drops a -1 only in steps
+            # with drafts, so the row is discarded as a prompt chunk's is.
+            empty = rows & (tokens[:, 0] < 0).numpy()
+            self.discard_request_mask.np[: len(empty)] |= empty
         if st.no_bonus is not None and batch is not None:
             drop_bonus(out.sampled_token_ids, st.no_bonus, batch.num_drafts)
             st.no_bonus = None

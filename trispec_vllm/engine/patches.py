@@ -37,6 +37,9 @@ section only):
 Process-wide, applied here, acting on engines with a `trispec` section only:
  11. `Scheduler.schedule` is wrapped (`waiting`): its output carries how many
      requests were left waiting, which the cost-aware step's objective reads.
+ 12. `Scheduler.update_from_output` is wrapped (`held`): a request with drafts
+     whose step emitted no token (held by `hold_escalations`) has the step's
+     scheduled tokens rolled back, which vLLM does only for steps that emit one.
 """
 
 from __future__ import annotations
@@ -45,14 +48,15 @@ from trispec_vllm import envs
 
 
 def apply_trispec_patches() -> None:
-    """Apply patches 1-5 and 11 (idempotent; cheap when vLLM is already imported)."""
-    from trispec_vllm.engine import config_hook, cpu_workarounds, stats, waiting
+    """Apply patches 1-5, 11 and 12 (idempotent; cheap when vLLM is already imported)."""
+    from trispec_vllm.engine import config_hook, cpu_workarounds, held, stats, waiting
 
     config_hook.patch_platform_config_hook()
     config_hook.patch_v2_runner_choice()
     stats.patch_stat_loggers()
     stats.patch_metrics_reader()
     waiting.patch_scheduler_waiting()
+    held.patch_scheduler_rollback()
     if envs.flag("TRISPEC_CPU_SAMPLING_FIX"):
         from vllm.platforms import current_platform
 

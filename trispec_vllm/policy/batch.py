@@ -74,6 +74,8 @@ class StepPlan:
     lambdas: np.ndarray | None = None  # [B] lambda each request was routed with
     pyramid_rows: np.ndarray | None = None  # [B] bool: requests PyramidSD verifies
     proxy_ran: bool = True  # False in steps above max_proxy_batch (standard SD)
+    held: np.ndarray | None = None  # [B] bool: escalations held for a step (`policy/hold.py`)
+    held_tokens: np.ndarray | None = None  # [B, K+1] their trusted prefixes, -1 past them
 
 
 def _starts(counts: np.ndarray) -> np.ndarray:

@@ -23,6 +23,7 @@ from trispec_vllm.metrics import TriSpecStats
 from trispec_vllm.policy import pyramid
 from trispec_vllm.policy.adaptive import AdaptiveLambda
 from trispec_vllm.policy.batch import StepBatch, StepPlan, decoding_rows
+from trispec_vllm.policy.hold import held_rows, held_tokens
 from trispec_vllm.policy.router import route, route_own_drafts
 from trispec_vllm.policy.sampling import sampled_hidden_rows
 from trispec_vllm.policy.target_batch import TargetBatch, build_target_batch
@@ -59,10 +60,12 @@ class TriSpecStep:
             else None
         )
         self._booked = (0, 0)  # adaptive trials and failures already in the stats
+        self.held: set[str] = set()  # requests held in the last step: the target's now
 
     def forget(self, live_req_ids) -> None:
         """Drop the state of finished requests."""
         live = list(live_req_ids)
+        self.held.intersection_update(live)
         self.watermarks.forget(live)
         self.proxy_marks.forget(live)
         if self.adaptive is not None:
@@ -114,6 +117,7 @@ class TriSpecStep:
             self.watermarks.settle(req_id, int(c))
             self.watermarks.target_ran(req_id, int(end))
             self.proxy_marks.settle(req_id, int(c))
+        self.held.difference_update(req_ids)
         step = TriSpecStats(target_steps=1, native_target_steps=1, plain_steps=1)
         if decoding is not None:
             step.per_request = {
@@ -195,7 +199,8 @@ class TriSpecStep:
         for i, req_id in enumerate(batch.req_ids):
             skips[i] = self.watermarks.settle(req_id, int(batch.num_computed[i])).skips
         decoding = decoding_rows(batch)
-        force = ~decoding | (skips >= self.cfg.max_skips) | (proxy_logits is None)
+        held_before = np.array([r in self.held for r in batch.req_ids], dtype=bool)
+        force = ~decoding | (skips >= self.cfg.max_skips) | (proxy_logits is None) | held_before
         if self.adaptive is not None:
             base = self.adaptive.lambdas(batch.req_ids)
         else:
@@ -225,7 +230,14 @@ class TriSpecStep:
         lam = torch.from_numpy(np.where(trusting, base, NEVER_TRUST).astype(np.float32))
         decision = rule(lam, torch.from_numpy(force))
         escalated = ~decision.proxy_completes.numpy()
-        riders = self.riders(escalated, skips)
+        held = hold_tokens = None
+        if getattr(self.cfg, "hold_escalations", False) and own_drafts is None:
+            greedy = np.ones(b, bool) if batch.plain_greedy is None else batch.plain_greedy
+            held = held_rows(escalated, trusting & ~force & greedy, ~escalated)
+            if held.any():
+                hold_tokens = held_tokens(drafts.numpy(), decision.trusted_len.numpy(), held)
+                escalated = escalated & ~held
+        riders = None if hold_tokens is not None else self.riders(escalated, skips)
         if riders is not None:
             # The target runs anyway: riders are verified too, trusted prefix kept.
             decision = rule(lam, torch.from_numpy(force | riders))
@@ -245,6 +257,8 @@ class TriSpecStep:
             lambdas=np.where(trusting, base, np.nan),
             pyramid_rows=pyramid_rows,
             proxy_ran=proxy_logits is not None,
+            held=held if hold_tokens is not None else None,
+            held_tokens=hold_tokens,
         )
 
     def riders(self, escalated: np.ndarray, skips: np.ndarray) -> np.ndarray | None:
@@ -354,6 +368,10 @@ class TriSpecStep:
         step.decode_request_steps = int(plan.decoding.sum())
         step.proxy_accepted_tokens = int(d.tau_a.numpy()[plan.decoding].sum())
         step.escalations = int((~completes).sum())
+        held = np.zeros(len(batch.req_ids), bool) if plan.held is None else plan.held
+        step.held_escalations = int(held.sum())
+        step.held_without_tokens = int((held & (d.trusted_len.numpy() == 0)).sum())
+        self.held = {batch.req_ids[i] for i in np.nonzero(held)[0]}
         if fuzzy is not None and plan.pyramid_rows is not None:
             rows = plan.pyramid_rows
             # Under PyramidSD the proxy's acceptance is the qualifier's.
