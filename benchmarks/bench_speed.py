@@ -119,13 +119,16 @@ def configurations(
             ngram(3),
             tri(0.5, ride_along="expiring"),
         ),
-        # Escalations held for a step when the rest of the batch moves without them, so
-        # whole steps skip the target (`hold_escalations`).
-        Config(
-            "TriSpec ngram lambda=0.5 hold_escalations",
-            ngram(3),
-            tri(0.5, hold_escalations=True),
-            lam=0.5,
+        # Escalations held back while the rest of the batch moves without them, so whole
+        # steps skip the target (`max_holds`).
+        *(
+            Config(
+                f"TriSpec ngram lambda=0.5 max_holds={n}",
+                ngram(3),
+                tri(0.5, max_holds=n),
+                lam=0.5,
+            )
+            for n in (1, 2)
         ),
         # Proxy = target trusts exactly: the target runs only for the forced escalations
         # (every max_skips + 1 steps, lined up by ride_along) and the prefills.

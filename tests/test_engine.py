@@ -252,8 +252,8 @@ def test_unsupported_drafter_is_refused_before_weights_load(tiny_pair):
     cfg = make_config(proxy_model=tiny_pair.proxy, disable_by_batch_size=8)
     with pytest.raises(TriSpecConfigError, match="disable_by_batch_size works with the ngram"):
         validate_engine_config(cfg, Cfg())
-    cfg = make_config(proxy_model=tiny_pair.proxy, hold_escalations=True)
-    with pytest.raises(TriSpecConfigError, match="hold_escalations works with the ngram"):
+    cfg = make_config(proxy_model=tiny_pair.proxy, max_holds=1)
+    with pytest.raises(TriSpecConfigError, match="max_holds works with the ngram"):
         validate_engine_config(cfg, Cfg())
 
 
@@ -428,22 +428,22 @@ def test_proxy_drafted_steps_keep_every_token_of_plain_greedy(tiny_pair, referen
 
 
 def test_held_escalations_keep_plain_greedy_with_fewer_target_steps(tiny_pair, reference):
-    """hold_escalations with the target's own checkpoint as proxy (exact trust): a held
+    """max_holds with the target's own checkpoint as proxy (exact trust): a held
     request reaches the target the next step, so the output stays plain greedy's, held
     requests that emit nothing (vLLM's rollback patch, their drafts proposed again)
     included; whole steps skip the target, so it runs in fewer steps than without."""
     counts = {}
-    for hold in (False, True):
-        cfg = {"proxy_model": tiny_pair.target, "margin_threshold": 0.5, "hold_escalations": hold}
+    for holds in (0, 2):
+        cfg = {"proxy_model": tiny_pair.target, "margin_threshold": 0.5, "max_holds": holds}
         llm = make_llm(tiny_pair, NGRAM, cfg)
         got = in_groups(llm, 8)
-        counts[hold] = counters(llm)
+        counts[holds] = counters(llm)
         close(llm)
-        assert got == reference, hold
-    c = counts[True]
+        assert got == reference, holds
+    c = counts[2]
     assert c["held_escalations"] > 0 and c["held_without_tokens"] > 0, c
-    assert counts[False]["held_escalations"] == 0
-    assert c["target_steps"] < counts[False]["target_steps"], counts
+    assert counts[0]["held_escalations"] == 0
+    assert c["target_steps"] < counts[0]["target_steps"], counts
 
 
 def test_cost_memory_carries_the_measurements_to_the_next_engine(tiny_pair, reference, tmp_path):

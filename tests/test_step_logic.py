@@ -300,42 +300,61 @@ def test_proxy_marks_hold_the_positions_of_the_steps_own_pass():
     assert step.proxy_watermarks(nxt).tolist() == [12, 12]
 
 
-def test_held_escalation_keeps_its_trusted_prefix_and_is_forced_next_step():
-    """hold_escalations: request 1 escalates while request 0 completes with the proxy,
-    so request 1 waits: no target row this step, its trusted prefix (none here) is all it
-    emits, and next step it goes to the target even though request 0 completes again."""
+def test_held_escalation_keeps_its_trusted_prefix_and_is_forced_once_out_of_holds():
+    """max_holds: request 1 escalates while request 0 completes with the proxy, so
+    request 1 waits: no target row this step, its trusted prefix (none here) is all it
+    emits; once it has waited max_holds steps it goes to the target even though request
+    0 completes again."""
     logits = confident_logits([3, 4, 9, 6, 2])
     logits[3, 7] = 20.0  # request 1 unsure at its first position
-    step = TriSpecStep(make_config(proxy_model="p", hold_escalations=True))
     batch = step_batch([2, 1], [3, 4, 5])
-    plan = step.plan(batch, logits)
-    assert plan.escalated_rows.tolist() == [] and plan.held.tolist() == [False, True]
-    assert plan.held_tokens.tolist() == [[-1, -1, -1], [-1, -1, -1]]
-    stats = step.finish(batch, plan, None)
-    assert stats.target_steps == 0 and stats.held_escalations == 1
-    assert stats.held_without_tokens == 1
-    plan = step.plan(batch, logits)
-    assert plan.held is None and plan.escalated_rows.tolist() == [1]
-    # Without the option the target runs at once for request 1.
+    for max_holds in (1, 2):
+        step = TriSpecStep(make_config(proxy_model="p", max_holds=max_holds))
+        for held in range(max_holds):
+            plan = step.plan(batch, logits)
+            assert plan.escalated_rows.tolist() == [] and plan.held.tolist() == [False, True]
+            assert plan.held_tokens.tolist() == [[-1, -1, -1], [-1, -1, -1]]
+            stats = step.finish(batch, plan, None)
+            assert stats.target_steps == 0 and stats.held_escalations == 1
+            assert stats.held_without_tokens == 1
+            assert step.held == {"r1": held + 1}
+        plan = step.plan(batch, logits)
+        assert plan.held is None and plan.escalated_rows.tolist() == [1]
+    # Without holds the target runs at once for request 1.
     plain = TriSpecStep(make_config(proxy_model="p"))
     assert plain.plan(batch, logits).escalated_rows.tolist() == [1]
 
 
-def test_a_hold_needs_every_escalation_to_wait_and_most_of_the_batch_moving():
+def test_a_request_due_at_max_skips_completes_in_a_step_without_the_target():
+    """Request 0 has used its skips; alone it would be forced to the target. In a step
+    where request 1's escalation waits, the target does not run, so request 0 completes
+    with the proxy (and rides the pass that request 1 forces next step)."""
+    logits = confident_logits([3, 4, 9, 6, 2])
+    logits[3, 7] = 20.0
+    calm = confident_logits([3, 4, 9, 6, 2])
+    calm[4, 2], calm[4, 11] = 0.0, 20.0  # request 1 confident too
+    batch = step_batch([2, 1], [3, 4, 5])
+    step = TriSpecStep(make_config(proxy_model="p", max_skips=1, max_holds=1))
+    step.finish(batch, step.plan(batch, calm), None)  # both complete: one skip each
+    plan = step.plan(batch, logits)
+    assert plan.held.tolist() == [False, True]
+    assert plan.decision.proxy_completes.tolist() == [True, False]
+    step.finish(batch, plan, None)
+    plan = step.plan(batch, calm)  # both due now: the target runs for both
+    assert plan.held is None and plan.escalated_rows.tolist() == [0, 1]
+
+
+def test_a_hold_needs_every_escalation_to_wait_and_someone_moving():
     from trispec_vllm.policy.hold import held_rows, held_tokens
 
     esc = np.array([False, True, True])
     ok = np.ones(3, bool)
-    assert held_rows(esc, ok, ~esc).tolist() == [False, False, False]  # 1 completes, 2 wait
-    esc = np.array([False, False, True])
-    assert held_rows(esc, ok, ~esc).tolist() == [False, False, True]
+    assert held_rows(esc, ok, ~esc).tolist() == [False, True, True]
     # One escalation that may not wait (forced): the target runs, nobody is held.
-    assert not held_rows(
-        np.array([False, True, True, False, False]),
-        np.array([True, True, False, True, True]),
-        np.array([True, False, False, True, True]),
-    ).any()
-    assert not held_rows(np.array([True]), np.array([True]), np.array([False])).any()  # batch 1
+    assert not held_rows(esc, np.array([True, True, False]), ~esc).any()
+    # Nobody completes (batch 1, or every request unsure): no hold.
+    assert not held_rows(np.array([True]), np.array([True]), np.array([False])).any()
+    assert not held_rows(np.ones(3, bool), ok, np.zeros(3, bool)).any()
     drafts = np.array([[5, 6, 7], [8, 9, 10]])
     tokens = held_tokens(drafts, np.array([2, 1]), np.array([True, False]))
     assert tokens.tolist() == [[5, 6, -1, -1], [-1, -1, -1, -1]]

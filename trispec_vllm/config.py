@@ -172,17 +172,20 @@ class MarginPolicy(_Section):
         allow_inf_nan=False,
         description="lambda; > 1 means never trust the proxy (lossless).",
     )
-    hold_escalations: bool = Field(
-        default=False,
-        description="With the ngram drafter: in a step where the proxy completes at "
-        "least as many requests as escalate, and none of the escalated ones must reach "
-        "the target now (max_skips, held the step before), hold them for one step instead "
-        "of running the target: they keep their trusted prefix and the target verifies "
-        "them in the next step, with the next step's escalations, so whole steps skip the "
-        "target (it runs in at most every other step of such a batch). A held request "
-        "reaches the same position where the proxy was unsure, so its own tokens are "
-        "decided the same way; which step its target pass falls in, and so its later "
-        "windows, depends on its batch neighbours (docs/determinism.md). Lossy mode only.",
+    max_holds: int = Field(
+        default=0,
+        ge=0,
+        le=8,
+        description="With the ngram drafter: most consecutive steps an escalated request "
+        "may wait for the target. In a step where the proxy completes at least one request "
+        "and every escalated request may still wait, the target does not run: the escalated "
+        "requests keep their trusted prefix and reach the target in a later step, with that "
+        "step's own escalations (requests due at max_skips complete with the proxy meanwhile "
+        "and ride that pass), so whole steps skip the target (at 1, it runs in at most "
+        "every other step of such a batch). A held request stands where the proxy was "
+        "unsure again, so the target decides that position as it would have; which step "
+        "that is, and so its later windows, depends on its batch neighbours "
+        "(docs/determinism.md). 0 (default): never wait. Lossy mode only.",
     )
     adaptive_lambda: bool = Field(
         default=False,

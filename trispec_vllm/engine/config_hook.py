@@ -97,9 +97,9 @@ def validate_engine_config(cfg: TriSpecConfig, vllm_config: VllmConfig) -> None:
             f"disable_by_batch_size works with the ngram drafter only (got '{spec.method}': "
             "a drafter with its own KV cache would miss the steps it skips)"
         )
-    if getattr(cfg, "hold_escalations", False) and spec.method != "ngram":
+    if getattr(cfg, "max_holds", 0) and spec.method != "ngram":
         raise TriSpecConfigError(
-            f"hold_escalations works with the ngram drafter only (got '{spec.method}': a "
+            f"max_holds works with the ngram drafter only (got '{spec.method}': a "
             "held request proposes its drafts again, which a drafter with its own KV cache "
             "or learning state does not)"
         )

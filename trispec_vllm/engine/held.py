@@ -1,6 +1,6 @@
 """A step that emits nothing for a request with drafts: vLLM's rollback (patch 12).
 
-With `hold_escalations` a request the proxy was unsure about at its first
+With `max_holds` a request the proxy was unsure about at its first
 position waits a step and emits no token. vLLM 0.32's scheduler rolls a
 request's rejected drafts back only when the step emitted at least one token
 for it (`Scheduler.update_from_output`), so such a step would leave the request

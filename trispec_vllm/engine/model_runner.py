@@ -111,7 +111,7 @@ class TriSpecRunnerMixin:
         # The prefix cache's block ledger (engine/prefix_cache.py); False: not made yet.
         self.trispec_blocks: BlockLedger | None | bool = False
         self.trispec_measure: tuple[str, int, float] | None = None  # (kind, reqs, start)
-        # Drafts of the requests held with nothing to emit (hold_escalations), proposed
+        # Drafts of the requests held with nothing to emit (max_holds), proposed
         # again: their context has not moved, and the ngram drafter skips a request
         # that sampled nothing.
         self.trispec_held_drafts: dict[str, list[int]] = {}

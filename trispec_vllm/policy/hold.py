@@ -17,15 +17,14 @@ import numpy as np
 def held_rows(escalated: np.ndarray, holdable: np.ndarray, completes: np.ndarray) -> np.ndarray:
     """[B] bool: the escalated requests to hold this step (all [B] bool).
 
-    All of them, when each may wait (`holdable`: not forced to the target, not held
-    the step before) and the proxy completes at least as many requests as wait (the
-    step still moves most of the batch: at batch 1 a hold would only delay the
-    target); else none, since the target runs for the others anyway."""
+    All of them, when each may wait (`holdable`: not forced to the target, holds
+    left) and the proxy completes at least one request (a step that moves nobody
+    would only delay the target: at batch 1 nothing is held); else none, since the
+    target runs for the others anyway."""
     escalated = np.asarray(escalated, dtype=bool)
-    num_held = int(escalated.sum())
-    if not num_held or (escalated & ~np.asarray(holdable, dtype=bool)).any():
+    if not escalated.any() or (escalated & ~np.asarray(holdable, dtype=bool)).any():
         return np.zeros_like(escalated)
-    if int(np.asarray(completes, dtype=bool).sum()) < num_held:
+    if not np.asarray(completes, dtype=bool).any():
         return np.zeros_like(escalated)
     return escalated.copy()
 

@@ -60,12 +60,12 @@ class TriSpecStep:
             else None
         )
         self._booked = (0, 0)  # adaptive trials and failures already in the stats
-        self.held: set[str] = set()  # requests held in the last step: the target's now
+        self.held: dict[str, int] = {}  # consecutive steps each request has been held
 
     def forget(self, live_req_ids) -> None:
         """Drop the state of finished requests."""
         live = list(live_req_ids)
-        self.held.intersection_update(live)
+        self.held = {r: n for r, n in self.held.items() if r in set(live)}
         self.watermarks.forget(live)
         self.proxy_marks.forget(live)
         if self.adaptive is not None:
@@ -117,7 +117,8 @@ class TriSpecStep:
             self.watermarks.settle(req_id, int(c))
             self.watermarks.target_ran(req_id, int(end))
             self.proxy_marks.settle(req_id, int(c))
-        self.held.difference_update(req_ids)
+        for req_id in req_ids:
+            self.held.pop(req_id, None)
         step = TriSpecStats(target_steps=1, native_target_steps=1, plain_steps=1)
         if decoding is not None:
             step.per_request = {
@@ -199,8 +200,11 @@ class TriSpecStep:
         for i, req_id in enumerate(batch.req_ids):
             skips[i] = self.watermarks.settle(req_id, int(batch.num_computed[i])).skips
         decoding = decoding_rows(batch)
-        held_before = np.array([r in self.held for r in batch.req_ids], dtype=bool)
-        force = ~decoding | (skips >= self.cfg.max_skips) | (proxy_logits is None) | held_before
+        holds = np.array([self.held.get(r, 0) for r in batch.req_ids], dtype=np.int64)
+        max_holds = getattr(self.cfg, "max_holds", 0)  # none under PyramidSD
+        # Forced to the target whatever the step: prompts, no proxy, no holds left.
+        hard = ~decoding | (proxy_logits is None) | ((holds > 0) & (holds >= max_holds))
+        force = hard | (skips >= self.cfg.max_skips)
         if self.adaptive is not None:
             base = self.adaptive.lambdas(batch.req_ids)
         else:
@@ -231,12 +235,16 @@ class TriSpecStep:
         decision = rule(lam, torch.from_numpy(force))
         escalated = ~decision.proxy_completes.numpy()
         held = hold_tokens = None
-        if getattr(self.cfg, "hold_escalations", False) and own_drafts is None:
+        if max_holds and own_drafts is None:
+            # In a step without the target, requests due at max_skips complete with the
+            # proxy (they ride the pass the held requests force next).
+            soft = rule(lam, torch.from_numpy(hard))
+            waits = ~soft.proxy_completes.numpy()
             greedy = np.ones(b, bool) if batch.plain_greedy is None else batch.plain_greedy
-            held = held_rows(escalated, trusting & ~force & greedy, ~escalated)
+            held = held_rows(waits, trusting & ~hard & greedy, ~waits)
             if held.any():
+                decision, escalated = soft, waits & ~held
                 hold_tokens = held_tokens(drafts.numpy(), decision.trusted_len.numpy(), held)
-                escalated = escalated & ~held
         riders = None if hold_tokens is not None else self.riders(escalated, skips)
         if riders is not None:
             # The target runs anyway: riders are verified too, trusted prefix kept.
@@ -371,7 +379,9 @@ class TriSpecStep:
         held = np.zeros(len(batch.req_ids), bool) if plan.held is None else plan.held
         step.held_escalations = int(held.sum())
         step.held_without_tokens = int((held & (d.trusted_len.numpy() == 0)).sum())
-        self.held = {batch.req_ids[i] for i in np.nonzero(held)[0]}
+        self.held = {
+            batch.req_ids[i]: self.held.get(batch.req_ids[i], 0) + 1 for i in np.nonzero(held)[0]
+        }
         if fuzzy is not None and plan.pyramid_rows is not None:
             rows = plan.pyramid_rows
             # Under PyramidSD the proxy's acceptance is the qualifier's.
