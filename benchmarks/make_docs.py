@@ -42,6 +42,7 @@ Results files (one per experiment, under benchmarks/results/):
 - quality.json        greedy HumanEval pass@1 and MT-Bench agreement, 40 problems
 - quality_t07.json    HumanEval pass@1 at temperature 0.7, 40 problems x 3 seeds
 - quality_default.json the default section's own quality (target-alone rows reused)
+- quality_holds.json  lambda 0.5 with max_holds=1 (target-alone rows reused)
 - cost_model.json     cost_model.py: predicted against measured speed, GPU projection
 - pass_costs_cpu.json forward passes timed on the speed run's CPU (transformers)
 - gpu_passes_h200.json forward passes timed on an H200 (plain torch), kernels_h200.json
@@ -95,6 +96,7 @@ B8_DRAFTING = "speed_b8_proxy_drafting.json"  # the default with and without pro
 HEADLINE_THROUGHPUT = "speed_headline_throughput.json"
 COST_MODEL = "cost_model.json"
 QUALITY_DEFAULT = "quality_default.json"  # the default section's own quality
+QUALITY_HOLDS = "quality_holds.json"  # lambda 0.5 with max_holds (target-alone rows reused)
 GPU_PASSES = "gpu_passes_h200.json"  # gpu_passes.py's raw table
 KERNELS_GPU = "kernels_h200.json"
 PASS_COSTS = "pass_costs_cpu.json"
@@ -268,9 +270,9 @@ def completed_share(m: dict) -> str:
     return f"{m.get('worker:proxy_completions', 0) / steps:.0%}" if steps else "-"
 
 
-def quality_greedy() -> str:
+def quality_greedy(name: str = QUALITY) -> str:
     rows = []
-    for key, r in quality_results(QUALITY).items():
+    for key, r in quality_results(name).items():
         ag = r.get("mtbench_agreement")
         ident = f"{ag['identical_share']:.0%} ({ag['identical']}/{ag['total']})" if ag else "-"
         div = f"{fmt(ag['mean_first_divergence'], '{:.1f}')} ({ag['diverging']})" if ag else "-"
@@ -279,7 +281,7 @@ def quality_greedy() -> str:
             [
                 label(r),
                 f"{r['pass_at_1']:.1%} ({r['pass']}/{len(r['humaneval'])})",
-                "-" if key == "target" else delta_cell(QUALITY, key),
+                "-" if key == "target" else delta_cell(name, key),
                 ident,
                 div,
                 fmt(r.get("mtbench_mean_length"), "{:.1f}"),
@@ -745,6 +747,7 @@ BLOCKS: dict[str, Callable[[], str]] = {
     "speed-adaptive": lambda: speed_table(SPEED_ADAPTIVE),
     "speed-t07": lambda: speed_table(SPEED_T07),
     "quality": quality_greedy,
+    "quality-holds": lambda: quality_greedy(QUALITY_HOLDS),
     "quality-t07": quality_sampled,
     "alignment": alignment,
     "load-test": load_test,

@@ -16,7 +16,7 @@ COUNTERS = {
     "target_steps": "Engine steps in which the target model ran.",
     "escalations": "Request-steps sent to the target.",
     "proxy_completions": "Request-steps completed by the proxy alone.",
-    "held_escalations": "Escalated request-steps held for a step (max_holds).",
+    "held_escalations": "Escalated request-steps that waited for a later target pass (max_holds).",
     "emitted_tokens": "Tokens output by TriSpec steps.",
     "fuzzy_accepted_tokens": "Candidate tokens the target accepted under policy 'pyramid'.",
     "trispec_kind_steps": "Decoding steps the cost-aware choice ran as TriSpec steps.",

@@ -65,7 +65,8 @@ class TriSpecStep:
     def forget(self, live_req_ids) -> None:
         """Drop the state of finished requests."""
         live = list(live_req_ids)
-        self.held = {r: n for r, n in self.held.items() if r in set(live)}
+        alive = set(live)
+        self.held = {r: n for r, n in self.held.items() if r in alive}
         self.watermarks.forget(live)
         self.proxy_marks.forget(live)
         if self.adaptive is not None:
