@@ -30,6 +30,7 @@ Results files (one per experiment, under benchmarks/results/):
 - speed_b8_memory.json batch 8 again: the default with and without its kept measurements
 - speed_target_share.json TriSpec steps only at batch 8 / 32: the target's share of the steps
 - speed_hold.json     batch 8: lambda 0.5 with and without max_holds (the target's share)
+- speed_hold_b32.json batch 32, one round: lambda 0.5 with and without max_holds=2
 - speed_b8_proxy_drafting.json batch 8: the default with and without proxy_drafting
 - ab_all_plain_b16.json, ab_default_b64.json ab_engines.py: vLLM's no-speculation engine and a
                       TriSpec engine held side by side, interleaved (linked from the docs)
@@ -91,6 +92,7 @@ B8_REPEAT = "speed_b8_repeat.json"  # batch 8 again: every headline configuratio
 B8_MEMORY = "speed_b8_memory.json"  # batch 8 again: the default with and without cost_memory
 TARGET_SHARE = "speed_target_share.json"  # the target's share of the steps, batch 8 and 32
 SPEED_HOLD = "speed_hold.json"  # lambda 0.5 with and without max_holds, batch 8
+SPEED_HOLD_B32 = "speed_hold_b32.json"  # the same at batch 32, one round
 B8_DRAFTING = "speed_b8_proxy_drafting.json"  # the default with and without proxy_drafting
 # the same run before the slowest-request objective
 HEADLINE_THROUGHPUT = "speed_headline_throughput.json"
@@ -737,6 +739,7 @@ BLOCKS: dict[str, Callable[[], str]] = {
     "b8-memory": lambda: memory(B8_MEMORY, 8),
     "speed-target-share": lambda: speed_table(TARGET_SHARE),
     "speed-hold": lambda: speed_table(SPEED_HOLD),
+    "speed-hold-b32": lambda: speed_table(SPEED_HOLD_B32),
     "speed-b8-drafting": lambda: speed_table(B8_DRAFTING),
     "speed-headline-throughput": lambda: speed_table(HEADLINE_THROUGHPUT),
     "speed-learned": lambda: speed_table(SPEED_LEARNED),
