@@ -78,6 +78,15 @@ def patch_v2_runner_choice() -> None:
     VllmConfig._get_v2_model_runner_unsupported_features = unsupported_features
 
 
+def engine_section(scheduler) -> TriSpecConfig | None:
+    """The `trispec` section of the engine a vLLM scheduler serves (None: not a TriSpec
+    engine), parsed once per scheduler: the scheduler patches read it every step."""
+    if not hasattr(scheduler, "_trispec_section"):
+        section = parse_trispec_config(scheduler.vllm_config.additional_config)
+        scheduler._trispec_section = section
+    return scheduler._trispec_section
+
+
 def validate_engine_config(cfg: TriSpecConfig, vllm_config: VllmConfig) -> None:
     """Fail with a clear message on settings TriSpec cannot serve (no weights read)."""
     spec = vllm_config.speculative_config

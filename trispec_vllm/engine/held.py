@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import functools
 
-from trispec_vllm.config import parse_trispec_config
+from trispec_vllm.engine.config_hook import engine_section
 
 HOOK_MARK = "_trispec_held_hook"
 
@@ -38,7 +38,7 @@ def roll_back_empty_steps(scheduler, scheduler_output, model_runner_output) -> N
 
 def patch_scheduler_rollback() -> None:
     """Wrap `Scheduler.update_from_output` with `roll_back_empty_steps` (TriSpec
-    engines only)."""
+    engines with `max_holds` only: no other step emits nothing)."""
     from vllm.v1.core.sched.scheduler import Scheduler
 
     update = Scheduler.update_from_output
@@ -47,11 +47,8 @@ def patch_scheduler_rollback() -> None:
 
     @functools.wraps(update)
     def rolled_back(self, scheduler_output, model_runner_output, *args, **kwargs):
-        mine = getattr(self, "_trispec_engine", None)
-        if mine is None:
-            mine = parse_trispec_config(self.vllm_config.additional_config) is not None
-            self._trispec_engine = mine
-        if mine:
+        section = engine_section(self)
+        if section is not None and getattr(section, "max_holds", 0):
             roll_back_empty_steps(self, scheduler_output, model_runner_output)
         return update(self, scheduler_output, model_runner_output, *args, **kwargs)
 

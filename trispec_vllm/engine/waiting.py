@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import functools
 
-from trispec_vllm.config import parse_trispec_config
+from trispec_vllm.engine.config_hook import engine_section
 
 WAITING_ATTR = "trispec_waiting"  # SchedulerOutput attribute: requests left waiting
 HOOK_MARK = "_trispec_waiting_hook"
@@ -28,11 +28,7 @@ def patch_scheduler_waiting() -> None:
     @functools.wraps(schedule)
     def counted(self, *args, **kwargs):
         out = schedule(self, *args, **kwargs)
-        mine = getattr(self, "_trispec_engine", None)
-        if mine is None:
-            mine = parse_trispec_config(self.vllm_config.additional_config) is not None
-            self._trispec_engine = mine
-        if mine:
+        if engine_section(self) is not None:
             setattr(out, WAITING_ATTR, self.get_request_counts()[1])
         return out
 
