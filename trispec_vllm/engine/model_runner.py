@@ -444,7 +444,7 @@ class TriSpecRunnerMixin:
             drafts = plan.drafts.numpy()
             self.trispec_held_drafts = {
                 prep.batch.req_ids[r]: drafts[r, : int(prep.batch.num_drafts[r])].tolist()
-                for r in np.nonzero(plan.held & (plan.decision.trusted_len.numpy() == 0))[0]
+                for r in np.nonzero(plan.held_empty())[0]
             }
         state.stats = self.trispec.finish(prep.batch, plan, tb, fuzzy)
 

@@ -77,6 +77,12 @@ class StepPlan:
     held: np.ndarray | None = None  # [B] bool: escalations held for a step (`policy/hold.py`)
     held_tokens: np.ndarray | None = None  # [B, K+1] their trusted prefixes, -1 past them
 
+    def held_empty(self) -> np.ndarray:
+        """[B] bool: held requests with no trusted draft (their step emits nothing)."""
+        if self.held is None:
+            return np.zeros(len(self.decoding), dtype=bool)
+        return self.held & (self.held_tokens[:, 0] < 0)
+
 
 def _starts(counts: np.ndarray) -> np.ndarray:
     """Exclusive prefix sum: where each of consecutive runs of `counts` begins."""

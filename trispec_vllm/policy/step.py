@@ -242,11 +242,11 @@ class TriSpecStep:
             soft = rule(lam, torch.from_numpy(hard))
             waits = ~soft.proxy_completes.numpy()
             greedy = np.ones(b, bool) if batch.plain_greedy is None else batch.plain_greedy
-            held = held_rows(waits, trusting & ~hard & greedy, ~waits)
-            if held.any():
-                decision, escalated = soft, waits & ~held
+            rows = held_rows(waits, trusting & ~hard & greedy, ~waits)
+            if rows.any():
+                held, decision, escalated = rows, soft, waits & ~rows
                 hold_tokens = held_tokens(drafts.numpy(), decision.trusted_len.numpy(), held)
-        riders = None if hold_tokens is not None else self.riders(escalated, skips)
+        riders = None if held is not None else self.riders(escalated, skips)
         if riders is not None:
             # The target runs anyway: riders are verified too, trusted prefix kept.
             decision = rule(lam, torch.from_numpy(force | riders))
@@ -266,7 +266,7 @@ class TriSpecStep:
             lambdas=np.where(trusting, base, np.nan),
             pyramid_rows=pyramid_rows,
             proxy_ran=proxy_logits is not None,
-            held=held if hold_tokens is not None else None,
+            held=held,
             held_tokens=hold_tokens,
         )
 
@@ -379,7 +379,7 @@ class TriSpecStep:
         step.escalations = int((~completes).sum())
         held = np.zeros(len(batch.req_ids), bool) if plan.held is None else plan.held
         step.held_escalations = int(held.sum())
-        step.held_without_tokens = int((held & (d.trusted_len.numpy() == 0)).sum())
+        step.held_without_tokens = int(plan.held_empty().sum())
         self.held = {
             batch.req_ids[i]: self.held.get(batch.req_ids[i], 0) + 1 for i in np.nonzero(held)[0]
         }
