@@ -43,7 +43,7 @@ Results files (one per experiment, under benchmarks/results/):
 - quality.json        greedy HumanEval pass@1 and MT-Bench agreement, 40 problems
 - quality_t07.json    HumanEval pass@1 at temperature 0.7, 40 problems x 3 seeds
 - quality_default.json the default section's own quality (target-alone rows reused)
-- quality_holds.json  lambda 0.5 with max_holds=1 (target-alone rows reused)
+- quality_holds.json  lambda 0.5 with max_holds=2 (target-alone rows reused)
 - cost_model.json     cost_model.py: predicted against measured speed, GPU projection
 - pass_costs_cpu.json forward passes timed on the speed run's CPU (transformers)
 - gpu_passes_h200.json forward passes timed on an H200 (plain torch), kernels_h200.json
