@@ -32,8 +32,11 @@ Results files (one per experiment, under benchmarks/results/):
 - speed_hold.json     batch 8: lambda 0.5 with and without max_holds (the target's share)
 - speed_hold_b32.json batch 32, one round: lambda 0.5 with and without max_holds=2
 - speed_b8_proxy_drafting.json batch 8: the default with and without proxy_drafting
-- ab_all_plain_b16.json, ab_default_b64.json ab_engines.py: vLLM's no-speculation engine and a
-                      TriSpec engine held side by side, interleaved (linked from the docs)
+- speed_b8_rounds5.json batch 8 again, 5 rounds: the headline's configurations and the
+                      default with proxy_drafting, on a machine without tcmalloc
+- ab_all_plain_b16.json, ab_default_b64.json, ab_*_b8_no_prefix_cache.json ab_engines.py:
+                      vLLM's no-speculation engine and a TriSpec engine held side by side,
+                      interleaved (linked from the docs)
 - speed_avx512.json   the same harness over every main configuration, before the
                       cost-aware step's fixes
 - speed.json          greedy, batch 1 / 8 / 32, 32 tokens, every engine compiled
@@ -94,6 +97,7 @@ TARGET_SHARE = "speed_target_share.json"  # the target's share of the steps, bat
 SPEED_HOLD = "speed_hold.json"  # lambda 0.5 with and without max_holds, batch 8
 SPEED_HOLD_B32 = "speed_hold_b32.json"  # the same at batch 32, one round
 B8_DRAFTING = "speed_b8_proxy_drafting.json"  # the default with and without proxy_drafting
+B8_ROUNDS5 = "speed_b8_rounds5.json"  # batch 8 again, 5 rounds, no tcmalloc on the machine
 # the same run before the slowest-request objective
 HEADLINE_THROUGHPUT = "speed_headline_throughput.json"
 COST_MODEL = "cost_model.json"
@@ -741,6 +745,8 @@ BLOCKS: dict[str, Callable[[], str]] = {
     "speed-hold": lambda: speed_table(SPEED_HOLD),
     "speed-hold-b32": lambda: speed_table(SPEED_HOLD_B32),
     "speed-b8-drafting": lambda: speed_table(B8_DRAFTING),
+    "speed-b8-rounds5": lambda: speed_table(B8_ROUNDS5),
+    "b8-rounds5": lambda: repeat(B8_ROUNDS5, 8),
     "speed-headline-throughput": lambda: speed_table(HEADLINE_THROUGHPUT),
     "speed-learned": lambda: speed_table(SPEED_LEARNED),
     "learning-200": lambda: learning(LEARNING_200, per=5),
@@ -803,6 +809,7 @@ def unreferenced() -> list[str]:
         B1_REPEAT,
         B8_REPEAT,
         B8_MEMORY,
+        B8_ROUNDS5,
         TARGET_SHARE,
         HEADLINE_THROUGHPUT,
         COST_MODEL,
