@@ -54,6 +54,19 @@ def test_a_tcmalloc_path_that_does_not_exist_is_an_error(monkeypatch, tmp_path):
     assert cpu_runtime.find_tcmalloc() == lib
 
 
+def test_a_missing_tcmalloc_is_named_with_how_to_get_it(monkeypatch, capsys):
+    monkeypatch.setattr(cpu_runtime, "find_tcmalloc", lambda: None)
+    monkeypatch.delenv("LD_PRELOAD", raising=False)
+    (line,) = [m for m in cpu_runtime.missing() if "tcmalloc" in m]
+    assert "libtcmalloc-minimal4" in line and "TRISPEC_TCMALLOC" in line
+    assert main(["cpu-env"]) == 0
+    captured = capsys.readouterr()
+    assert "libtcmalloc-minimal4" in captured.err  # stdout stays `eval`-able
+    assert "tcmalloc" not in captured.out
+    # A user who set LD_PRELOAD chose their libraries: nothing to say.
+    assert cpu_runtime.missing({"LD_PRELOAD": "/x.so"}) == []
+
+
 def test_cpu_env_prints_shell_exports(monkeypatch, capsys, tmp_path):
     lib = tmp_path / "libtcmalloc_minimal.so.4"
     lib.write_bytes(b"")

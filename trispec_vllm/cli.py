@@ -66,6 +66,8 @@ def main(argv: list[str] | None = None) -> int:
         from trispec_vllm import cpu_runtime
 
         sys.stdout.write(cpu_runtime.shell_exports(cpu_runtime.recommended()))
+        for line in cpu_runtime.missing():  # stderr: stdout is for `eval`
+            print(f"trispec-vllm cpu-env: {line}", file=sys.stderr)
         return 0
     if args.command == "costs":
         return show_costs(clear=args.clear)

@@ -115,6 +115,26 @@ def recommended(
     return out
 
 
+def missing(environ: Mapping[str, str] | None = None) -> list[str]:
+    """What the recommended runtime lacks on this machine, one line each (empty when
+    nothing is missing or the user set `LD_PRELOAD` themselves). Without tcmalloc a
+    fresh TriSpec engine's first prefills ran up to a third slower than vLLM's own
+    engine's on a 2-core CPU, and level with it once tcmalloc was preloaded
+    (docs/benchmarks.md)."""
+    environ = os.environ if environ is None else environ
+    if "LD_PRELOAD" in environ:
+        return []
+    out = []
+    if find_tcmalloc() is None:
+        out.append(
+            "tcmalloc not found: install it (Debian/Ubuntu: apt-get install "
+            "libtcmalloc-minimal4) or set TRISPEC_TCMALLOC to its path"
+        )
+    if find_iomp() is None:
+        out.append("Intel OpenMP (libiomp5.so) not found: pip install intel-openmp")
+    return out
+
+
 def apply(environ: MutableMapping[str, str] | None = None) -> dict[str, str]:
     """Add the recommended variables to `environ` (this process's by default)."""
     environ = os.environ if environ is None else environ

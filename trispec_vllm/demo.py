@@ -151,6 +151,8 @@ def run(
     if not torch.cuda.is_available():  # vLLM's engine processes inherit it
         from trispec_vllm import cpu_runtime
 
+        for line in cpu_runtime.missing():
+            print(f"[demo] {line}", flush=True)
         added = cpu_runtime.apply()
         if added:
             shown = ", ".join(f"{k}={v}" for k, v in added.items())
