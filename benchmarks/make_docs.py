@@ -33,7 +33,8 @@ Results files (one per experiment, under benchmarks/results/):
 - speed_hold_b32.json batch 32, one round: lambda 0.5 with and without max_holds=2
 - speed_b8_proxy_drafting.json batch 8: the default with and without proxy_drafting
 - speed_b8_rounds5.json batch 8 again, 5 rounds: the headline's configurations and the
-                      default with proxy_drafting, on a machine without tcmalloc
+                      default with proxy_drafting, without tcmalloc (as every run before it)
+- speed_b8_rounds5_tcmalloc.json the same command with tcmalloc preloaded
 - ab_all_plain_b16.json, ab_default_b64.json, ab_*_b8_no_prefix_cache.json ab_engines.py:
                       vLLM's no-speculation engine and a TriSpec engine held side by side,
                       interleaved (linked from the docs)
@@ -98,6 +99,7 @@ SPEED_HOLD = "speed_hold.json"  # lambda 0.5 with and without max_holds, batch 8
 SPEED_HOLD_B32 = "speed_hold_b32.json"  # the same at batch 32, one round
 B8_DRAFTING = "speed_b8_proxy_drafting.json"  # the default with and without proxy_drafting
 B8_ROUNDS5 = "speed_b8_rounds5.json"  # batch 8 again, 5 rounds, no tcmalloc on the machine
+B8_TCMALLOC = "speed_b8_rounds5_tcmalloc.json"  # the same command with tcmalloc preloaded
 # the same run before the slowest-request objective
 HEADLINE_THROUGHPUT = "speed_headline_throughput.json"
 COST_MODEL = "cost_model.json"
@@ -747,6 +749,8 @@ BLOCKS: dict[str, Callable[[], str]] = {
     "speed-b8-drafting": lambda: speed_table(B8_DRAFTING),
     "speed-b8-rounds5": lambda: speed_table(B8_ROUNDS5),
     "b8-rounds5": lambda: repeat(B8_ROUNDS5, 8),
+    "speed-b8-tcmalloc": lambda: speed_table(B8_TCMALLOC),
+    "b8-tcmalloc": lambda: repeat(B8_TCMALLOC, 8),
     "speed-headline-throughput": lambda: speed_table(HEADLINE_THROUGHPUT),
     "speed-learned": lambda: speed_table(SPEED_LEARNED),
     "learning-200": lambda: learning(LEARNING_200, per=5),
@@ -810,6 +814,7 @@ def unreferenced() -> list[str]:
         B8_REPEAT,
         B8_MEMORY,
         B8_ROUNDS5,
+        B8_TCMALLOC,
         TARGET_SHARE,
         HEADLINE_THROUGHPUT,
         COST_MODEL,
