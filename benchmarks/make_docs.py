@@ -35,6 +35,8 @@ Results files (one per experiment, under benchmarks/results/):
 - speed_b8_rounds5.json batch 8 again, 5 rounds: the headline's configurations and the
                       default with proxy_drafting, without tcmalloc (as every run before it)
 - speed_b8_rounds5_tcmalloc.json the same command with tcmalloc preloaded
+- speed_b1_b32_tcmalloc.json the headline's configurations at batch 1 and 32, 3 rounds,
+                      tcmalloc preloaded
 - ab_all_plain_b16.json, ab_default_b64.json, ab_*_b8_no_prefix_cache.json ab_engines.py:
                       vLLM's no-speculation engine and a TriSpec engine held side by side,
                       interleaved (linked from the docs)
@@ -100,6 +102,7 @@ SPEED_HOLD_B32 = "speed_hold_b32.json"  # the same at batch 32, one round
 B8_DRAFTING = "speed_b8_proxy_drafting.json"  # the default with and without proxy_drafting
 B8_ROUNDS5 = "speed_b8_rounds5.json"  # batch 8 again, 5 rounds, no tcmalloc on the machine
 B8_TCMALLOC = "speed_b8_rounds5_tcmalloc.json"  # the same command with tcmalloc preloaded
+B1_B32_TCMALLOC = "speed_b1_b32_tcmalloc.json"  # batch 1 and 32, tcmalloc preloaded
 # the same run before the slowest-request objective
 HEADLINE_THROUGHPUT = "speed_headline_throughput.json"
 COST_MODEL = "cost_model.json"
@@ -751,6 +754,9 @@ BLOCKS: dict[str, Callable[[], str]] = {
     "b8-rounds5": lambda: repeat(B8_ROUNDS5, 8),
     "speed-b8-tcmalloc": lambda: speed_table(B8_TCMALLOC),
     "b8-tcmalloc": lambda: repeat(B8_TCMALLOC, 8),
+    "speed-b1-b32-tcmalloc": lambda: speed_table(B1_B32_TCMALLOC),
+    "b1-tcmalloc": lambda: repeat(B1_B32_TCMALLOC, 1),
+    "b32-tcmalloc": lambda: repeat(B1_B32_TCMALLOC, 32),
     "speed-headline-throughput": lambda: speed_table(HEADLINE_THROUGHPUT),
     "speed-learned": lambda: speed_table(SPEED_LEARNED),
     "learning-200": lambda: learning(LEARNING_200, per=5),
@@ -815,6 +821,7 @@ def unreferenced() -> list[str]:
         B8_MEMORY,
         B8_ROUNDS5,
         B8_TCMALLOC,
+        B1_B32_TCMALLOC,
         TARGET_SHARE,
         HEADLINE_THROUGHPUT,
         COST_MODEL,
