@@ -37,6 +37,7 @@ Results files (one per experiment, under benchmarks/results/):
 - speed_b8_rounds5_tcmalloc.json the same command with tcmalloc preloaded
 - speed_b1_b32_tcmalloc.json the headline's configurations at batch 1 and 32, 3 rounds,
                       tcmalloc preloaded
+- speed_b64_tcmalloc.json the same at batch 64
 - ab_all_plain_b16.json, ab_default_b64.json, ab_*_b8_no_prefix_cache.json ab_engines.py:
                       vLLM's no-speculation engine and a TriSpec engine held side by side,
                       interleaved (linked from the docs)
@@ -103,6 +104,7 @@ B8_DRAFTING = "speed_b8_proxy_drafting.json"  # the default with and without pro
 B8_ROUNDS5 = "speed_b8_rounds5.json"  # batch 8 again, 5 rounds, no tcmalloc on the machine
 B8_TCMALLOC = "speed_b8_rounds5_tcmalloc.json"  # the same command with tcmalloc preloaded
 B1_B32_TCMALLOC = "speed_b1_b32_tcmalloc.json"  # batch 1 and 32, tcmalloc preloaded
+B64_TCMALLOC = "speed_b64_tcmalloc.json"  # batch 64, tcmalloc preloaded
 # the same run before the slowest-request objective
 HEADLINE_THROUGHPUT = "speed_headline_throughput.json"
 COST_MODEL = "cost_model.json"
@@ -757,6 +759,8 @@ BLOCKS: dict[str, Callable[[], str]] = {
     "speed-b1-b32-tcmalloc": lambda: speed_table(B1_B32_TCMALLOC),
     "b1-tcmalloc": lambda: repeat(B1_B32_TCMALLOC, 1),
     "b32-tcmalloc": lambda: repeat(B1_B32_TCMALLOC, 32),
+    "speed-b64-tcmalloc": lambda: speed_table(B64_TCMALLOC),
+    "b64-tcmalloc": lambda: repeat(B64_TCMALLOC, 64),
     "speed-headline-throughput": lambda: speed_table(HEADLINE_THROUGHPUT),
     "speed-learned": lambda: speed_table(SPEED_LEARNED),
     "learning-200": lambda: learning(LEARNING_200, per=5),
@@ -822,6 +826,7 @@ def unreferenced() -> list[str]:
         B8_ROUNDS5,
         B8_TCMALLOC,
         B1_B32_TCMALLOC,
+        B64_TCMALLOC,
         TARGET_SHARE,
         HEADLINE_THROUGHPUT,
         COST_MODEL,
