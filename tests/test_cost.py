@@ -469,10 +469,11 @@ def test_a_stale_kind_is_re_measured_before_the_class_switches_to_it():
     class does not switch on that (nor warm the TriSpec step up, which it would where
     SD beat plain decoding): one run of SD re-measures it, its step time re-based on
     its own steps, and plain decoding stays. Where the fresh run confirms SD, the
-    class switches."""
+    class switches. (Without the drift scaling, which alone would keep plain decoding
+    here without a run: `test_a_slowdown_only_the_chosen_kind_saw_moves_no_choice`.)"""
     before = {"plain": 0.08, "sd": 24 / 90, "trispec": 2.4}  # 100, 90, 10 tok/s
     slower = {k: v * 1.25 for k, v in before.items()}  # 80, 72, 8 tok/s
-    model = CostModel(warmup=2, run_length=3, explore_every=1000, stale_after=20)
+    model = CostModel(warmup=2, run_length=3, explore_every=1000, stale_after=20, max_drift=1.0)
     timed_run(model, before, num_reqs=8, steps=40)
     assert model.best[8] == "plain" and (8, "trispec") not in model.stats
     picks = timed_run(model, slower, num_reqs=8, steps=60)
@@ -480,10 +481,92 @@ def test_a_stale_kind_is_re_measured_before_the_class_switches_to_it():
     assert picks[-30:] == ["plain"] * 30
     # The stale mean counts as one sample among the run's two timed steps.
     assert model.stats[(8, "sd")].seconds == pytest.approx((before["sd"] + 2 * slower["sd"]) / 3)
-    sd_holds = CostModel(warmup=2, run_length=3, explore_every=1000, stale_after=20)
+    sd_holds = CostModel(warmup=2, run_length=3, explore_every=1000, stale_after=20, max_drift=1.0)
     timed_run(sd_holds, before, num_reqs=8, steps=40)
     picks = timed_run(sd_holds, {**slower, "sd": before["sd"]}, num_reqs=8, steps=60)
     assert picks[-20:] == ["sd"] * 20 and sd_holds.best[8] == "sd"
+
+
+def test_a_slowdown_only_the_chosen_kind_saw_moves_no_choice():
+    """The machine slows by half while plain decoding is chosen: its mean follows, SD's
+    (timed before) stands still and would out-rank it. Scaled by the drift plain
+    decoding measured since SD was timed, SD stays behind and no SD step runs; a kind
+    timed after the slowdown is scaled by nothing and wins where it is faster."""
+    before = {"plain": 0.08, "sd": 24 / 90, "trispec": 2.4}  # 100, 90, 10 tok/s
+    slower = {k: v * 1.5 for k, v in before.items()}  # 67, 60, 7 tok/s
+    picks = {}
+    for drift in (2.0, 1.0):
+        model = CostModel(
+            warmup=2, run_length=3, explore_every=1000, stale_after=1000, max_drift=drift
+        )
+        timed_run(model, before, num_reqs=8, steps=40)
+        assert model.best[8] == "plain"
+        picks[drift] = timed_run(model, slower, num_reqs=8, steps=40)
+    assert picks[2.0] == ["plain"] * 40
+    # Unscaled, the stale SD mean wins; SD's steps then show the truth, but meanwhile
+    # the TriSpec step was warmed up too (where SD beat plain decoding at batch 8).
+    assert picks[1.0].count("sd") >= 3 and "trispec" in picks[1.0]
+    # Where SD is faster in the slow state, the exploration runs that time it there
+    # move its scaled mean over plain decoding's (at the EWMA's pace) and it takes over.
+    model = CostModel(
+        kinds=("sd", "plain"),
+        warmup=2,
+        run_length=3,
+        explore_every=20,
+        stale_after=1000,
+        max_backoff=1,
+    )
+    timed_run(model, before, num_reqs=8, steps=40)
+    picks = timed_run(model, {**slower, "sd": 24 / 80}, num_reqs=8, steps=100)
+    assert model.best[8] == "sd" and picks[-20:].count("sd") >= 14, picks
+
+
+def test_the_drift_reference_moves_with_the_choice():
+    """After a switch the kind it replaced is scaled by the new choice's drift: SD,
+    chosen, then slowed by half, does not hand the class back to plain decoding on a
+    plain mean from before the slowdown (80 tok/s against SD's 60 tok/s now)."""
+    secs = {"plain": 0.1, "sd": 24 / 90, "trispec": 2.4}  # 80, 90, 10 tok/s
+    slow = {k: v * 1.5 for k, v in secs.items()}
+    picks = {}
+    for drift in (2.0, 1.0):
+        model = CostModel(
+            warmup=2, run_length=3, explore_every=1000, stale_after=1000, max_drift=drift
+        )
+        timed_run(model, secs, num_reqs=8, steps=30)
+        assert model.best[8] == "sd"
+        picks[drift] = timed_run(model, slow, num_reqs=8, steps=40)
+    assert picks[2.0] == ["sd"] * 40
+    # Unscaled, plain decoding takes over on its mean from before, until its own
+    # steps show the slowdown (the first switch after 2 SD steps, then one more).
+    assert picks[1.0].count("plain") >= 3
+
+
+def test_a_lead_inside_a_kinds_own_scatter_moves_no_choice():
+    """At batch 1 a TriSpec step takes a proxy pass alone (0.06 s on a 2-core CPU) or
+    a proxy and a target pass (0.2 s): a few fast steps in a row lift its mean above
+    plain decoding's (0.14 s) by more than the margins. Discounted by its standard
+    error, that lead does not take the class from plain decoding; the same mean from
+    steps that do not scatter does, and so does the scattered one taken at its mean."""
+
+    def choice(trispec_secs: list[float], confidence: float) -> str:
+        model = CostModel(
+            kinds=("trispec", "plain"), warmup=2, explore_every=1000, confidence=confidence
+        )
+        for kind, secs in (("plain", [0.14] * 4), ("trispec", trispec_secs)):
+            for sec in secs:  # each kind's first step is a switch, not timed
+                model.observe(kind, 1, sec, 1)
+        model.best[1] = "plain"
+        return model.choose(1)
+
+    bursty = [0.2, 0.2, 0.2, 0.2, 0.06, 0.06, 0.06, 0.06]
+    model = CostModel()
+    for sec in bursty:
+        model.observe("trispec", 1, sec, 1)
+    st = model.stats[(1, "trispec")]
+    assert 1 / st.seconds > 0.14**-1 * 1.05**2 and st.spread(model.weight) > 0.15
+    assert choice(bursty, confidence=1.0) == "plain"
+    assert choice(bursty, confidence=0.0) == "trispec"
+    assert choice([st.seconds] * 8, confidence=1.0) == "trispec"
 
 
 def test_a_fresh_run_re_bases_a_kinds_step_time_not_its_tokens():

@@ -48,6 +48,10 @@ also needs fresh evidence: the chosen kind's means follow the machine's drift st
 by step, a kind last timed many decisions ago (or restored from an earlier engine)
 does not, so such a kind is re-measured in a run before the class switches to it,
 and that run's steps outweigh its kept step time sooner than the EWMA would.
+Between re-measurements a kind not chosen is compared as if timed beside the
+choice: it keeps the chosen kind's mean step seconds at the moments it was timed,
+and its own step seconds are scaled by how far the chosen kind's have moved since
+(`_drift`), so a slowdown only the chosen kind was there to see moves no choice.
 
 What "most tokens per second" means depends on the load. While requests wait
 for a slot, the step's throughput is what serves them soonest. When none waits,
@@ -123,11 +127,24 @@ class KindStats:
     samples: int = 0
     last_seconds: float = 0.0  # seconds of the latest sample
     fresh: int | None = None  # samples since the seconds' mean went stale (None: never)
+    # The class's current choice when this kind was last timed, and that choice's mean
+    # step seconds then (`CostModel._drift`); None while there was no comparable choice.
+    ref_kind: str | None = None
+    ref_seconds: float = 0.0
+    # EWMAs of the squared deviations from the means (`spread`)
+    var_seconds: float = 0.0
+    var_tokens: float = 0.0
+    weight_seconds: float = 0.0  # the weight the seconds' latest sample got
 
-    def observe(self, seconds: float, tokens: int, weight: float) -> None:
+    def observe(
+        self, seconds: float, tokens: int, weight: float, ref: tuple[str, float] | None = None
+    ) -> None:
         """One sample. After the seconds' mean went stale (`stale`), it and the next
         samples are averaged evenly, as if it were one sample of them, until `weight`
-        gives a sample more; the tokens' mean always moves by `weight`."""
+        gives a sample more; the tokens' mean always moves by `weight`. `ref`: the
+        class's current choice and its mean step seconds now, averaged into
+        `ref_seconds` with the seconds' own weights (so the two describe the same
+        moments), or restarting it when the choice was another."""
         self.last_seconds = seconds
         if self.samples == 0:
             w = 1.0
@@ -136,10 +153,35 @@ class KindStats:
         else:
             w = max(weight, 1.0 / (self.fresh + 2))
             self.fresh += 1
-        self.seconds += w * (seconds - self.seconds)
+        d = seconds - self.seconds
+        self.seconds += w * d
+        self.weight_seconds = w
+        self.var_seconds = (1.0 - w) * (self.var_seconds + w * d * d)
+        if ref is None:
+            self.ref_kind, self.ref_seconds = None, 0.0
+        elif self.samples and self.ref_kind == ref[0]:
+            self.ref_seconds += w * (ref[1] - self.ref_seconds)
+        else:
+            self.ref_kind, self.ref_seconds = ref
         w = 1.0 if self.samples == 0 else weight
-        self.tokens += w * (tokens - self.tokens)
+        d = tokens - self.tokens
+        self.tokens += w * d
+        self.var_tokens = (1.0 - w) * (self.var_tokens + w * d * d)
         self.samples += 1
+
+    def spread(self, weight: float) -> float:
+        """The rate's relative standard error, as far as the steps' own scatter makes
+        it: each mean's squared coefficient of variation times an EWMA's share of one
+        sample's variance, w / (2 - w) for an EWMA of weight w. Plain decoding's steps scatter by a
+        few percent; a TriSpec step at batch 1 takes a proxy pass (0.06 s on a 2-core
+        CPU) or a proxy and a target pass (0.2 s), and its rate's mean moved by 15-20%
+        within a few steps."""
+        if self.seconds <= 0 or self.tokens <= 0:
+            return 0.0
+        ws = min(max(weight, self.weight_seconds), 1.0)  # larger while re-basing (`stale`)
+        cv2_seconds = self.var_seconds / self.seconds**2 * ws / (2.0 - ws)
+        cv2_tokens = self.var_tokens / self.tokens**2 * weight / (2.0 - weight)
+        return (cv2_seconds + cv2_tokens) ** 0.5
 
     def stale(self) -> None:
         """The seconds' mean describes an earlier state of the machine: the next
@@ -188,6 +230,12 @@ class CostModel:
     # (the target ran in 96-100% of them at batch 8 and 32, lambda 0.5, on the real
     # pair), so a TriSpec step costs an SD step plus a proxy pass (see _after_sd).
     escalates_from: int = 8
+    # A kind not chosen is scored with its step seconds scaled by how much the chosen
+    # kind's have moved since it was timed (`_drift`), within this factor either way.
+    max_drift: float = 2.0
+    # Against the class's current choice, another kind's rate counts this many of its
+    # standard errors lower (`KindStats.spread`; 0: at its mean).
+    confidence: float = 1.0
     stats: dict[tuple[int, str], KindStats] = field(default_factory=dict)
     chosen: dict[str, int] = field(default_factory=dict)  # counts, for the metrics
     objectives: dict[str, int] = field(default_factory=dict)  # ranked choices per objective
@@ -272,8 +320,61 @@ class CostModel:
         st = self.stats.setdefault((cls, kind), KindStats())
         if st.samples and self._stale(cls, kind):
             st.stale()
-        st.observe(seconds, tokens, self.weight)
+        current = self.best.get(cls, kind)
+        now = self.stats.get((cls, current))
+        ref = None
+        if current not in (kind, DEFERS) and now is not None and now.samples:
+            ref = (current, now.seconds)
+        st.observe(seconds, tokens, self.weight, ref)
         self.measured_at[(cls, kind)] = self.decisions.get(cls, 0)
+
+    def _drift(self, cls: int, kind: str) -> float:
+        """How much slower the machine runs now than when `kind` was last timed, as the
+        class's current choice measures it: its mean step seconds now over its mean
+        then (1.0 for the choice itself, for a kind timed under another choice, or
+        while the choice is the TriSpec step, whose step time follows its routing
+        more than the machine). Means of kinds not chosen stand still while the
+        chosen kind's follow the machine step by step: on a 2-core CPU at batch 1,
+        six plain steps slowed by a neighbour (0.23 s against 0.14 s) put plain
+        decoding's mean under a TriSpec rate timed before them, and 25 lossy TriSpec
+        steps followed, no faster. Scaled, kinds are compared as if timed together."""
+        current = self.best.get(cls)
+        st = self.stats.get((cls, kind))
+        now = self.stats.get((cls, current)) if current is not None else None
+        if (
+            current in (None, kind, DEFERS)
+            or st is None
+            or st.ref_kind != current
+            or st.ref_seconds <= 0
+            or now is None
+            or now.seconds <= 0
+        ):
+            return 1.0
+        return min(max(now.seconds / st.ref_seconds, 1.0 / self.max_drift), self.max_drift)
+
+    def _rebase(self, cls: int, new: str) -> None:
+        """Carry the drift references over when the class's choice moves to `new`: its
+        own mean takes on the drift it was scored with (it is the reference from now
+        on), the kind it replaces is referred to it as of now, and every kind referred
+        to the old choice is referred to the new one with the same scale. On the first
+        choice every measured kind is referred to it (all were timed in the warm-up,
+        just before); into or out of a TriSpec choice nothing carries over."""
+        old = self.best.get(cls)
+        mine = self.stats.get((cls, new))
+        if old == new or mine is None or not mine.samples:
+            return
+        mine.seconds *= self._drift(cls, new)
+        before = self.stats.get((cls, old)) if old is not None else None
+        for (c, k), st in self.stats.items():
+            if c != cls or k == new or not st.samples:
+                continue
+            if new == DEFERS or old == DEFERS:
+                st.ref_kind, st.ref_seconds = None, 0.0
+            elif old is None or k == old:
+                st.ref_kind, st.ref_seconds = new, mine.seconds
+            elif st.ref_kind == old and before is not None and before.seconds > 0:
+                st.ref_seconds = mine.seconds * st.ref_seconds / before.seconds
+                st.ref_kind = new
 
     def _stale(self, cls: int, kind: str) -> bool:
         """Whether a kind's means in a class are from an earlier state of the machine:
@@ -363,6 +464,7 @@ class CostModel:
         if self.reported.get(context) != ranked[0] and self.on_change is not None:
             self.on_change(cls, ranked[0], {k: round(score[k], 2) for k in options}, objective)
         self.reported[context] = ranked[0]
+        self._rebase(cls, ranked[0])
         self.best[cls] = ranked[0]
         others = self._to_explore(cls, ranked, scored)
         if others:  # exploring: the least refreshed of them
@@ -437,7 +539,8 @@ class CostModel:
 
         def scored(kind: str) -> float:
             st = self.stats.get((cls, kind), KindStats())
-            return self._slowest_rate(kind, st, req_ids) if draining else st.rate
+            rate = self._slowest_rate(kind, st, req_ids) if draining else st.rate
+            return rate / self._drift(cls, kind)
 
         return scored
 
@@ -462,11 +565,20 @@ class CostModel:
     def _ranked(self, cls: int, options: list[str], score: dict[str, float]) -> list[str]:
         """Options by rate, plain decoding and the class's current choice favoured by
         their margins (each switch pays a catch-up no timing sees); among equal rates
-        the kind doing less work first."""
+        the kind doing less work first. Against a current choice, another kind counts
+        with its rate less `confidence` standard errors (`KindStats.spread`; at most
+        half): a
+        lead its own steps' scatter explains moves nothing (at batch 1 on a 2-core CPU
+        TriSpec and plain decoding traded places four times in 14 steps on it)."""
         bonus = {"plain": 1.0 + self.plain_margin}
         current = self.best.get(cls)
         if current in options:
             bonus[current] = bonus.get(current, 1.0) * (1.0 + self.switch_margin)
+            for k in options:
+                st = self.stats.get((cls, k))
+                if k != current and st is not None:
+                    doubt = min(self.confidence * st.spread(self.weight), 0.5)
+                    bonus[k] = bonus.get(k, 1.0) * (1.0 - doubt)
         return sorted(
             options,
             key=lambda k: (score[k] * bonus.get(k, 1.0), -WORK.index(k)),
