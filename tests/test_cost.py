@@ -569,6 +569,25 @@ def test_a_lead_inside_a_kinds_own_scatter_moves_no_choice():
     assert choice([st.seconds] * 8, confidence=1.0) == "trispec"
 
 
+def test_without_drafts_a_trispec_step_counts_one_token_per_request():
+    """Its means come from drafted steps whose proxy completed whole drafts (4 tokens
+    a step at batch 1). Where the drafter found nothing it emits one token a step, so
+    it is scored at one token over its step seconds there: ahead of plain decoding
+    where its step is shorter (0.1 s: 10 tok/s against 7), behind where it is longer
+    (0.15 s; taken at its drafted means, 26.7 tok/s, it would win)."""
+    for trispec_secs, undrafted in ((0.1, "trispec"), (0.15, "plain")):
+        model = CostModel(kinds=("trispec", "sd", "plain"), warmup=2, explore_every=1000)
+        for kind, secs, tokens in (
+            ("plain", 1 / 7, 1),
+            ("sd", 0.25, 2),
+            ("trispec", trispec_secs, 4),
+        ):
+            for _ in range(3):  # the first is a switch, not timed
+                model.observe(kind, 1, secs, tokens)
+        assert model.choose(1) == "trispec"  # 26.7 or 40 tok/s against SD's 8
+        assert model.choose(1, allowed=kinds_for(model.kinds, drafted=False)) == undrafted
+
+
 def test_a_fresh_run_re_bases_a_kinds_step_time_not_its_tokens():
     """Once a kind's step time went stale, it and the next steps are averaged evenly
     (as one sample among them: one outlier must not replace it) until the EWMA's own

@@ -358,7 +358,9 @@ class CostModel:
         on), the kind it replaces is referred to it as of now, and every kind referred
         to the old choice is referred to the new one with the same scale. On the first
         choice every measured kind is referred to it (all were timed in the warm-up,
-        just before); into or out of a TriSpec choice nothing carries over."""
+        just before); into or out of a TriSpec choice nothing carries over. Not
+        called where the choice moves only because the candidates did (the drafter
+        found nothing and SD was the choice): no kind was measured against another."""
         old = self.best.get(cls)
         mine = self.stats.get((cls, new))
         if old == new or mine is None or not mine.samples:
@@ -424,7 +426,7 @@ class CostModel:
         tail = self._tail(cls, self.batch_peak, horizon)
         self.decisions[cls] = self.decisions.get(cls, 0) + 1
         stats = {k: self.stats.get((cls, k), KindStats()) for k in options}
-        scored = self._scorer(cls, num_reqs, req_ids, waiting)
+        scored = self._scorer(cls, num_reqs, req_ids, waiting, options)
         run = self.runs.pop(cls, None)
         if run is not None and run[1] > 0 and run[0] in options:
             kind, left, at_start = run
@@ -464,7 +466,8 @@ class CostModel:
         if self.reported.get(context) != ranked[0] and self.on_change is not None:
             self.on_change(cls, ranked[0], {k: round(score[k], 2) for k in options}, objective)
         self.reported[context] = ranked[0]
-        self._rebase(cls, ranked[0])
+        if self.best.get(cls) in (None, *options):  # not a change of candidates only
+            self._rebase(cls, ranked[0])
         self.best[cls] = ranked[0]
         others = self._to_explore(cls, ranked, scored)
         if others:  # exploring: the least refreshed of them
@@ -494,7 +497,7 @@ class CostModel:
         if not options or (run is not None and run[1] > 0):
             return None
         stats = {k: self.stats.get((cls, k), KindStats()) for k in options}
-        scored = self._scorer(cls, num_reqs, req_ids, waiting)
+        scored = self._scorer(cls, num_reqs, req_ids, waiting, options)
         tail = self._tail(cls, self._peak(cls, req_ids), horizon)
         if not tail and self._warming(cls, options, stats, scored):
             return None
@@ -532,14 +535,27 @@ class CostModel:
         return not waiting and bool(req_ids) and num_reqs > 1
 
     def _scorer(
-        self, cls: int, num_reqs: int, req_ids: list[str] | None, waiting: bool
+        self,
+        cls: int,
+        num_reqs: int,
+        req_ids: list[str] | None,
+        waiting: bool,
+        options: list[str],
     ) -> Callable[[str], float]:
-        """A kind's measured rate by the objective of this decision."""
+        """A kind's measured rate by the objective of this decision. Where the drafter
+        found nothing (`options` without SD), a TriSpec step emits at most one token
+        per request, however many its means say it emitted on drafted steps: at batch
+        1 on a 2-core CPU, TriSpec steps whose proxy completed three drafts at once
+        had measured 30 tok/s, and 14 undrafted TriSpec steps followed, each emitting
+        one token at about plain decoding's pace or slower."""
         draining = self._draining(num_reqs, req_ids, waiting)
+        undrafted = "sd" in self.kinds and "sd" not in options
 
         def scored(kind: str) -> float:
             st = self.stats.get((cls, kind), KindStats())
             rate = self._slowest_rate(kind, st, req_ids) if draining else st.rate
+            if undrafted and kind == DEFERS and st.seconds > 0:
+                rate = min(rate, (1.0 if draining else num_reqs) / st.seconds)
             return rate / self._drift(cls, kind)
 
         return scored
