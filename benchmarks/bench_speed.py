@@ -101,6 +101,8 @@ def configurations(
         Config("TriSpec ngram lossless", ngram(3), tri(1.5), lam=1.5),
         # The default section: only proxy_model set (lambda 0.5, cost-aware step on).
         Config("TriSpec default (ngram k=3)", ngram(3), {"proxy_model": proxy}),
+        # The same section over vLLM's ngram drafter at k=5 (its SD's faster k at batch 1).
+        Config("TriSpec default (ngram k=5)", ngram(5), {"proxy_model": proxy}),
         # The default without its measurements kept across engines: every engine (every
         # round) measures its step kinds from scratch.
         Config(

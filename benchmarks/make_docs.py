@@ -19,7 +19,10 @@ Standard library only. The full per-run tables are the benchmarks' own table cod
 Results files (one per experiment, under benchmarks/results/):
 
 - speed_headline.json the README's headline: default section vs plain and vLLM's SD,
-                      batch 1 / 8 / 32 / 64, 128 tokens, 3 interleaved rounds, eager
+                      batch 1 / 8 / 32 / 64, 128 tokens, 4 interleaved rounds, eager,
+                      tcmalloc and Intel OpenMP preloaded
+- speed_headline_no_tcmalloc.json the headline before, Intel OpenMP preloaded only (no
+                      tcmalloc on the machine), before the drift scaling
 - speed_headline_before_entry_charge.json the headline before the proxy's catch-up at
                       the start of a TriSpec run was booked on it (AMD EPYC)
 - speed_headline_before_warmup.json the headline before the batch >= 8 warm-up rule and
@@ -89,6 +92,7 @@ SPEED_AVX2 = "speed_avx2.json"
 SPEED_AVX2_DEFAULT = "speed_avx2_default.json"
 SPEED_AVX512 = "speed_avx512.json"  # every configuration, 3 rounds, before the cost fixes
 HEADLINE = "speed_headline.json"  # the README's headline run
+HEADLINE_NO_TCMALLOC = "speed_headline_no_tcmalloc.json"  # the one before, no tcmalloc
 HEADLINE_BEFORE_PREFILL = "speed_headline_before_prefill.json"  # before the prefill rule
 # before the batch >= 8 warm-up rule and the drafter skip
 HEADLINE_BEFORE_WARMUP = "speed_headline_before_warmup.json"
@@ -458,8 +462,8 @@ def memory(name: str, batch: int) -> str:
     )
 
 
-def headline_machine() -> str:
-    d = load(HEADLINE)
+def headline_machine(name: str = HEADLINE) -> str:
+    d = load(name)
     return (
         f"{d['machine']}; {d['max_tokens']} greedy tokens per request; (batch, requests) "
         f"{', '.join(f'({b}, {n})' for b, n in d['plan'])}; medians of {d['rounds']} "
@@ -741,6 +745,8 @@ BLOCKS: dict[str, Callable[[], str]] = {
     "speed-headline-machine": headline_machine,
     "speed-avx512": lambda: speed_table(SPEED_AVX512),
     "speed-headline-full": lambda: speed_table(HEADLINE),
+    "speed-headline-no-tcmalloc-full": lambda: speed_table(HEADLINE_NO_TCMALLOC),
+    "speed-headline-no-tcmalloc-machine": lambda: headline_machine(HEADLINE_NO_TCMALLOC),
     "speed-headline-before-prefill": lambda: speed_table(HEADLINE_BEFORE_PREFILL),
     "speed-headline-before-warmup": lambda: speed_table(HEADLINE_BEFORE_WARMUP),
     "speed-headline-before-entry": lambda: speed_table(HEADLINE_BEFORE_ENTRY),
@@ -816,6 +822,7 @@ def unreferenced() -> list[str]:
         SPEED_AVX2_DEFAULT,
         SPEED_AVX512,
         HEADLINE,
+        HEADLINE_NO_TCMALLOC,
         HEADLINE_BEFORE_PREFILL,
         HEADLINE_BEFORE_WARMUP,
         HEADLINE_BEFORE_ENTRY,
