@@ -192,6 +192,8 @@ def status() -> str:
     """One clause for the README's opening: where the default section stands against
     the fastest of plain decoding and vLLM's own SD, per batch size of the headline run."""
     d = load(HEADLINE)
+    preload = (d.get("tuned_runtime_env") or {}).get("LD_PRELOAD", "")
+    preloaded = ", tcmalloc preloaded" if "tcmalloc" in preload else ", without tcmalloc"
     parts = []
     for r in d["results"]:
         if r["config"] == DEFAULT:
@@ -202,7 +204,7 @@ def status() -> str:
         + ", ".join(parts[:-1])
         + f" and {parts[-1]} the speed of the fastest of plain decoding and vLLM's own "
         f"speculative decoding (medians of {d['rounds']} interleaved rounds, min-max in "
-        f"brackets, {d['max_tokens']}-token answers, 2-core CPU)"
+        f"brackets, {d['max_tokens']}-token answers, 2-core CPU{preloaded})"
     )
 
 

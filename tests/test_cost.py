@@ -487,6 +487,22 @@ def test_a_stale_kind_is_re_measured_before_the_class_switches_to_it():
     assert picks[-20:] == ["sd"] * 20 and sd_holds.best[8] == "sd"
 
 
+def slowed_by_half(secs: dict[str, float], chosen: str, steps_before: int) -> dict:
+    """At batch 8, `steps_before` steps at `secs`, which settle on `chosen`, then 40 steps
+    with every kind 1.5x slower; the picks of those 40, with the drift scaling (key 2.0,
+    the default bound) and without it (1.0). No exploration, nothing goes stale."""
+    picks = {}
+    for drift in (2.0, 1.0):
+        model = CostModel(
+            warmup=2, run_length=3, explore_every=1000, stale_after=1000, max_drift=drift
+        )
+        timed_run(model, secs, num_reqs=8, steps=steps_before)
+        assert model.best[8] == chosen
+        slow = {k: v * 1.5 for k, v in secs.items()}
+        picks[drift] = timed_run(model, slow, num_reqs=8, steps=40)
+    return picks
+
+
 def test_a_slowdown_only_the_chosen_kind_saw_moves_no_choice():
     """The machine slows by half while plain decoding is chosen: its mean follows, SD's
     (timed before) stands still and would out-rank it. Scaled by the drift plain
@@ -494,14 +510,7 @@ def test_a_slowdown_only_the_chosen_kind_saw_moves_no_choice():
     timed after the slowdown is scaled by nothing and wins where it is faster."""
     before = {"plain": 0.08, "sd": 24 / 90, "trispec": 2.4}  # 100, 90, 10 tok/s
     slower = {k: v * 1.5 for k, v in before.items()}  # 67, 60, 7 tok/s
-    picks = {}
-    for drift in (2.0, 1.0):
-        model = CostModel(
-            warmup=2, run_length=3, explore_every=1000, stale_after=1000, max_drift=drift
-        )
-        timed_run(model, before, num_reqs=8, steps=40)
-        assert model.best[8] == "plain"
-        picks[drift] = timed_run(model, slower, num_reqs=8, steps=40)
+    picks = slowed_by_half(before, chosen="plain", steps_before=40)
     assert picks[2.0] == ["plain"] * 40
     # Unscaled, the stale SD mean wins; SD's steps then show the truth, but meanwhile
     # the TriSpec step was warmed up too (where SD beat plain decoding at batch 8).
@@ -526,15 +535,7 @@ def test_the_drift_reference_moves_with_the_choice():
     chosen, then slowed by half, does not hand the class back to plain decoding on a
     plain mean from before the slowdown (80 tok/s against SD's 60 tok/s now)."""
     secs = {"plain": 0.1, "sd": 24 / 90, "trispec": 2.4}  # 80, 90, 10 tok/s
-    slow = {k: v * 1.5 for k, v in secs.items()}
-    picks = {}
-    for drift in (2.0, 1.0):
-        model = CostModel(
-            warmup=2, run_length=3, explore_every=1000, stale_after=1000, max_drift=drift
-        )
-        timed_run(model, secs, num_reqs=8, steps=30)
-        assert model.best[8] == "sd"
-        picks[drift] = timed_run(model, slow, num_reqs=8, steps=40)
+    picks = slowed_by_half(secs, chosen="sd", steps_before=30)
     assert picks[2.0] == ["sd"] * 40
     # Unscaled, plain decoding takes over on its mean from before, until its own
     # steps show the slowdown (the first switch after 2 SD steps, then one more).
