@@ -172,8 +172,8 @@ class KindStats:
     def spread(self, weight: float) -> float:
         """The rate's relative standard error, as far as the steps' own scatter makes
         it: each mean's squared coefficient of variation times an EWMA's share of one
-        sample's variance, w / (2 - w) for an EWMA of weight w. Plain decoding's steps scatter by a
-        few percent; a TriSpec step at batch 1 takes a proxy pass (0.06 s on a 2-core
+        sample's variance, w / (2 - w) for weight w. Plain decoding's steps scatter by
+        a few percent; a TriSpec step at batch 1 takes a proxy pass (0.06 s on a 2-core
         CPU) or a proxy and a target pass (0.2 s), and its rate's mean moved by 15-20%
         within a few steps."""
         if self.seconds <= 0 or self.tokens <= 0:
@@ -583,9 +583,9 @@ class CostModel:
         their margins (each switch pays a catch-up no timing sees); among equal rates
         the kind doing less work first. Against a current choice, another kind counts
         with its rate less `confidence` standard errors (`KindStats.spread`; at most
-        half): a
-        lead its own steps' scatter explains moves nothing (at batch 1 on a 2-core CPU
-        TriSpec and plain decoding traded places four times in 14 steps on it)."""
+        half): a lead its own steps' scatter explains moves nothing (at batch 1 on a
+        2-core CPU TriSpec and plain decoding traded places four times in 14 steps on
+        it)."""
         bonus = {"plain": 1.0 + self.plain_margin}
         current = self.best.get(cls)
         if current in options:
