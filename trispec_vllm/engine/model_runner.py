@@ -33,6 +33,7 @@ from trispec_vllm.engine import (
     proxy,
     proxy_drafting,
     ranks,
+    sampler_path,
 )
 from trispec_vllm.engine.batch_inputs import step_batch
 from trispec_vllm.engine.forward import forward_sub_batch, proxy_catchup, step_token_map
@@ -655,7 +656,10 @@ class TriSpecRunnerMixin:
         saved = {
             i: g.get_state() for i, g in cpu_workarounds.discarded_cpu_generators(self).items()
         }
-        out = super()._sample(logits, spec_decode_metadata)
+        plainly = sampler_path.samples_plainly(
+            spec_decode_metadata, self.input_batch.sampling_metadata
+        )
+        out = super()._sample(logits, None if plainly else spec_decode_metadata)
         for i, state in saved.items():
             self.input_batch.generators[i].set_state(state)
         st = self.trispec_state
