@@ -25,6 +25,8 @@ Results files (one per experiment, under benchmarks/results/):
                       tcmalloc on the machine), before the drift scaling
 - speed_ngram_k5.json batch 1 and 8, 3 rounds: the headline's configurations and the
                       default section over ngram k=5
+- speed_drafting_tcmalloc.json batch 1 and 8, 3 rounds: the default with and without
+                      proxy_drafting, tcmalloc preloaded
 - speed_headline_before_entry_charge.json the headline before the proxy's catch-up at
                       the start of a TriSpec run was booked on it (AMD EPYC)
 - speed_headline_before_warmup.json the headline before the batch >= 8 warm-up rule and
@@ -96,6 +98,7 @@ SPEED_AVX512 = "speed_avx512.json"  # every configuration, 3 rounds, before the 
 HEADLINE = "speed_headline.json"  # the README's headline run
 HEADLINE_NO_TCMALLOC = "speed_headline_no_tcmalloc.json"  # the one before, no tcmalloc
 NGRAM_K5 = "speed_ngram_k5.json"  # batch 1 and 8: the default section over ngram k=3 and k=5
+DRAFTING_TCMALLOC = "speed_drafting_tcmalloc.json"  # proxy_drafting again, with tcmalloc
 HEADLINE_BEFORE_PREFILL = "speed_headline_before_prefill.json"  # before the prefill rule
 # before the batch >= 8 warm-up rule and the drafter skip
 HEADLINE_BEFORE_WARMUP = "speed_headline_before_warmup.json"
@@ -752,6 +755,7 @@ BLOCKS: dict[str, Callable[[], str]] = {
     "speed-headline-full": lambda: speed_table(HEADLINE),
     "speed-headline-no-tcmalloc-full": lambda: speed_table(HEADLINE_NO_TCMALLOC),
     "speed-ngram-k5": lambda: speed_table(NGRAM_K5),
+    "speed-drafting-tcmalloc": lambda: speed_table(DRAFTING_TCMALLOC),
     "speed-headline-no-tcmalloc-machine": lambda: headline_machine(HEADLINE_NO_TCMALLOC),
     "speed-headline-before-prefill": lambda: speed_table(HEADLINE_BEFORE_PREFILL),
     "speed-headline-before-warmup": lambda: speed_table(HEADLINE_BEFORE_WARMUP),
