@@ -160,7 +160,10 @@ def table(rows: list[dict], hardware: str) -> str:
         "|---|---|" + "---|" * len(keys),
     ]
     for r in rows:
-        cells = [f"{r[k][0]:.3g} ({r[k][1]:.3g}-{r[k][2]:.3g})" for k in keys]
+        cells = [
+            "{0:.{3}f} ({1:.{3}f}-{2:.{3}f})".format(*r[k], 3 if k.endswith(" s") else 2)
+            for k in keys
+        ]
         lines.append(f"| {ENGINES[r['engine']]} | {r['batch']} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
