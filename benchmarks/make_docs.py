@@ -27,6 +27,10 @@ Results files (one per experiment, under benchmarks/results/):
                       default section over ngram k=5
 - speed_drafting_tcmalloc.json batch 1 and 8, 3 rounds: the default with and without
                       proxy_drafting, tcmalloc preloaded
+- step_times_b8.json  step_times.py: plain decoding and the default step by step at
+                      batch 1 and 8, 4 interleaved rounds
+- step_times_b8_before_sampler.json the same, 2 rounds, on the build before steps
+                      without drafts used vLLM's plain sampler
 - speed_headline_before_entry_charge.json the headline before the proxy's catch-up at
                       the start of a TriSpec run was booked on it (AMD EPYC)
 - speed_headline_before_warmup.json the headline before the batch >= 8 warm-up rule and
@@ -99,6 +103,8 @@ HEADLINE = "speed_headline.json"  # the README's headline run
 HEADLINE_NO_TCMALLOC = "speed_headline_no_tcmalloc.json"  # the one before, no tcmalloc
 NGRAM_K5 = "speed_ngram_k5.json"  # batch 1 and 8: the default section over ngram k=3 and k=5
 DRAFTING_TCMALLOC = "speed_drafting_tcmalloc.json"  # proxy_drafting again, with tcmalloc
+STEP_TIMES = "step_times_b8.json"  # step_times.py: where a batch's time goes
+STEP_TIMES_BEFORE = "step_times_b8_before_sampler.json"  # the same before the plain sampler
 HEADLINE_BEFORE_PREFILL = "speed_headline_before_prefill.json"  # before the prefill rule
 # before the batch >= 8 warm-up rule and the drafter skip
 HEADLINE_BEFORE_WARMUP = "speed_headline_before_warmup.json"
@@ -167,6 +173,12 @@ def md_table(header: list[str], rows: list[list[str]]) -> str:
 
 def block(text: str) -> str:
     return "\n" + text.rstrip("\n") + "\n"
+
+
+def step_times(name: str) -> str:
+    """step_times.py's table: each part of a step, plain decoding against the default."""
+    d = load(name)
+    return block(_bench("step_times").table(d["rows"], d["hardware"]))
 
 
 # ---------------------------------------------------------------------------- speed
@@ -756,6 +768,8 @@ BLOCKS: dict[str, Callable[[], str]] = {
     "speed-headline-no-tcmalloc-full": lambda: speed_table(HEADLINE_NO_TCMALLOC),
     "speed-ngram-k5": lambda: speed_table(NGRAM_K5),
     "speed-drafting-tcmalloc": lambda: speed_table(DRAFTING_TCMALLOC),
+    "step-times": lambda: step_times(STEP_TIMES),
+    "step-times-before": lambda: step_times(STEP_TIMES_BEFORE),
     "speed-headline-no-tcmalloc-machine": lambda: headline_machine(HEADLINE_NO_TCMALLOC),
     "speed-headline-before-prefill": lambda: speed_table(HEADLINE_BEFORE_PREFILL),
     "speed-headline-before-warmup": lambda: speed_table(HEADLINE_BEFORE_WARMUP),
