@@ -4,7 +4,7 @@ With a speculative config, vLLM 0.32 builds spec-decode metadata for every step
 and sends it through its rejection sampler, drafts or not: it copies the bonus
 rows out of the logits and runs the verification kernels over no draft. The
 cost-aware step's plain steps (and an SD step that found no draft) pay that for
-nothing; at batch 8 on the 2-core CPU it was about 1.3 ms of a 147 ms step
+nothing; at batch 8 on the 2-core CPU that was about 1.2 ms of a 150 ms step
 (docs/benchmarks.md). Where the sampler's result cannot differ, TriSpec hands such
 a step to vLLM's plain sampler instead: every row greedy (the argmax either
 way), no logprobs, and nothing that reads drafts (penalties and bad words see
