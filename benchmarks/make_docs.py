@@ -21,6 +21,8 @@ Results files (one per experiment, under benchmarks/results/):
 - speed_headline.json the README's headline: default section vs plain and vLLM's SD,
                       batch 1 / 8 / 32 / 64, 128 tokens, 4 interleaved rounds, eager,
                       tcmalloc and Intel OpenMP preloaded
+- speed_headline_before_sampler.json the headline before steps without drafts used
+                      vLLM's plain sampler (tcmalloc preloaded)
 - speed_headline_no_tcmalloc.json the headline before, Intel OpenMP preloaded only (no
                       tcmalloc on the machine), before the drift scaling
 - speed_ngram_k5.json batch 1 and 8, 3 rounds: the headline's configurations and the
@@ -101,6 +103,7 @@ SPEED_AVX2_DEFAULT = "speed_avx2_default.json"
 SPEED_AVX512 = "speed_avx512.json"  # every configuration, 3 rounds, before the cost fixes
 HEADLINE = "speed_headline.json"  # the README's headline run
 HEADLINE_NO_TCMALLOC = "speed_headline_no_tcmalloc.json"  # the one before, no tcmalloc
+HEADLINE_BEFORE_SAMPLER = "speed_headline_before_sampler.json"  # before the plain sampler
 NGRAM_K5 = "speed_ngram_k5.json"  # batch 1 and 8: the default section over ngram k=3 and k=5
 DRAFTING_TCMALLOC = "speed_drafting_tcmalloc.json"  # proxy_drafting again, with tcmalloc
 STEP_TIMES = "step_times_b8.json"  # step_times.py: where a batch's time goes
@@ -766,6 +769,7 @@ BLOCKS: dict[str, Callable[[], str]] = {
     "speed-avx512": lambda: speed_table(SPEED_AVX512),
     "speed-headline-full": lambda: speed_table(HEADLINE),
     "speed-headline-no-tcmalloc-full": lambda: speed_table(HEADLINE_NO_TCMALLOC),
+    "speed-headline-before-sampler-full": lambda: speed_table(HEADLINE_BEFORE_SAMPLER),
     "speed-ngram-k5": lambda: speed_table(NGRAM_K5),
     "speed-drafting-tcmalloc": lambda: speed_table(DRAFTING_TCMALLOC),
     "step-times": lambda: step_times(STEP_TIMES),
