@@ -841,40 +841,9 @@ def render(text: str, where: Path) -> str:
 
 
 def unreferenced() -> list[str]:
-    """Results files no block reads and no document links to."""
-    used = {SPEED, SPEED_POLICIES, SPEED_ADAPTIVE, SPEED_T07, QUALITY, QUALITY_T07}
-    used |= {
-        ALIGNMENT,
-        LOAD,
-        SPEED_AVX2,
-        SPEED_AVX2_DEFAULT,
-        SPEED_AVX512,
-        HEADLINE,
-        HEADLINE_NO_TCMALLOC,
-        NGRAM_K5,
-        HEADLINE_BEFORE_PREFILL,
-        HEADLINE_BEFORE_WARMUP,
-        HEADLINE_BEFORE_ENTRY,
-        B64_REPEAT,
-        B1_REPEAT,
-        B8_REPEAT,
-        B8_MEMORY,
-        B8_ROUNDS5,
-        B8_TCMALLOC,
-        B1_B32_TCMALLOC,
-        B64_TCMALLOC,
-        TARGET_SHARE,
-        HEADLINE_THROUGHPUT,
-        COST_MODEL,
-        QUALITY_DEFAULT,
-        PASS_COSTS,
-        GPU_PASSES,
-        KERNELS_GPU,
-        LEARNING,
-        LEARNING_200,
-        SPEED_LEARNED,
-        *PLOTS,
-    }
+    """Results files no block read (call after rendering: `load` caches every file a
+    block reads) and no document links to."""
+    used = {*_cache, *PLOTS}
     text = "".join(p.read_text() for p in documents() if p.exists())
     return sorted(
         p.name
