@@ -145,14 +145,17 @@ def summary(parts: list[dict]) -> list[dict]:
                     1000 * statistics.median(s.get(name, 0.0) for s in r["steps"][i][1:])
                     for r in runs
                 ]
-            for key, values in per_round.items():
-                row[key] = [statistics.median(values), min(values), max(values)]
+            for key, values in per_round.items():  # as bench_speed.summarise keeps them
+                row[key] = statistics.median(values)
+                row[key + "_range"] = [min(values), max(values)]
             rows.append(row)
     return rows
 
 
 def table(rows: list[dict], hardware: str) -> str:
-    keys = [k for k in rows[0] if k not in ("engine", "batch")]
+    from bench_speed import spread
+
+    keys = [k for k in rows[0] if k not in ("engine", "batch") and not k.endswith("_range")]
     lines = [
         f"Hardware: {hardware}",
         "",
@@ -160,10 +163,7 @@ def table(rows: list[dict], hardware: str) -> str:
         "|---|---|" + "---|" * len(keys),
     ]
     for r in rows:
-        cells = [
-            "{0:.{3}f} ({1:.{3}f}-{2:.{3}f})".format(*r[k], 3 if k.endswith(" s") else 2)
-            for k in keys
-        ]
+        cells = [spread(r, k, "{:.3f}" if k.endswith(" s") else "{:.2f}") for k in keys]
         lines.append(f"| {ENGINES[r['engine']]} | {r['batch']} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
