@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from trispec_vllm.policy.kv_blocks import BlockLedger
+from trispec_vllm.policy.kv_blocks import BlockLedger, GroupLedgers
 
 
 def test_cached_blocks_are_trusted_only_as_far_as_each_model_wrote_them():
@@ -67,3 +67,21 @@ def test_forget_drops_finished_requests_only():
 def test_block_size_must_be_positive():
     with pytest.raises(ValueError, match="block_size"):
         BlockLedger(0)
+
+
+def test_every_kv_cache_group_must_hold_a_cached_position():
+    """A hybrid model's groups: a position is trusted where every group's block is
+    complete; the null block (a sliding window's dropped positions) counts as complete."""
+    ledgers = GroupLedgers([4, 4], null_block=0)
+    ledgers.start("a", [[7, 8, 9], [17, 18, 19]], num_cached=0)
+    ledgers.book("target", "a", 12)
+    ledgers.book("proxy", "a", 12)
+    assert ledgers.start("b", [[7, 8, 9], [17, 18, 19]], 12) == {"target": 12, "proxy": 12}
+    # Group 1's second block handed out fresh to another request: both groups stop there.
+    ledgers.start("c", [[5], [18]], 0)
+    assert ledgers.start("d", [[7, 8, 9], [17, 18, 19]], 12) == {"target": 4, "proxy": 4}
+    # Out-of-window positions come as the null block, which nobody reads.
+    assert ledgers.start("e", [[7, 8, 9], [0, 0, 19]], 12) == {"target": 12, "proxy": 12}
+    ledgers.forget(["e"])
+    with pytest.raises(ValueError, match="2 KV cache groups"):
+        ledgers.extend("e", [[1]])

@@ -6,7 +6,12 @@ import numpy as np
 import pytest
 import torch
 
-from trispec_vllm.policy.target_batch import build_target_batch, split_target_batch
+from trispec_vllm.policy.target_batch import (
+    TargetBatchError,
+    build_target_batch,
+    in_group,
+    split_target_batch,
+)
 
 
 def batch(rng: np.random.Generator, n_reqs: int):
@@ -53,3 +58,27 @@ def test_a_batch_within_budget_is_one_pass():
     assert split_target_batch(tb, tb.num_tokens) == [tb]
     with pytest.raises(ValueError, match="positive"):
         split_target_batch(tb, 0)
+
+
+@pytest.mark.parametrize("seed", range(10))
+def test_another_kv_cache_group_gets_its_own_slots_for_the_same_tokens(seed):
+    """A hybrid model's second group (its own block table and block size): the same
+    tokens and positions, each slot in that group's block of the position, as if the
+    batch had been built on that group's table."""
+    rng = np.random.default_rng(seed)
+    n = int(rng.integers(1, 5))
+    computed = rng.integers(0, 30, n)
+    watermarks = np.array([rng.integers(0, c + 1) for c in computed])
+    scheduled = rng.integers(1, 9, n)
+    tokens = rng.integers(0, 500, (n, 64))
+    rows = np.arange(n)
+    table0 = torch.from_numpy(rng.permutation(16 * n).reshape(n, 16).astype(np.int32))
+    table1 = torch.from_numpy(rng.permutation(8 * n).reshape(n, 8).astype(np.int32) + 100)
+    tb = build_target_batch(rows, watermarks, computed, scheduled, tokens, table0, 4)
+    want = build_target_batch(rows, watermarks, computed, scheduled, tokens, table1, 8)
+    got = in_group(tb, table1, 8)
+    for name in ("token_ids", "positions", "slot_mapping", "block_table", "query_start_loc"):
+        assert torch.equal(getattr(got, name), getattr(want, name)), name
+    assert not torch.equal(got.slot_mapping, tb.slot_mapping)
+    with pytest.raises(TargetBatchError, match="past the block table"):
+        in_group(tb, table1[:, :1], 1, req_ids=[f"r{i}" for i in range(n)])

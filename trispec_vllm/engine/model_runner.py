@@ -36,7 +36,12 @@ from trispec_vllm.engine import (
     sampler_path,
 )
 from trispec_vllm.engine.batch_inputs import step_batch
-from trispec_vllm.engine.forward import forward_sub_batch, proxy_catchup, step_token_map
+from trispec_vllm.engine.forward import (
+    check_kv_cache_kinds,
+    forward_sub_batch,
+    proxy_catchup,
+    step_token_map,
+)
 from trispec_vllm.engine.stats import attach_step_stats
 from trispec_vllm.engine.step_state import PreparedStep, StepState
 from trispec_vllm.engine.upload import upload
@@ -51,7 +56,7 @@ from trispec_vllm.policy.cost import (
     kinds_for,
     step_kinds,
 )
-from trispec_vllm.policy.kv_blocks import BlockLedger
+from trispec_vllm.policy.kv_blocks import GroupLedgers
 from trispec_vllm.policy.sampling import drop_bonus, greedy_verify, pyramid_tokens
 from trispec_vllm.policy.step import TriSpecStep
 from trispec_vllm.policy.target_batch import TargetBatch
@@ -110,7 +115,7 @@ class TriSpecRunnerMixin:
         self.trispec_draft_secs = 0.0
         self.trispec_drafted_for = 0.0
         # The prefix cache's block ledger (engine/prefix_cache.py); False: not made yet.
-        self.trispec_blocks: BlockLedger | None | bool = False
+        self.trispec_blocks: GroupLedgers | None | bool = False
         self.trispec_measure: tuple[str, int, float] | None = None  # (kind, reqs, start)
         # Drafts of the requests held with nothing to emit (max_holds), proposed
         # again: their context has not moved, and the ngram drafter skips a request
@@ -132,6 +137,10 @@ class TriSpecRunnerMixin:
         self.trispec_fused = False
         logger.info("TriSpec: loading proxy %s", self.trispec.cfg.proxy_model)
         self.trispec_proxy = proxy.load_proxy(self.vllm_config, self.trispec.cfg.proxy_model)
+
+    def initialize_kv_cache(self, kv_cache_config, *args, **kwargs) -> None:
+        check_kv_cache_kinds(kv_cache_config, self.model_config.model)
+        super().initialize_kv_cache(kv_cache_config, *args, **kwargs)
 
     @torch.inference_mode()
     def _dummy_run(self, num_tokens, *args, **kwargs):
@@ -189,8 +198,6 @@ class TriSpecRunnerMixin:
         self.trispec_waiting = getattr(scheduler_output, WAITING_ATTR, 1) > 0
         if not scheduler_output.total_num_scheduled_tokens:
             return EMPTY_MODEL_RUNNER_OUTPUT
-        if len(self.kv_cache_config.kv_cache_groups) != 1:
-            raise RuntimeError("TriSpec supports models with one KV cache group only")
         req_ids = list(self.input_batch.req_ids)
         num_sched = np.array(
             [scheduler_output.num_scheduled_tokens[r] for r in req_ids], dtype=np.int32
@@ -256,7 +263,7 @@ class TriSpecRunnerMixin:
             deferred()
         return None
 
-    def _trispec_ledger(self) -> BlockLedger | None:
+    def _trispec_ledger(self) -> GroupLedgers | None:
         """The prefix cache's block ledger, made once the KV cache exists (None with
         prefix caching off)."""
         if self.trispec_blocks is False:

@@ -19,7 +19,7 @@ and `check_target_batch` says which request broke that before any forward.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -99,22 +99,11 @@ def build_target_batch(
     ids = token_ids[rows[req_of_tok], positions]
     scheduled = positions >= np.repeat(num_computed.astype(np.int64), lens)
     ids = np.where(scheduled & (ids == PLACEHOLDER_TOKEN), 0, ids)
-    block_idx_np = positions // block_size
-    outside = block_idx_np >= block_table.shape[1]
-    if outside.any():
-        raise TargetBatchError(
-            f"positions past the block table ({block_table.shape[1]} blocks of "
-            f"{block_size}): " + _listing(names, req_of_tok, outside, positions, positions)
-        )
-    bt_rows = block_table[torch.from_numpy(rows.astype(np.int64))]
-    pos_t = torch.from_numpy(positions)
-    block_idx = pos_t // block_size
-    block_ids = bt_rows[torch.from_numpy(req_of_tok), block_idx].to(torch.int64)
-    slots = block_ids * block_size + pos_t % block_size
+    bt_rows, slots = _paged(rows, req_of_tok, positions, block_table, block_size, names)
     return TargetBatch(
         rows=rows,
         token_ids=torch.from_numpy(np.ascontiguousarray(ids)).to(torch.int32),
-        positions=pos_t,
+        positions=torch.from_numpy(positions),
         slot_mapping=slots,
         query_start_loc=torch.from_numpy(cu.astype(np.int32)),
         seq_lens=torch.from_numpy(ends.astype(np.int32)),
@@ -123,6 +112,43 @@ def build_target_batch(
         max_query_len=int(lens.max()) if rows.size else 0,
         max_seq_len=int(ends.max()) if rows.size else 0,
     )
+
+
+def in_group(
+    tb: TargetBatch,
+    block_table: torch.Tensor,
+    block_size: int,
+    req_ids: Sequence[str] | None = None,
+) -> TargetBatch:
+    """`tb` in another KV cache group of the model (a hybrid model's sliding-window
+    layers, say): the same tokens and positions, that group's block-table rows and
+    KV slots. `block_table` and `block_size` are the group's, as in `build_target_batch`."""
+    req_of_tok = np.repeat(np.arange(tb.num_reqs), np.diff(tb.query_start_loc.numpy()))
+    positions = tb.positions.numpy()
+    names = _names(tb.rows, req_ids)
+    bt_rows, slots = _paged(tb.rows, req_of_tok, positions, block_table, block_size, names)
+    return replace(tb, block_table=bt_rows, slot_mapping=slots)
+
+
+def _paged(
+    rows: np.ndarray,
+    req_of_tok: np.ndarray,
+    positions: np.ndarray,
+    block_table: torch.Tensor,
+    block_size: int,
+    names: Sequence[str],
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(the rows' block-table rows [R, max_blocks], each token's KV slot [T])."""
+    outside = positions // block_size >= block_table.shape[1]
+    if outside.any():
+        raise TargetBatchError(
+            f"positions past the block table ({block_table.shape[1]} blocks of "
+            f"{block_size}): " + _listing(names, req_of_tok, outside, positions, positions)
+        )
+    bt_rows = block_table[torch.from_numpy(rows.astype(np.int64))]
+    pos_t = torch.from_numpy(positions)
+    block_ids = bt_rows[torch.from_numpy(req_of_tok), pos_t // block_size].to(torch.int64)
+    return bt_rows, block_ids * block_size + pos_t % block_size
 
 
 def _names(rows: np.ndarray, req_ids: Sequence[str] | None) -> list[str]:

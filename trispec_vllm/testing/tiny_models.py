@@ -93,8 +93,17 @@ def _save_model(
     (out_dir / "generation_config.json").write_text(json.dumps(gen))
 
 
-def _config(config_cls, layers: int, vocab: int, hidden_size: int, max_positions: int, eos: int):
-    """A tiny config of one family (Qwen2Config, LlamaConfig, ...): the same shape for all."""
+def _config(
+    config_cls,
+    layers: int,
+    vocab: int,
+    hidden_size: int,
+    max_positions: int,
+    eos: int,
+    **family,
+):
+    """A tiny config of one family (Qwen2Config, LlamaConfig, ...): the same shape for all
+    (`family`: that family's own settings)."""
     return config_cls(
         vocab_size=vocab,
         hidden_size=hidden_size,
@@ -103,12 +112,12 @@ def _config(config_cls, layers: int, vocab: int, hidden_size: int, max_positions
         num_attention_heads=2,
         num_key_value_heads=1,
         max_position_embeddings=max_positions,
-        tie_word_embeddings=False,
         torch_dtype="float32",
         eos_token_id=eos,
         bos_token_id=None,
         pad_token_id=eos,
         initializer_range=0.2,
+        **{"tie_word_embeddings": False, **family},
     )
 
 
@@ -207,13 +216,17 @@ def make_tiny_llama_pair(
     deep_layer_scale: float = 0.15,
     max_position_embeddings: int = 2048,
     logit_scale: float = 24.0,
+    sliding_window: int | None = None,
     seed: int = 0,
 ) -> TinyLlamaPair:
     """Write target/, proxy/ and draft/ Llama models under out_dir (fp32 safetensors).
 
     As `make_tiny_pair`, on the Llama architecture and a vocabulary that is not
     a power of two: the proxy and the draft model keep the target's first
-    layers, embedding and LM head. Idempotent: an existing complete set is reused.
+    layers, embedding and LM head. With `sliding_window`, even layers attend over
+    that many positions only and odd ones over all (a hybrid model, as Gemma 2
+    and 3: vLLM gives it one KV cache group per layer kind). Idempotent: an
+    existing complete set is reused.
     """
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
@@ -236,7 +249,16 @@ def make_tiny_llama_pair(
     eos = vocab_size - 3
 
     def config(layers: int) -> LlamaConfig:
-        return _config(LlamaConfig, layers, vocab_size, hidden_size, max_position_embeddings, eos)
+        hybrid = {}
+        if sliding_window is not None:
+            kinds = ("sliding_attention", "full_attention")
+            hybrid = {
+                "sliding_window": sliding_window,
+                "layer_types": [kinds[i % 2] for i in range(layers)],
+            }
+        return _config(
+            LlamaConfig, layers, vocab_size, hidden_size, max_position_embeddings, eos, **hybrid
+        )
 
     torch.manual_seed(seed)
     target = LlamaForCausalLM(config(target_layers)).float()
