@@ -270,3 +270,54 @@ def make_tiny_llama_pair(
         _save_model(model, tok_dir, Path(path), max_position_embeddings, vocab_size)
     done.write_text("ok")
     return pair
+
+
+def make_tiny_family_pair(
+    out_dir: str | Path,
+    model_type: str,
+    *,
+    hidden_size: int = 128,
+    target_layers: int = 3,
+    proxy_layers: int = 1,
+    logit_scale: float = 24.0,
+    max_position_embeddings: int = 2048,
+    seed: int = 0,
+    **family,
+) -> TinyPair:
+    """A random target of any transformers decoder family (`model_type`: "gemma2",
+    "phi3", "qwen3_moe", ...) and a proxy holding its first `proxy_layers` layers,
+    with the shared tokenizer (`family`: that family's own config settings). Only the
+    LM head is scaled (the layers are left as the family builds them), so it checks
+    that a family runs and that exact modes stay exact, not how well a proxy agrees.
+    `other_vocab_proxy` is empty. Idempotent."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    out = Path(out_dir)
+    pair = TinyPair(target=str(out / "target"), proxy=str(out / "proxy"), other_vocab_proxy="")
+    if (out / ".complete").exists():
+        return pair
+    out.mkdir(parents=True, exist_ok=True)
+    tok_dir = out / "tokenizer"
+    make_tokenizer(tok_dir)
+    eos = VOCAB_SIZE - 3
+
+    def config(layers: int):
+        own = dict(family)
+        if "layer_types" in own:  # per layer: the proxy keeps the target's first ones
+            own["layer_types"] = own["layer_types"][:layers]
+        cfg = AutoConfig.for_model(model_type)
+        return _config(
+            type(cfg), layers, VOCAB_SIZE, hidden_size, max_position_embeddings, eos, **own
+        )
+
+    torch.manual_seed(seed)
+    target = AutoModelForCausalLM.from_config(config(target_layers)).float()
+    with torch.no_grad():
+        target.get_output_embeddings().weight.mul_(logit_scale / 0.2 / hidden_size**0.5)
+    proxy = AutoModelForCausalLM.from_config(config(proxy_layers)).float()
+    proxy.load_state_dict({k: v for k, v in target.state_dict().items() if k in proxy.state_dict()})
+    for model, path in ((target, pair.target), (proxy, pair.proxy)):
+        _save_model(model, tok_dir, Path(path), max_position_embeddings)
+    (out / ".complete").write_text("ok")
+    return pair
