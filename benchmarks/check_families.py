@@ -154,6 +154,13 @@ def check(family: str, root: Path) -> dict[str, str]:
     return out
 
 
+def table(results: dict[str, dict[str, str]]) -> str:
+    """A markdown table: one row per family, one column per mode."""
+    lines = ["| family | " + " | ".join(MODES) + " |", "|---" * (len(MODES) + 1) + "|"]
+    lines += [f"| {f} | " + " | ".join(r[m] for m in MODES) + " |" for f, r in results.items()]
+    return "\n".join(lines)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("families", nargs="*", default=list(FAMILIES), help="model_type names")
@@ -165,10 +172,7 @@ def main() -> None:
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
     root = Path(tempfile.mkdtemp(prefix="families-"))
     results = {f: check(f, root) for f in args.families}
-    names = list(MODES)
-    lines = ["| family | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]
-    lines += [f"| {f} | " + " | ".join(r[n] for n in names) + " |" for f, r in results.items()]
-    print("\n".join(lines))
+    print(table(results))
     if args.out:
         import vllm
 

@@ -69,6 +69,8 @@ Results files (one per experiment, under benchmarks/results/):
 - gpu_passes_h200.json forward passes timed on an H200 (plain torch), kernels_h200.json
 - alignment.json      proxy / ngram agreement with the target (ShareGPT)
 - load_test.json      200 concurrent streams with aborts (tiny pair)
+- families.json       check_families.py: tiny targets of ten decoder families, TriSpec's
+                      exact modes against vLLM's greedy output
 
 A result may carry a "note" (shown after its label): what the row's label does
 not say about how it was measured.
@@ -98,6 +100,7 @@ QUALITY = "quality.json"
 QUALITY_T07 = "quality_t07.json"
 ALIGNMENT = "alignment.json"
 LOAD = "load_test.json"
+FAMILIES = "families.json"  # check_families.py: ten decoder families, exact modes
 SPEED_AVX2 = "speed_avx2.json"
 SPEED_AVX2_DEFAULT = "speed_avx2_default.json"
 SPEED_AVX512 = "speed_avx512.json"  # every configuration, 3 rounds, before the cost fixes
@@ -808,6 +811,7 @@ BLOCKS: dict[str, Callable[[], str]] = {
     "quality-t07": quality_sampled,
     "alignment": alignment,
     "load-test": load_test,
+    "families": lambda: block(_bench("check_families").table(load(FAMILIES)["results"])),
     "speed-avx2": lambda: speed_table(SPEED_AVX2),
     "speed-avx2-default": lambda: speed_table(SPEED_AVX2_DEFAULT),
     "cost-model": cost_model,
