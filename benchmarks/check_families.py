@@ -52,7 +52,7 @@ FAMILIES: dict[str, dict] = {
     },
     "olmo2": {},
     "stablelm": {},
-    "gpt_neox": {"rotary_pct": 0.25},
+    "gpt_neox": {},
     "qwen3_moe": {
         "head_dim": 64,
         "num_experts": 4,

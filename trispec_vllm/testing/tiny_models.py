@@ -306,17 +306,19 @@ def make_tiny_family_pair(
         own = dict(family)
         if "layer_types" in own:  # per layer: the proxy keeps the target's first ones
             own["layer_types"] = own["layer_types"][:layers]
-        cfg = AutoConfig.for_model(model_type)
-        return _config(
-            type(cfg), layers, VOCAB_SIZE, hidden_size, max_position_embeddings, eos, **own
+        default = AutoConfig.for_model(model_type)
+        cfg = _config(
+            type(default), layers, VOCAB_SIZE, hidden_size, max_position_embeddings, eos, **own
         )
+        if not hasattr(default, "num_key_value_heads"):  # no grouped-query attention
+            del cfg.num_key_value_heads  # (vLLM would size the KV cache by it)
+        return cfg
 
     torch.manual_seed(seed)
     target = AutoModelForCausalLM.from_config(config(target_layers)).float()
     with torch.no_grad():
         target.get_output_embeddings().weight.mul_(logit_scale / 0.2 / hidden_size**0.5)
-    proxy = AutoModelForCausalLM.from_config(config(proxy_layers)).float()
-    proxy.load_state_dict({k: v for k, v in target.state_dict().items() if k in proxy.state_dict()})
+    proxy = _truncated(type(target), config(proxy_layers), target)
     for model, path in ((target, pair.target), (proxy, pair.proxy)):
         _save_model(model, tok_dir, Path(path), max_position_embeddings)
     (out / ".complete").write_text("ok")
