@@ -27,6 +27,8 @@ Results files (one per experiment, under benchmarks/results/):
                       tcmalloc on the machine), before the drift scaling
 - speed_ngram_k5.json batch 1 and 8, 3 rounds: the headline's configurations and the
                       default section over ngram k=5
+- speed_ngram_k8.json batch 1 and 8, 3 rounds: plain decoding, vLLM's ngram SD at k=5 and
+                      k=8 and the default section over ngram k=8
 - speed_drafting_tcmalloc.json batch 1 and 8, 3 rounds: the default with and without
                       proxy_drafting, tcmalloc preloaded
 - step_times_b8.json  step_times.py: plain decoding and the default step by step at
@@ -108,6 +110,7 @@ HEADLINE = "speed_headline.json"  # the README's headline run
 HEADLINE_NO_TCMALLOC = "speed_headline_no_tcmalloc.json"  # the one before, no tcmalloc
 HEADLINE_BEFORE_SAMPLER = "speed_headline_before_sampler.json"  # before the plain sampler
 NGRAM_K5 = "speed_ngram_k5.json"  # batch 1 and 8: the default section over ngram k=3 and k=5
+NGRAM_K8 = "speed_ngram_k8.json"  # batch 1 and 8: the default section over ngram k=8
 DRAFTING_TCMALLOC = "speed_drafting_tcmalloc.json"  # proxy_drafting again, with tcmalloc
 STEP_TIMES = "step_times_b8.json"  # step_times.py: where a batch's time goes
 STEP_TIMES_BEFORE = "step_times_b8_before_sampler.json"  # the same before the plain sampler
@@ -774,6 +777,7 @@ BLOCKS: dict[str, Callable[[], str]] = {
     "speed-headline-no-tcmalloc-full": lambda: speed_table(HEADLINE_NO_TCMALLOC),
     "speed-headline-before-sampler-full": lambda: speed_table(HEADLINE_BEFORE_SAMPLER),
     "speed-ngram-k5": lambda: speed_table(NGRAM_K5),
+    "speed-ngram-k8": lambda: speed_table(NGRAM_K8),
     "speed-drafting-tcmalloc": lambda: speed_table(DRAFTING_TCMALLOC),
     "step-times": lambda: step_times(STEP_TIMES),
     "step-times-before": lambda: step_times(STEP_TIMES_BEFORE),
