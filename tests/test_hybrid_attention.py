@@ -107,3 +107,31 @@ def test_a_recurrent_state_is_refused_with_a_clear_error():
     state = SimpleNamespace(kv_cache_spec=object(), layer_names=["model.layers.1.mixer"])
     with pytest.raises(ValueError, match="cannot serve m: its layers .*mixer.* object state"):
         check_kv_cache_kinds(SimpleNamespace(kv_cache_groups=[*ok.kv_cache_groups, state]), "m")
+
+
+def test_tensor_parallel_hybrid_equals_plain_tp2(hybrid_pair, monkeypatch):
+    """TP = 2 on both KV cache groups: proxy = target at lambda 0.05 against vLLM's own
+    greedy output at TP = 2; every rank routes alike (TRISPEC_CHECK_RANKS)."""
+    from tests.test_tensor_parallel import TP_ENV
+
+    for k, v in TP_ENV.items():
+        monkeypatch.setenv(k, v)
+
+    def tp2(spec=None, trispec=None):
+        llm = make_llm(
+            hybrid_pair,
+            spec,
+            trispec,
+            block_size=BLOCK_SIZE,
+            enable_prefix_caching=True,
+            tensor_parallel_size=2,
+        )
+        got = twice(llm)
+        c = llm.collective_rpc("trispec_counters")[0] if trispec else {}
+        close(llm)
+        return got, c
+
+    want, _ = tp2()
+    got, c = tp2(NGRAM, {"proxy_model": hybrid_pair.target, "margin_threshold": 0.05})
+    assert got == want
+    assert c["proxy_completions"] > 0 and c["catchup_tokens"] > 0
