@@ -104,8 +104,8 @@ def configurations(
         Config("TriSpec default (ngram k=3)", ngram(3), {"proxy_model": proxy}),
         # The same section over vLLM's ngram drafter at k=5 (its SD's faster k at batch 1).
         Config("TriSpec default (ngram k=5)", ngram(5), {"proxy_model": proxy}),
-        # At k=8: at batch 1 a target pass over 9 tokens costs about one over 1 on this
-        # CPU, so longer drafts pay there; from batch 8 on the cost-aware step decides.
+        # At k=8: on this CPU a target pass over 8 tokens costs about one over 1, so longer
+        # drafts may pay at batch 1; from batch 8 on the cost-aware step decides.
         Config("TriSpec default (ngram k=8)", ngram(8), {"proxy_model": proxy}),
         # The default without its measurements kept across engines: every engine (every
         # round) measures its step kinds from scratch.

@@ -59,8 +59,10 @@ def twice(llm) -> list[list[int]]:
     return outs
 
 
-def engine(pair, spec=None, trispec=None):
-    return make_llm(pair, spec, trispec, block_size=BLOCK_SIZE, enable_prefix_caching=True)
+def engine(pair, spec=None, trispec=None, **kwargs):
+    return make_llm(
+        pair, spec, trispec, block_size=BLOCK_SIZE, enable_prefix_caching=True, **kwargs
+    )
 
 
 @pytest.fixture(scope="module")
@@ -118,14 +120,7 @@ def test_tensor_parallel_hybrid_equals_plain_tp2(hybrid_pair, monkeypatch):
         monkeypatch.setenv(k, v)
 
     def tp2(spec=None, trispec=None):
-        llm = make_llm(
-            hybrid_pair,
-            spec,
-            trispec,
-            block_size=BLOCK_SIZE,
-            enable_prefix_caching=True,
-            tensor_parallel_size=2,
-        )
+        llm = engine(hybrid_pair, spec, trispec, tensor_parallel_size=2)
         got = twice(llm)
         c = llm.collective_rpc("trispec_counters")[0] if trispec else {}
         close(llm)

@@ -121,14 +121,23 @@ def _config(
     )
 
 
-def _shape_target(target, hidden_size: int, logit_scale: float, keep: int, scale: float) -> None:
-    """Peaky logits (no greedy near-ties), and layers past the first `keep` that only
-    nudge the residual stream: a model of its first `keep` layers then agrees with
-    the target mostly, and disagrees where it is unsure."""
+def _peaky_logits(model, hidden_size: int, logit_scale: float) -> None:
+    """Scale the LM head (initialised at std 0.2) so logits are peaky: greedy decoding
+    has no near-ties, and batch composition cannot flip a token."""
     import torch
 
     with torch.no_grad():
-        target.lm_head.weight.mul_(logit_scale / 0.2 / hidden_size**0.5)
+        model.get_output_embeddings().weight.mul_(logit_scale / 0.2 / hidden_size**0.5)
+
+
+def _shape_target(target, hidden_size: int, logit_scale: float, keep: int, scale: float) -> None:
+    """Peaky logits, and layers past the first `keep` that only nudge the residual
+    stream: a model of its first `keep` layers then agrees with the target mostly,
+    and disagrees where it is unsure."""
+    import torch
+
+    _peaky_logits(target, hidden_size, logit_scale)
+    with torch.no_grad():
         for layer in target.model.layers[keep:]:
             layer.self_attn.o_proj.weight.mul_(scale)
             layer.mlp.down_proj.weight.mul_(scale)
@@ -316,8 +325,7 @@ def make_tiny_family_pair(
 
     torch.manual_seed(seed)
     target = AutoModelForCausalLM.from_config(config(target_layers)).float()
-    with torch.no_grad():
-        target.get_output_embeddings().weight.mul_(logit_scale / 0.2 / hidden_size**0.5)
+    _peaky_logits(target, hidden_size, logit_scale)
     proxy = _truncated(type(target), config(proxy_layers), target)
     for model, path in ((target, pair.target), (proxy, pair.proxy)):
         _save_model(model, tok_dir, Path(path), max_position_embeddings)
