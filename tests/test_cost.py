@@ -689,3 +689,62 @@ def test_a_draining_batch_stops_a_losing_warm_up_after_its_first_timed_step():
     busy = CostModel(warmup=3, run_length=4, explore_every=48)
     picks = "".join(k[0] for k in batch_run(busy, 20, True, [5, 5, 5, 5, 1, 1, 1, 1]))
     assert picks.startswith("pppp" + "ssss"), picks
+
+
+def bare_batch_run(model: CostModel, steps: int, waiting: bool, bare: set[str], reqs=REQS):
+    """`batch_run`, with the drafter consulted as the engine does: only where
+    `drafts_needed`, and then the requests in `bare` get no draft. Returns the picks
+    and how many steps the drafter ran in."""
+    picks, drafter_runs = [], 0
+    for _ in range(steps):
+        needed = drafts_needed(model, 8, reqs, waiting=waiting)
+        drafter_runs += needed
+        undrafted = needed and bool(bare & set(reqs))
+        prediction = model.settled(8, ("sd", "plain"), reqs, waiting)
+        kind = model.choose(
+            8, allowed=("sd", "plain"), req_ids=reqs, waiting=waiting, undrafted=undrafted
+        )
+        if not needed:
+            assert kind == prediction == "plain"
+        tokens = [1 if r in bare or kind == "plain" else 5 for r in reqs]
+        per = dict(zip(reqs, tokens, strict=True))
+        model.observe(kind, 8, 1.0 if kind == "sd" else 0.6, sum(per.values()), per)
+        picks.append(kind)
+    return picks, drafter_runs
+
+
+def test_a_draining_batch_measures_no_drafted_kind_while_a_request_has_no_draft():
+    """r7 never gets a draft (chat text ngram finds nothing in): by the slowest request's
+    pace no SD step can win, so a draining batch starts no SD warm-up or exploration
+    (without the bar it spent a warm-up run on SD to learn it), and the drafter runs
+    in a doubling wait's worth of steps only. Requests waiting (throughput), the bar
+    does not apply; once r7 has left, SD is warmed up and wins."""
+    kinds = ("sd", "plain")
+    barred = CostModel(warmup=3, run_length=4, explore_every=48, kinds=kinds)
+    picks, drafter_runs = bare_batch_run(barred, 120, waiting=False, bare={"r7"})
+    assert picks == ["plain"] * 120
+    assert 4 <= drafter_runs <= 12  # plain's warm-up, then the checks 1, 2, 4, ... apart
+    unbarred = CostModel(warmup=3, run_length=4, explore_every=48, kinds=kinds)
+    assert "sd" in batch_run(unbarred, 120, False, [5] * 7 + [1])  # what the bar saves
+    busy = CostModel(warmup=3, run_length=4, explore_every=48, kinds=kinds)
+    picks, _ = bare_batch_run(busy, 20, waiting=True, bare={"r7"})
+    assert picks[4:8] == ["sd"] * 4  # warmed up: throughput is what serves the queue
+    # r7 finishes: the drafted rest of the batch (still class 8) warms SD up and uses it,
+    # once the wait is over (at most `explore_every` decisions).
+    barred.bare[8] = (barred.decisions[8] + 48, 48)
+    picks, _ = bare_batch_run(barred, 120, waiting=False, bare={"r7"}, reqs=REQS[:7])
+    assert picks[:47] == ["plain"] * 47 and picks[47:51] == ["sd"] * 4
+    assert picks.count("sd") >= 60
+
+
+def test_a_joining_request_lifts_the_bar():
+    """The wait belongs to the batch whose drafts showed it: a request that joins (its
+    drafts unknown) ends it, and the drafter runs again for the next decision."""
+    model = CostModel(warmup=3, run_length=4, explore_every=48, kinds=("sd", "plain"))
+    bare_batch_run(model, 40, waiting=False, bare={"r7"})
+    assert model.bare[8][0] > model.decisions[8] + 1  # waiting
+    assert not drafts_needed(model, 8, REQS, waiting=False)
+    joined = [*REQS[:7], "new"]
+    assert drafts_needed(model, 8, joined, waiting=False)
+    assert model.choose(8, allowed=("sd", "plain"), req_ids=joined, waiting=False) == "sd"
+    assert not model.bare

@@ -497,15 +497,22 @@ class TriSpecRunnerMixin:
         kinds = tuple(k for k in self.trispec_cost.kinds if k not in ("plain", "draft"))
         return self._choose_kind(num_reqs, kinds, self._horizon(num_reqs))
 
-    def _choose_kind(self, num_reqs: int, allowed: tuple[str, ...], horizon: int | None) -> str:
-        """The cost-aware choice among `allowed` (`horizon`: `_horizon`); rank 0's under
-        tensor parallelism."""
+    def _choose_kind(
+        self,
+        num_reqs: int,
+        allowed: tuple[str, ...],
+        horizon: int | None,
+        undrafted: bool = False,
+    ) -> str:
+        """The cost-aware choice among `allowed` (`horizon`: `_horizon`; `undrafted`:
+        some request got no draft); rank 0's under tensor parallelism."""
         kind = self.trispec_cost.choose(
             num_reqs,
             allowed=allowed,
             req_ids=list(self.input_batch.req_ids[:num_reqs]),
             waiting=self.trispec_waiting,
             horizon=horizon,
+            undrafted=undrafted,
         )
         return ranks.rank0_kind(kind, KINDS, self.device)
 
@@ -591,10 +598,10 @@ class TriSpecRunnerMixin:
         # plain decoding is settled either way, so any set serves.)
         sampled = args[0] if args and isinstance(args[0], list) else None
         drafted = drafts is None or isinstance(drafts, torch.Tensor) or any(map(len, drafts))
+        undrafted = isinstance(drafts, list) and not all(map(len, drafts))
         proxy_can = isinstance(drafts, list) and sampled is not None and any(map(len, sampled))
-        kind = self._choose_kind(
-            num_reqs, kinds_for(cost.kinds, drafted, drafts is None or proxy_can), horizon
-        )
+        allowed = kinds_for(cost.kinds, drafted, drafts is None or proxy_can)
+        kind = self._choose_kind(num_reqs, allowed, horizon, undrafted)
         self.trispec_next_kind = kind
         if drafts is None and kind != "plain":
             # Not expected (the prediction and the choice run the same code); kept
