@@ -748,3 +748,15 @@ def test_a_joining_request_lifts_the_bar():
     assert drafts_needed(model, 8, joined, waiting=False)
     assert model.choose(8, allowed=("sd", "plain"), req_ids=joined, waiting=False) == "sd"
     assert not model.bare
+
+
+def test_the_bars_wait_doubles_once_per_decision_up_to_the_exploration_interval():
+    model = CostModel(explore_every=8)
+    model.decisions[8] = 10
+    waits = []
+    for _ in range(6):
+        model._back_off(8)
+        model._back_off(8)  # a barred re-measurement and exploration in one decision
+        waits.append(model.bare[8][1])
+        model.decisions[8] = model.bare[8][0]
+    assert waits == [1, 2, 4, 8, 8, 8]

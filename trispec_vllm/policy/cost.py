@@ -594,9 +594,12 @@ class CostModel:
         """A run of a DRAFTED kind was due and a request had no draft: bar such runs
         for the class's next decisions, twice as many as last time (1 at first, at
         most `explore_every`)."""
-        _, wait = self.bare.get(cls, (0, 0))
+        until, wait = self.bare.get(cls, (0, 0))
+        now = self.decisions.get(cls, 0)
+        if until == now + wait + 1:  # set at this decision already
+            return
         wait = min(max(2 * wait, 1), self.explore_every)
-        self.bare[cls] = (self.decisions.get(cls, 0) + wait + 1, wait)
+        self.bare[cls] = (now + wait + 1, wait)
 
     def _draining(self, num_reqs: int, req_ids: list[str] | None, waiting: bool) -> bool:
         """Whether a decision ranks by the slowest request's pace (none waits)."""
