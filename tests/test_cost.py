@@ -12,6 +12,7 @@ from trispec_vllm.policy.cost import (
     kinds_for,
     size_class,
     step_kinds,
+    waiting_for_slots,
 )
 
 
@@ -230,7 +231,7 @@ def test_a_changed_choice_is_reported_with_the_measured_rates():
     events = []
     model = CostModel(warmup=1, explore_every=1000, on_change=lambda *e: events.append(e))
     run(model, {"trispec": 12, "sd": 9, "plain": 10}, num_reqs=1, steps=20)
-    assert events == [(1, "trispec", {"trispec": 12.0, "sd": 9.0, "plain": 10.0}, "throughput")]
+    assert events == [(1, "trispec", {"trispec": 12.0, "sd": 9.0, "plain": 10.0}, "one request")]
 
 
 def test_the_choice_moves_only_for_a_gain_beyond_the_switch_margin():
@@ -760,3 +761,13 @@ def test_the_bars_wait_doubles_once_per_decision_up_to_the_exploration_interval(
         waits.append(model.bare[8][1])
         model.decisions[8] = model.bare[8][0]
     assert waits == [1, 2, 4, 8, 8, 8]
+
+
+def test_requests_held_back_only_by_the_token_budget_do_not_wait_for_a_slot():
+    # The budget ran out with slots free: they join in the next steps.
+    assert waiting_for_slots(40, 24, 256, 4096, 4096) == 0
+    assert waiting_for_slots(40, 24, 50, 4096, 4096) == 14  # more than the free slots
+    assert waiting_for_slots(40, 256, 256, 4096, 4096) == 40  # no slot free
+    # Budget left over: something else (KV blocks, a slot) held them back.
+    assert waiting_for_slots(40, 24, 256, 1000, 4096) == 40
+    assert waiting_for_slots(0, 24, 256, 4096, 4096) == 0

@@ -388,7 +388,21 @@ def test_cost_aware_ranks_a_batch_nothing_waits_behind_by_its_slowest_request(ti
     close(llm)
     assert got == reference[:9]
     assert together.get("slowest request", 0) > 0, together
-    assert alone.get("throughput", 0) > together.get("throughput", 0), (together, alone)
+    assert alone.get("one request", 0) > together.get("one request", 0), (together, alone)
+
+
+def test_a_batch_prefilled_over_several_steps_waits_for_no_slot(tiny_pair, reference):
+    """Eight prompts over a 48-token budget are prefilled over several steps; the
+    requests left waiting meanwhile wait for the budget, not a slot (patch 11), so
+    the batch is ranked by its slowest request from its first decoding step."""
+    cfg = {"proxy_model": tiny_pair.proxy, "margin_threshold": 1.5, "cost_aware": True}
+    llm = make_llm(tiny_pair, NGRAM, cfg, max_num_batched_tokens=48)
+    got = token_ids(llm.generate(prompts()[:8], greedy()))
+    objectives = counters(llm)["cost_objectives"]
+    close(llm)
+    assert got == reference[:8]
+    assert objectives.get("slowest request", 0) > 0, objectives
+    assert objectives.get("throughput", 0) == 0, objectives  # (lone first steps: "one request")
 
 
 def test_cost_aware_proxy_equal_to_target_switches_kinds_exactly(tiny_pair, reference):

@@ -67,7 +67,7 @@ logger = logging.getLogger("vllm.trispec")
 def log_choice(size_class: int, kind: str, rates: dict[str, float], objective: str) -> None:
     """The cost-aware step's choice for a batch-size class changed (engine log)."""
     measured = ", ".join(f"{k} {v:.2f}" for k, v in rates.items() if v > 0)
-    per = "" if objective == "throughput" else f" of the {objective}"
+    per = " of the slowest request" if objective == "slowest request" else ""
     logger.info(
         "TriSpec: batches of up to %d requests now run %s steps (measured tok/s%s: %s)",
         size_class,

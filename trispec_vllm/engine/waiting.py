@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 
 from trispec_vllm.engine.config_hook import engine_section
+from trispec_vllm.policy.cost import waiting_for_slots
 
 WAITING_ATTR = "trispec_waiting"  # SchedulerOutput attribute: requests left waiting
 HOOK_MARK = "_trispec_waiting_hook"
@@ -18,7 +19,8 @@ HOOK_MARK = "_trispec_waiting_hook"
 
 def patch_scheduler_waiting() -> None:
     """Wrap `Scheduler.schedule`: its output carries the number of requests that
-    were left waiting (vLLM's own `get_request_counts`)."""
+    were left waiting for a slot (`waiting_for_slots`, from vLLM's own
+    `get_request_counts`)."""
     from vllm.v1.core.sched.scheduler import Scheduler
 
     schedule = Scheduler.schedule
@@ -29,7 +31,15 @@ def patch_scheduler_waiting() -> None:
     def counted(self, *args, **kwargs):
         out = schedule(self, *args, **kwargs)
         if engine_section(self) is not None:
-            setattr(out, WAITING_ATTR, self.get_request_counts()[1])
+            running, waiting = self.get_request_counts()
+            count = waiting_for_slots(
+                waiting,
+                running,
+                self.max_num_running_reqs,
+                out.total_num_scheduled_tokens,
+                self.max_num_scheduled_tokens,
+            )
+            setattr(out, WAITING_ATTR, count)
         return out
 
     setattr(counted, HOOK_MARK, True)

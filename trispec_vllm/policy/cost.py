@@ -252,7 +252,7 @@ class CostModel:
     confidence: float = 1.0
     stats: dict[tuple[int, str], KindStats] = field(default_factory=dict)
     chosen: dict[str, int] = field(default_factory=dict)  # counts, for the metrics
-    objectives: dict[str, int] = field(default_factory=dict)  # ranked choices per objective
+    objectives: dict[str, int] = field(default_factory=dict)  # decisions per objective
     # class -> (kind, steps left, its samples when the run began)
     runs: dict[int, tuple[str, int, int]] = field(default_factory=dict)
     since: dict[int, int] = field(default_factory=dict)  # class -> decisions since exploring
@@ -281,11 +281,10 @@ class CostModel:
     # run's next step shows how long one takes without it; then that step's excess
     entered: dict[int, float] = field(default_factory=dict)
     entry_excess: dict[int, float] = field(default_factory=dict)
-    # Called with (class, kind, measured tok/s per kind) when the choice for a class
-    # and set of candidates changes (`reported`: the last choice per such pair).
     # Called with (class, kind, each candidate's measured tok/s, objective) when the
     # choice for a class, set of candidates and objective changes (`reported`: the
-    # last choice per such triple). The objective is "throughput" or "slowest request".
+    # last choice per such triple). The objective is "throughput", "slowest request" or
+    # "one request" (batch 1, where the two agree).
     on_change: Callable[[int, str, dict[str, float], str], None] | None = None
     reported: dict[tuple[int, tuple[str, ...], str], str] = field(default_factory=dict)
     prior_steps: int = 4  # a request's pace starts as this many steps of one token
@@ -446,6 +445,14 @@ class CostModel:
         self.batch_ids = frozenset(req_ids or ())
         tail = self._tail(cls, self.batch_peak, horizon)
         self.decisions[cls] = self.decisions.get(cls, 0) + 1
+        objective = (  # (for the metrics; at batch 1 the two measures agree)
+            "one request"
+            if num_reqs == 1
+            else "slowest request"
+            if self._draining(num_reqs, req_ids, waiting)
+            else "throughput"
+        )
+        self.objectives[objective] = self.objectives.get(objective, 0) + 1
         stats = {k: self.stats.get((cls, k), KindStats()) for k in options}
         scored = self._scorer(cls, num_reqs, req_ids, waiting, options)
         run = self.runs.pop(cls, None)
@@ -478,10 +485,6 @@ class CostModel:
                 if kept
                 else self.explore_every
             )
-        objective = (
-            "slowest request" if self._draining(num_reqs, req_ids, waiting) else "throughput"
-        )
-        self.objectives[objective] = self.objectives.get(objective, 0) + 1
         refresh = self._refresh(cls, ranked)
         if refresh in barred:  # no re-measurement now, and no switch before one
             if undrafted:
@@ -880,6 +883,25 @@ def batch_horizon(
         ),
         default=0,
     )
+
+
+def waiting_for_slots(
+    waiting: int, running: int, max_running: int, scheduled: int, budget: int
+) -> int:
+    """The requests left waiting that wait for a slot: all of them, unless this step
+    used its whole token budget (`scheduled` of `budget`) with slots free; then the
+    budget, not the batch, held them back, and as many as the free slots take are
+    prefilled in the next steps and join the batch. (A batch of 64 prompts submitted
+    together is prefilled over several steps; counted as waiting, its first decoding
+    steps were ranked by throughput, and on a 2-core CPU the cost-aware step warmed
+    SD up there, each step over 8 drafts per request several plain steps' time.)
+    Requests held back by the KV cache or anything else count, as all do when no
+    slot is free."""
+    if waiting <= 0:
+        return 0
+    if scheduled < budget:
+        return waiting
+    return max(waiting - max(max_running - running, 0), 0)
 
 
 def kinds_for(kinds: tuple[str, ...], drafted: bool, sampled: bool = True) -> tuple[str, ...]:
