@@ -343,16 +343,19 @@ def test_over_long_prompt_is_refused_and_the_engine_keeps_serving(proxy_is_targe
 
 
 def test_torch_compiled_engine_is_lossless_too(tiny_pair, reference):
-    """vLLM compiles the model by default on CPU; TriSpec keeps that (no CUDA graphs)."""
+    """vLLM compiles the model by default on CPU; TriSpec keeps that (no CUDA graphs).
+    The TriSpec step runs in every step (the cost-aware step may leave it untried in
+    a batch where a request has no draft)."""
     from vllm import LLM
 
+    cfg = {"proxy_model": tiny_pair.target, "margin_threshold": 0.5, "cost_aware": False}
     llm = LLM(
         model=tiny_pair.target,
         dtype="float32",
         max_model_len=512,
         seed=0,
         speculative_config=NGRAM,
-        additional_config={"trispec": {"proxy_model": tiny_pair.target, "margin_threshold": 0.5}},
+        additional_config={"trispec": cfg},
     )
     got = token_ids(llm.generate(prompts()[:4], greedy()))
     c = counters(llm)
