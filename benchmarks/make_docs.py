@@ -30,6 +30,8 @@ Results files (one per experiment, under benchmarks/results/):
 - speed_ngram_k8.json batch 1 and 8, 3 rounds: plain decoding, vLLM's ngram SD at k=5 and
                       k=8 and the default section over ngram k=8
 - speed_ngram_k8_b32_b64.json the same at batch 32 and 64
+- speed_bare_bar.json batch 8 and 64, 3 rounds: the default over ngram k=3 and k=8 with the
+                      bar on requests without drafts, before the waiting-for-a-slot rule
 - speed_drafting_tcmalloc.json batch 1 and 8, 3 rounds: the default with and without
                       proxy_drafting, tcmalloc preloaded
 - step_times_b8.json  step_times.py: plain decoding and the default step by step at
@@ -113,6 +115,7 @@ HEADLINE_BEFORE_SAMPLER = "speed_headline_before_sampler.json"  # before the pla
 NGRAM_K5 = "speed_ngram_k5.json"  # batch 1 and 8: the default section over ngram k=3 and k=5
 NGRAM_K8 = "speed_ngram_k8.json"  # batch 1 and 8: the default section over ngram k=8
 NGRAM_K8_BIG = "speed_ngram_k8_b32_b64.json"  # the same at batch 32 and 64
+BARE_BAR = "speed_bare_bar.json"  # batch 8 and 64: the bar on requests without drafts
 DRAFTING_TCMALLOC = "speed_drafting_tcmalloc.json"  # proxy_drafting again, with tcmalloc
 STEP_TIMES = "step_times_b8.json"  # step_times.py: where a batch's time goes
 STEP_TIMES_BEFORE = "step_times_b8_before_sampler.json"  # the same before the plain sampler
@@ -781,6 +784,7 @@ BLOCKS: dict[str, Callable[[], str]] = {
     "speed-ngram-k5": lambda: speed_table(NGRAM_K5),
     "speed-ngram-k8": lambda: speed_table(NGRAM_K8),
     "speed-ngram-k8-b32-b64": lambda: speed_table(NGRAM_K8_BIG),
+    "speed-bare-bar": lambda: speed_table(BARE_BAR),
     "speed-drafting-tcmalloc": lambda: speed_table(DRAFTING_TCMALLOC),
     "step-times": lambda: step_times(STEP_TIMES),
     "step-times-before": lambda: step_times(STEP_TIMES_BEFORE),
