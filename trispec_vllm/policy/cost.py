@@ -81,18 +81,19 @@ this, at batch 8 on a 2-core CPU, a TriSpec warm-up at batch 4 six steps before
 the batch ended took 0.74 s in its first step (the proxy's catch-up over 774
 tokens), five plain steps' time.
 
-A run that measures SD or the TriSpec step in a draining batch pays only where some
-step of that kind could later win, and by the slowest request's pace none can in
-a step where a request has no draft: that request emits one token, as in a plain
-step, from a larger pass. So in a draining batch no warm-up, exploration or
-re-measurement of those kinds starts in a step where the drafter left a request
-without a draft (`undrafted`); a step so barred bars the class's next decisions
-too, for a wait that doubles (1, 2, 4, ... up to `explore_every` decisions) while
-the drafter keeps leaving a request bare, and the drafter need not run in them
-(`settled`). Without this, on a 2-core CPU at batch 8, HumanEval and chat prompts
-mixed, ngram k=8, a fresh engine spent 6 SD steps over up to 8 drafts per request
-on warming SD up (0.94x plain decoding's speed in that round, 1.00x in a later one
-without SD steps); with it, none.
+A run that measures SD in a draining batch pays only where some SD step could later
+win, and by the slowest request's pace none can in a step where a request has no
+draft: that request emits one token, as in a plain step, from a larger pass. The
+same holds for the TriSpec step from `escalates_from` on, where it runs the target
+anyway (below it the proxy alone may complete a request without drafts). So in a
+draining batch no warm-up, exploration or re-measurement of those kinds starts in a
+step where the drafter left a request without a draft (`undrafted`); a step so
+barred bars the class's next decisions too, for a wait that doubles (1, 2, 4, ... up
+to `explore_every` decisions) while the drafter keeps leaving a request bare, and
+the drafter need not run in them (`settled`). Without this, on a 2-core CPU at batch
+8, HumanEval and chat prompts mixed, ngram k=8, a fresh engine spent 6 SD steps over
+up to 8 drafts per request on warming SD up (0.94x plain decoding's speed in that
+round, 1.00x in a later one without SD steps); with it, none.
 
 The choice is made after the drafter proposed, so a step whose drafter found
 nothing (ngram on text that does not repeat) is never an ``sd`` step: without
@@ -586,12 +587,17 @@ class CostModel:
         decision: int,
     ) -> tuple[str, ...]:
         """The kinds no run may start for at `decision` of the class: in a draining
-        batch, the DRAFTED kinds where the drafter left a request without a draft, or
-        while an earlier such step's wait lasts (`_back_off`)."""
+        batch, where the drafter left a request without a draft, or while an earlier
+        such step's wait lasts (`_back_off`), SD, and the TriSpec step from
+        `escalates_from` on. (Below it the proxy alone may complete a request without
+        drafts, with its own next token, so a TriSpec step can beat a plain one there
+        whatever the drafts.)"""
         if not self._draining(num_reqs, req_ids, waiting):
             return ()
         until, _ = self.bare.get(cls, (0, 0))
-        return DRAFTED if undrafted or decision < until else ()
+        if not (undrafted or decision < until):
+            return ()
+        return DRAFTED if cls >= self.escalates_from else ("sd",)
 
     def _back_off(self, cls: int) -> None:
         """A run of a DRAFTED kind was due and a request had no draft: bar such runs
