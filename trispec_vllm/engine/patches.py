@@ -36,7 +36,8 @@ section only):
 
 Process-wide, applied here, acting on engines with a `trispec` section only:
  11. `Scheduler.schedule` is wrapped (`waiting`): its output carries how many
-     requests were left waiting, which the cost-aware step's objective reads.
+     requests were left waiting for a slot, which the cost-aware step's objective
+     reads.
  12. `Scheduler.update_from_output` is wrapped (`held`, engines with `max_holds`
      only): a request whose step emitted no token (held by `max_holds`) has the
      step's scheduled tokens rolled back, which vLLM does only for steps that emit one.
