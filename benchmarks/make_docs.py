@@ -21,6 +21,8 @@ Results files (one per experiment, under benchmarks/results/):
 - speed_headline.json the README's headline: default section vs plain and vLLM's SD,
                       batch 1 / 8 / 32 / 64, 128 tokens, 4 interleaved rounds, eager,
                       tcmalloc and Intel OpenMP preloaded
+- speed_headline_before_bar.json the headline before the bar on requests without drafts
+                      and the waiting-for-a-slot rule
 - speed_headline_before_sampler.json the headline before steps without drafts used
                       vLLM's plain sampler (tcmalloc preloaded)
 - speed_headline_no_tcmalloc.json the headline before, Intel OpenMP preloaded only (no
@@ -36,6 +38,7 @@ Results files (one per experiment, under benchmarks/results/):
                       proxy_drafting, tcmalloc preloaded
 - step_times_b8.json  step_times.py: plain decoding and the default step by step at
                       batch 1 and 8, 4 interleaved rounds
+- step_times_b8_after_bar.json the same, 2 rounds, straight after the headline run
 - step_times_b8_before_sampler.json the same, 2 rounds, on the build before steps
                       without drafts used vLLM's plain sampler
 - speed_headline_before_entry_charge.json the headline before the proxy's catch-up at
@@ -110,6 +113,7 @@ SPEED_AVX2 = "speed_avx2.json"
 SPEED_AVX2_DEFAULT = "speed_avx2_default.json"
 SPEED_AVX512 = "speed_avx512.json"  # every configuration, 3 rounds, before the cost fixes
 HEADLINE = "speed_headline.json"  # the README's headline run
+HEADLINE_BEFORE_BAR = "speed_headline_before_bar.json"  # the one before the bar
 HEADLINE_NO_TCMALLOC = "speed_headline_no_tcmalloc.json"  # the one before, no tcmalloc
 HEADLINE_BEFORE_SAMPLER = "speed_headline_before_sampler.json"  # before the plain sampler
 NGRAM_K5 = "speed_ngram_k5.json"  # batch 1 and 8: the default section over ngram k=3 and k=5
@@ -119,6 +123,7 @@ BARE_BAR = "speed_bare_bar.json"  # batch 8 and 64: the bar on requests without 
 DRAFTING_TCMALLOC = "speed_drafting_tcmalloc.json"  # proxy_drafting again, with tcmalloc
 STEP_TIMES = "step_times_b8.json"  # step_times.py: where a batch's time goes
 STEP_TIMES_BEFORE = "step_times_b8_before_sampler.json"  # the same before the plain sampler
+STEP_TIMES_AFTER_BAR = "step_times_b8_after_bar.json"  # the same after the headline run, 2 rounds
 HEADLINE_BEFORE_PREFILL = "speed_headline_before_prefill.json"  # before the prefill rule
 # before the batch >= 8 warm-up rule and the drafter skip
 HEADLINE_BEFORE_WARMUP = "speed_headline_before_warmup.json"
@@ -217,6 +222,7 @@ def speed_table(name: str) -> str:
 
 
 DEFAULT = "TriSpec default (ngram k=3)"  # the section with only proxy_model set
+DEFAULT_K8 = "TriSpec default (ngram k=8)"  # the same over ngram k=8
 NO_MEMORY = "TriSpec default, no cost memory"  # the same, measuring afresh in every engine
 
 
@@ -226,15 +232,20 @@ def status() -> str:
     d = load(HEADLINE)
     preload = (d.get("tuned_runtime_env") or {}).get("LD_PRELOAD", "")
     preloaded = ", tcmalloc preloaded" if "tcmalloc" in preload else ", without tcmalloc"
-    parts = []
-    for r in d["results"]:
-        if r["config"] == DEFAULT:
-            text, _ = vs_fastest(r)
-            parts.append(f"{text} at batch {r['batch']}")
+
+    def at(config: str) -> str:
+        parts = [
+            f"{vs_fastest(r)[0]} at batch {r['batch']}"
+            for r in d["results"]
+            if r["config"] == config
+        ]
+        return ", ".join(parts[:-1]) + f" and {parts[-1]}" if parts else ""
+
+    k8 = at(DEFAULT_K8)
     return (
-        "with its default section TriSpec runs at "
-        + ", ".join(parts[:-1])
-        + f" and {parts[-1]} the speed of the fastest of plain decoding and vLLM's own "
+        f"with its default section over vLLM's ngram k=3 drafter TriSpec runs at {at(DEFAULT)} "
+        + (f"(over ngram k=8: {k8}) " if k8 else "")
+        + "the speed of the fastest of plain decoding and vLLM's own "
         f"speculative decoding (medians of {d['rounds']} interleaved rounds, min-max in "
         f"brackets, {d['max_tokens']}-token answers, 2-core CPU{preloaded})"
     )
@@ -781,6 +792,8 @@ BLOCKS: dict[str, Callable[[], str]] = {
     "speed-headline-full": lambda: speed_table(HEADLINE),
     "speed-headline-no-tcmalloc-full": lambda: speed_table(HEADLINE_NO_TCMALLOC),
     "speed-headline-before-sampler-full": lambda: speed_table(HEADLINE_BEFORE_SAMPLER),
+    "speed-headline-before-bar-full": lambda: speed_table(HEADLINE_BEFORE_BAR),
+    "speed-headline-before-bar-machine": lambda: headline_machine(HEADLINE_BEFORE_BAR),
     "speed-ngram-k5": lambda: speed_table(NGRAM_K5),
     "speed-ngram-k8": lambda: speed_table(NGRAM_K8),
     "speed-ngram-k8-b32-b64": lambda: speed_table(NGRAM_K8_BIG),
@@ -788,6 +801,7 @@ BLOCKS: dict[str, Callable[[], str]] = {
     "speed-drafting-tcmalloc": lambda: speed_table(DRAFTING_TCMALLOC),
     "step-times": lambda: step_times(STEP_TIMES),
     "step-times-before": lambda: step_times(STEP_TIMES_BEFORE),
+    "step-times-after-bar": lambda: step_times(STEP_TIMES_AFTER_BAR),
     "speed-headline-no-tcmalloc-machine": lambda: headline_machine(HEADLINE_NO_TCMALLOC),
     "speed-headline-before-prefill": lambda: speed_table(HEADLINE_BEFORE_PREFILL),
     "speed-headline-before-warmup": lambda: speed_table(HEADLINE_BEFORE_WARMUP),
