@@ -92,8 +92,8 @@ barred bars the class's next decisions too, for a wait that doubles (1, 2, 4, ..
 to `explore_every` decisions) while the drafter keeps leaving a request bare, and
 the drafter need not run in them (`settled`). Without this, on a 2-core CPU at batch
 8, HumanEval and chat prompts mixed, ngram k=8, a fresh engine spent 6 SD steps over
-up to 8 drafts per request on warming SD up (0.94x plain decoding's speed in that
-round, 1.00x in a later one without SD steps); with it, none.
+up to 8 drafts per request on warming SD up; with it, none (what that gains in speed
+was inside the machine's spread between runs, docs/benchmarks.md).
 
 The choice is made after the drafter proposed, so a step whose drafter found
 nothing (ngram on text that does not repeat) is never an ``sd`` step: without
