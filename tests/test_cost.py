@@ -773,22 +773,23 @@ def test_requests_held_back_only_by_the_token_budget_do_not_wait_for_a_slot():
     assert waiting_for_slots(0, 24, 256, 4096, 4096) == 0
 
 
+def bare_picks(num_reqs: int, steps: int = 12) -> list[str]:
+    """A fresh model's picks over a draining batch of `num_reqs` in which some request
+    never has a draft (every kind's step: 1 s, one token per request)."""
+    reqs = REQS[:num_reqs]
+    model = CostModel(warmup=2, run_length=3, explore_every=48)
+    picks = []
+    for _ in range(steps):
+        kind = model.choose(num_reqs, req_ids=reqs, waiting=False, undrafted=True)
+        model.observe(kind, num_reqs, 1.0, num_reqs, dict.fromkeys(reqs, 1))
+        picks.append(kind)
+    return picks
+
+
 def test_below_escalates_from_the_bar_leaves_the_trispec_step_alone():
     """Below `escalates_from` the proxy alone may complete a request without drafts
     (its own next token), so a bare request does not bar the TriSpec step there; SD
     stays barred. From `escalates_from` on both are."""
-    four = REQS[:4]
-    model = CostModel(warmup=2, run_length=3, explore_every=48)
-    picks = []
-    for _ in range(12):
-        kind = model.choose(4, req_ids=four, waiting=False, undrafted=True)
-        model.observe(kind, 4, 1.0, 4, dict.fromkeys(four, 1))
-        picks.append(kind)
+    picks = bare_picks(4)
     assert picks[:6] == ["plain"] * 3 + ["trispec"] * 3 and "sd" not in picks
-    eight = CostModel(warmup=2, run_length=3, explore_every=48)
-    picks = []
-    for _ in range(12):
-        kind = eight.choose(8, req_ids=REQS, waiting=False, undrafted=True)
-        eight.observe(kind, 8, 1.0, 8, dict.fromkeys(REQS, 1))
-        picks.append(kind)
-    assert picks == ["plain"] * 12
+    assert bare_picks(8) == ["plain"] * 12
