@@ -440,9 +440,10 @@ class CostModel:
         if req_ids:
             self._forget_all_but(req_ids)
         cls = size_class(num_reqs)
-        if not (req_ids and set(req_ids) <= self.batch_ids):
+        joined = self._joined(req_ids)
+        if joined:
             self.bare.clear()  # a request joined: its drafts are not known
-        self.batch_peak = self._peak(cls, req_ids)
+        self.batch_peak = self._peak(cls, joined)
         self.batch_ids = frozenset(req_ids or ())
         tail = self._tail(cls, self.batch_peak, horizon)
         self.decisions[cls] = self.decisions.get(cls, 0) + 1
@@ -487,12 +488,9 @@ class CostModel:
                 else self.explore_every
             )
         refresh = self._refresh(cls, ranked)
-        if refresh in barred:  # no re-measurement now, and no switch before one
-            if undrafted:
-                self._back_off(cls)
-            refresh = None
-            ranked.remove(self.best[cls])
-            ranked.insert(0, self.best[cls])
+        if refresh in barred and undrafted:
+            self._back_off(cls)
+        refresh = self._unless_barred(cls, refresh, ranked, barred)
         if refresh is not None:  # an exploration of it, before any switch
             self.since[cls] = 0
             self.explored[cls] = True
@@ -536,29 +534,39 @@ class CostModel:
             return None
         stats = {k: self.stats.get((cls, k), KindStats()) for k in options}
         scored = self._scorer(cls, num_reqs, req_ids, waiting, options)
-        tail = self._tail(cls, self._peak(cls, req_ids), horizon)
-        joined = not (req_ids and set(req_ids) <= self.batch_ids)
+        joined = self._joined(req_ids)
+        tail = self._tail(cls, self._peak(cls, joined), horizon)
         decision = self.decisions.get(cls, 0) + 1
         barred = () if joined else self._barred(cls, num_reqs, req_ids, waiting, False, decision)
         if not tail and any(k not in barred for k in self._warming(cls, options, stats, scored)):
             return None
         ranked = self._ranked(cls, options, {k: scored(k) for k in options})
-        refresh = self._refresh(cls, ranked)
-        if refresh in barred:
-            refresh = None
-            ranked.remove(self.best[cls])
-            ranked.insert(0, self.best[cls])
+        refresh = self._unless_barred(cls, self._refresh(cls, ranked), ranked, barred)
         explore = [k for k in self._to_explore(cls, ranked, scored) if k not in barred]
         if not tail and (explore or refresh is not None):
             return None
         return ranked[0]
 
-    def _peak(self, cls: int, req_ids: list[str] | None) -> int:
-        """The largest class the batch of `req_ids` has been in since a request last
-        joined it (this class when one just did)."""
-        if req_ids and set(req_ids) <= self.batch_ids:
-            return max(self.batch_peak, cls)
-        return cls
+    def _joined(self, req_ids: list[str] | None) -> bool:
+        """Whether a request of `req_ids` was not in the latest decision's batch."""
+        return not (req_ids and set(req_ids) <= self.batch_ids)
+
+    def _peak(self, cls: int, joined: bool) -> int:
+        """The largest class the batch has been in since a request last joined it
+        (this class when one just did, `_joined`)."""
+        return cls if joined else max(self.batch_peak, cls)
+
+    def _unless_barred(
+        self, cls: int, refresh: str | None, ranked: list[str], barred: tuple[str, ...]
+    ) -> str | None:
+        """`refresh` (`_refresh`), or None where it is barred (`_barred`): then no
+        re-measurement now and no switch before one, so the class's current choice is
+        put back first in `ranked`."""
+        if refresh is None or refresh not in barred:
+            return refresh
+        ranked.remove(self.best[cls])
+        ranked.insert(0, self.best[cls])
+        return None
 
     def _tail(self, cls: int, peak: int, horizon: int | None) -> bool:
         """Whether a decision is in a batch's draining tail, where no run pays: under
