@@ -261,3 +261,42 @@ def test_kernel_warmup_covers_every_shape_class(monkeypatch):
     assert got == [1, 2, 4, 8, 16, 32]
     assert sorted({c[1] for c in calls}) == got
     assert sum(c[0] == "d" for c in calls) == len(got)  # pyramid: the divergence kernel too
+
+
+NGRAM_WARMUP = """
+import numpy as np
+from vllm.v1.spec_decode import ngram_proposer as ng
+from trispec_vllm.engine.kernel_warmup import warm_ngram_drafter
+
+drafter = object.__new__(ng.NgramProposer)  # the attributes its __init__ sets
+drafter.min_n, drafter.max_n, drafter.k, drafter.max_model_len = 1, 3, 3, 64
+drafter.valid_ngram_draft = np.zeros((4, 3), dtype=np.int32)
+drafter.valid_ngram_num_drafts = np.zeros(4, dtype=np.int32)
+drafter.num_tokens_threshold, drafter.num_numba_thread_available = 8192, 1
+num_tokens, token_ids = np.zeros(4, dtype=np.int32), np.zeros((4, 64), dtype=np.int32)
+# vLLM's own warm-up: requests that sampled nothing never reach the compiled function
+drafter.propose(3, [[]] * 4, num_tokens, token_ids)
+print(len(ng.batch_propose_numba.signatures))
+assert not warm_ngram_drafter(object(), num_tokens, token_ids)
+assert warm_ngram_drafter(drafter, num_tokens, token_ids)
+print(len(ng.batch_propose_numba.signatures))
+token_ids[1, :6] = [5, 6, 7, 5, 6, 7]
+num_tokens[1] = 6
+print(drafter.propose(3, [[], [7]], num_tokens, token_ids))
+print(len(ng.batch_propose_numba.signatures))
+"""
+
+
+def test_ngram_drafter_is_compiled_at_start_up():
+    """vLLM's ngram drafter compiles on its first real proposal (its own warm-up
+    skips the compiled function); the warm-up compiles the signature a step calls,
+    so a later proposal compiles nothing more (a fresh process: compiling is global)."""
+    import subprocess
+    import sys
+
+    out = subprocess.run(
+        [sys.executable, "-c", NGRAM_WARMUP], capture_output=True, text=True, check=True
+    ).stdout.split("\n")
+    assert out[:2] == ["0", "1"]
+    assert out[2] == "[[], [5, 6, 7]]"
+    assert out[3] == "1"

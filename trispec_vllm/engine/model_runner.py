@@ -141,6 +141,13 @@ class TriSpecRunnerMixin:
     def initialize_kv_cache(self, kv_cache_config, *args, **kwargs) -> None:
         check_kv_cache_kinds(kv_cache_config, self.model_config.model)
         super().initialize_kv_cache(kv_cache_config, *args, **kwargs)
+        # Once, on the input batch the steps use (vLLM's CPU runner runs no warm-up
+        # pass in eager mode, so `_dummy_run` is not the place).
+        kernel_warmup.warm_ngram_drafter(
+            getattr(self, "drafter", None),
+            self.input_batch.num_tokens_no_spec,
+            self.input_batch.token_ids_cpu,
+        )
 
     @torch.inference_mode()
     def _dummy_run(self, num_tokens, *args, **kwargs):
