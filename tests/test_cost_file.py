@@ -203,3 +203,27 @@ def test_restored_means_are_re_based_by_this_engines_own_steps():
         warm.observe(kind, 8, 2.0, SPEED[kind])
     # the kept step time (1 s) counts as one sample next to this engine's first (2 s)
     assert kind == "plain" and warm.stats[(8, "plain")].seconds == 1.5
+
+
+def test_the_trispec_steps_drafted_means_round_trip():
+    model = CostModel()
+    for _ in range(3):
+        model.observe("trispec", 1, 0.1, 4, drafted=True)
+    snap = json.loads(json.dumps(model.snapshot()))
+    assert snap["drafted"] and snap["drafted"][0][0] == 1
+    warm = CostModel()
+    warm.restore(snap)
+    assert warm.rates()["trispec_drafted"] == model.rates()["trispec_drafted"]
+    lossless = CostModel(kinds=("sd", "plain"))
+    lossless.restore(snap)
+    assert not lossless.drafted
+
+
+@pytest.mark.parametrize(
+    "drafted", [[[1, 0.0, 4.0, 3]], [[1, 0.1, 4.0]], [[0, 0.1, 4.0, 3]], [[1, 0.1, -1.0, 3]], 7]
+)
+def test_malformed_drafted_means_are_refused(drafted):
+    model = CostModel()
+    with pytest.raises(ValueError):
+        model.restore({"stats": [], "drafted": drafted})
+    assert not model.drafted

@@ -116,7 +116,8 @@ class TriSpecRunnerMixin:
         self.trispec_drafted_for = 0.0
         # The prefix cache's block ledger (engine/prefix_cache.py); False: not made yet.
         self.trispec_blocks: GroupLedgers | None | bool = False
-        self.trispec_measure: tuple[str, int, float] | None = None  # (kind, reqs, start)
+        # (kind, requests, start, whether the step had drafts)
+        self.trispec_measure: tuple[str, int, float, bool] | None = None
         # Drafts of the requests held with nothing to emit (max_holds), proposed
         # again: their context has not moved, and the ngram drafter skips a request
         # that sampled nothing.
@@ -215,7 +216,7 @@ class TriSpecRunnerMixin:
         self.trispec_measure = None
         if self._plain_step(scheduler_output, req_ids, num_sched):
             if self.trispec_cost is not None and self._decoding(req_ids, num_sched).all():
-                self.trispec_measure = ("plain", len(req_ids), t_start)
+                self.trispec_measure = ("plain", len(req_ids), t_start, False)
             return self._vllm_step(
                 scheduler_output, intermediate_tensors, deferred, req_ids, num_sched, t_start
             )
@@ -235,8 +236,10 @@ class TriSpecRunnerMixin:
                 kind = "sd" if self.trispec.cfg.lossless else "trispec"
             if decoding and self.input_batch.all_greedy:
                 # No draft scheduled and no proxy: the step costs what plain decoding does.
-                plain = kind == "sd" and not prep.batch.num_drafts.any()
-                self.trispec_measure = ("plain" if plain else chosen, len(req_ids), t_start)
+                drafted = bool(prep.batch.num_drafts.any())
+                plain = kind == "sd" and not drafted
+                kind_run = "plain" if plain else chosen
+                self.trispec_measure = (kind_run, len(req_ids), t_start, drafted)
             prep.kind = kind
         t_prepared = time.perf_counter()
         proxy_logits, own_known = self._run_proxy(prep)
@@ -657,10 +660,10 @@ class TriSpecRunnerMixin:
             step.emitted_tokens = emitted
             self.trispec.stats.emitted_tokens += emitted
             if self.trispec_measure is not None:
-                kind, num_reqs, t_start = self.trispec_measure
+                kind, num_reqs, t_start, drafted = self.trispec_measure
                 self.trispec_measure = None
                 secs = time.perf_counter() - t_start - self.trispec_draft_secs + drafted_for
-                self.trispec_cost.observe(kind, num_reqs, secs, emitted, emitted_by)
+                self.trispec_cost.observe(kind, num_reqs, secs, emitted, emitted_by, drafted)
                 if self.trispec_cost_memory is not None:
                     self.trispec_cost_memory.measured()
                 name = f"{kind}_kind_steps"
