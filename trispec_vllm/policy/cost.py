@@ -104,7 +104,10 @@ token.) Where plain decoding is
 settled whatever the drafts (`settled`, `drafts_needed`), the drafter is not run
 at all. The proxy drafts only once the draft kind is chosen, and its drafting
 time is booked on the step that verifies the drafts, not on the one whose
-sampling it followed.
+sampling it followed. Conversely, where drafts exist the TriSpec step is rated
+by its own drafted steps (kept apart, `drafted`), and tried once on them in a
+class that has none: its steps without drafts emit one token a request and
+would hold it under SD where its proxy trusts whole drafts.
 
 In lossless mode the ``trispec`` kind is never faster than ``sd`` (it runs
 the same target pass plus the proxy), so it is not a candidate there. Every
