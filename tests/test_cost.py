@@ -805,15 +805,17 @@ def test_with_drafts_the_trispec_step_is_rated_by_its_drafted_steps(
     step looks clearly slower than SD (4 tokens in 0.16 s); where drafts exist it is
     tried once on them, then rated by those steps alone: ahead of SD where its proxy
     trusts whole drafts (4 tokens in 0.07 s), behind where it escalates them (one token
-    in 0.2 s: its run stops at its first step, and it is not tried again)."""
+    in 0.2 s: its run stops at its first step, and it is not tried again until another
+    request joins)."""
     model = CostModel(kinds=("trispec", "sd", "plain"), warmup=2, explore_every=1000)
     for kind, secs, tokens in (("plain", 1 / 7, 1), ("sd", 0.16, 4), ("trispec", 0.16, 1)):
         for _ in range(3):  # the first is a switch, not timed
             model.observe(kind, 1, secs, tokens, drafted=kind == "sd")
-    assert model.choose(1, allowed=kinds_for(model.kinds, drafted=False)) == "plain"
+    undrafted = kinds_for(model.kinds, drafted=False)
+    assert model.choose(1, allowed=undrafted, req_ids=["a"]) == "plain"
     picks = []
     for _ in range(12):
-        kind = model.choose(1)
+        kind = model.choose(1, req_ids=["a"])
         secs, tokens = {
             "trispec": (drafted_secs, drafted_tokens),
             "sd": (0.16, 4),
@@ -827,3 +829,5 @@ def test_with_drafts_the_trispec_step_is_rated_by_its_drafted_steps(
     assert picks[tried:] == [then] * (12 - tried), picks
     rate = drafted_tokens / drafted_secs
     assert model.rates()["trispec_drafted"][1] == pytest.approx(rate, abs=0.01)
+    # At batch 1 a request joining is a new workload: tried on its drafted steps again
+    assert model.choose(1, req_ids=["b"]) == "trispec"

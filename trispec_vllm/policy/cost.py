@@ -257,6 +257,10 @@ class CostModel:
     stats: dict[tuple[int, str], KindStats] = field(default_factory=dict)
     # class -> the TriSpec step's means over its steps with drafts only (`_rated`)
     drafted: dict[int, KindStats] = field(default_factory=dict)
+    # classes whose TriSpec step is tried on drafted steps again (`_unrated`): at batch 1
+    # a request joining is a new workload, and how often its proxy trusts whole drafts
+    # is its own (on the real pair, code prompts 4 tokens a step, chat prompts about 1)
+    retry: set[int] = field(default_factory=set)
     chosen: dict[str, int] = field(default_factory=dict)  # counts, for the metrics
     objectives: dict[str, int] = field(default_factory=dict)  # decisions per objective
     # class -> (kind, steps left, its samples when the run began)
@@ -459,6 +463,9 @@ class CostModel:
         joined = self._joined(req_ids)
         if joined:
             self.bare.clear()  # a request joined: its drafts are not known
+            if req_ids and cls == 1 and cls in self.drafted:
+                self.retry.add(cls)
+                self.drafted[cls].stale()
         self.batch_peak = self._peak(cls, joined)
         self.batch_ids = frozenset(req_ids or ())
         tail = self._tail(cls, self.batch_peak, horizon)
@@ -702,8 +709,11 @@ class CostModel:
 
     def _unrated(self, cls: int, kind: str, options: Sequence[str]) -> bool:
         """The TriSpec step in a decision with drafts, never run on drafted steps of
-        the class: one warm-up run for it (`_run` marks it tried)."""
-        return kind == DEFERS and self._drafted_decision(options) and cls not in self.drafted
+        the class, or not since a request joined at batch 1 (`retry`): one warm-up run
+        for it (`_run` marks it tried)."""
+        if kind != DEFERS or not self._drafted_decision(options):
+            return False
+        return cls not in self.drafted or cls in self.retry
 
     def _ranked(self, cls: int, options: list[str], score: dict[str, float]) -> list[str]:
         """Options by rate, plain decoding and the class's current choice favoured by
@@ -852,6 +862,7 @@ class CostModel:
             self.bare.pop(cls, None)  # every request had drafts: the wait starts over
         if kind == DEFERS and self._drafted_decision(options):
             self.drafted.setdefault(cls, KindStats())  # tried on drafted steps (`_unrated`)
+            self.retry.discard(cls)
         at_start = self.stats.get((cls, kind), KindStats()).samples
         self.runs[cls] = (kind, self.run_length - 1, at_start)
         return self._chose(kind)
