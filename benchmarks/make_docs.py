@@ -131,6 +131,13 @@ HEADLINE_BEFORE_ENTRY = "speed_headline_before_entry_charge.json"
 B64_REPEAT = "speed_b64_repeat.json"  # batch 64 again: plain against the default, more rounds
 B1_REPEAT = "speed_b1_repeat.json"  # batch 1 again: vLLM's SD against the default, more rounds
 B8_REPEAT = "speed_b8_repeat.json"  # batch 8 again: every headline configuration, more rounds
+B1_DRAFTED = "speed_b1_drafted_rates.json"  # batch 1, drafted TriSpec steps rated apart
+B8_DRAFTED = "speed_b8_drafted_rates.json"  # batch 8 on the same build
+# ab_builds.sh runs against the build before (188b5cb): (label, folder with summary.json)
+AB_BUILDS = (
+    ("drafted rates only (388dac6)", "ab_builds_b1_drafted"),
+    ("with the retry on a joining request (0ff622a)", "ab_builds_b1_retry"),
+)
 B8_MEMORY = "speed_b8_memory.json"  # batch 8 again: the default with and without cost_memory
 TARGET_SHARE = "speed_target_share.json"  # the target's share of the steps, batch 8 and 32
 SPEED_HOLD = "speed_hold.json"  # lambda 0.5 with and without max_holds, batch 8
@@ -507,6 +514,43 @@ def memory(name: str, batch: int) -> str:
     )
 
 
+def ab_builds() -> str:
+    """ab_builds.sh's summaries: each build against the one before, and both against vLLM's
+    ngram k=3 SD, ratios within rounds (median, min-max, round by round)."""
+
+    def cell(vals: list[float], spec: str = "{:.3f}") -> str:
+        med = statistics.median(vals)
+        return f"{spec.format(med)} ({spec.format(min(vals))}-{spec.format(max(vals))})"
+
+    rows = []
+    for name, folder in AB_BUILDS:
+        s = json.loads((RESULTS / folder / "summary.json").read_text())
+        ratio, tps = s["ratios_within_rounds"], s["tokens_per_s"]
+        rows.append(
+            [
+                name,
+                cell(ratio["new / old default"]),
+                ", ".join(f"{v:.3f}" for v in ratio["new / old default"]),
+                cell(ratio["new default / vLLM"]),
+                cell(ratio["old default / vLLM"]),
+                cell(tps["new default"], "{:.2f}"),
+                cell(tps["old default"], "{:.2f}"),
+                cell(tps["vLLM ngram k=3"], "{:.2f}"),
+            ]
+        )
+    header = [
+        "build",
+        "new / old default",
+        "round by round",
+        "new default / vLLM ngram k=3",
+        "old default / vLLM ngram k=3",
+        "new tok/s",
+        "old tok/s",
+        "vLLM ngram k=3 tok/s",
+    ]
+    return block(md_table(header, rows))
+
+
 def headline_machine(name: str = HEADLINE) -> str:
     d = load(name)
     return (
@@ -810,6 +854,9 @@ BLOCKS: dict[str, Callable[[], str]] = {
     "b1-repeat": lambda: repeat(B1_REPEAT, 1),
     "b8-repeat": lambda: repeat(B8_REPEAT, 8),
     "b8-memory": lambda: memory(B8_MEMORY, 8),
+    "speed-b1-drafted": lambda: speed_table(B1_DRAFTED),
+    "speed-b8-drafted": lambda: speed_table(B8_DRAFTED),
+    "ab-builds-b1": ab_builds,
     "speed-target-share": lambda: speed_table(TARGET_SHARE),
     "speed-hold": lambda: speed_table(SPEED_HOLD),
     "speed-hold-b32": lambda: speed_table(SPEED_HOLD_B32),
