@@ -857,7 +857,7 @@ class CostModel:
                 return True
         return False
 
-    def _run(self, cls: int, kind: str, options: Sequence[str] = ()) -> str:
+    def _run(self, cls: int, kind: str, options: Sequence[str]) -> str:
         if kind in DRAFTED:
             self.bare.pop(cls, None)  # every request had drafts: the wait starts over
         if kind == DEFERS and self._drafted_decision(options):
@@ -899,21 +899,11 @@ class CostModel:
         try:
             for row in snapshot.get("stats", []):
                 cls, kind, seconds, tokens, samples = row
-                row = (int(cls), kind, float(seconds), float(tokens), int(samples))
-                if not (isinstance(kind, str) and row[0] >= 1 and row[2] > 0 and row[4] >= 1):
+                if not isinstance(kind, str):
                     raise ValueError(row)
-                if not (row[3] >= 0 and row[3] / row[2] < float("inf")):
-                    raise ValueError(row)
-                rows.append(row)
-            drafted = []
-            for row in snapshot.get("drafted", []):
-                cls, seconds, tokens, samples = row
-                row = (int(cls), float(seconds), float(tokens), int(samples))
-                if not (row[0] >= 1 and row[1] > 0 and row[3] >= 1 and row[2] >= 0):
-                    raise ValueError(row)
-                if not row[2] / row[1] < float("inf"):
-                    raise ValueError(row)
-                drafted.append(row)
+                cls, seconds, tokens, samples = _kept_means(cls, seconds, tokens, samples)
+                rows.append((cls, kind, seconds, tokens, samples))
+            drafted = [_kept_means(*row) for row in snapshot.get("drafted", [])]
             limit = self.max_backoff * self.explore_every
             interval = {
                 int(c): min(max(int(n), self.explore_every), limit)
@@ -941,6 +931,16 @@ class CostModel:
             if st.samples:
                 out.setdefault(f"{DEFERS}_drafted", {})[cls] = round(st.rate, 2)
         return out
+
+
+def _kept_means(cls, seconds, tokens, samples) -> tuple[int, float, float, int]:
+    """One class's kept means from a snapshot, checked (ValueError where malformed)."""
+    row = (int(cls), float(seconds), float(tokens), int(samples))
+    if not (row[0] >= 1 and row[1] > 0 and row[3] >= 1):
+        raise ValueError(row)
+    if not (row[2] >= 0 and row[2] / row[1] < float("inf")):
+        raise ValueError(row)
+    return row
 
 
 def drafts_needed(
