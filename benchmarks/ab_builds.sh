@@ -8,7 +8,7 @@
 #
 # vLLM's ngram k=3 SD runs once per round (from OLD_TREE; it does not load the
 # plugin's step code); the default section over ngram k=3 runs from both trees.
-# Writes OUT_DIR/r<round>-<build>-<config>.json (bench_speed's output) and
+# Writes OUT_DIR/r<round>-<build>-<vllm|default>.json (bench_speed's output) and
 # OUT_DIR/summary.json, and prints tok/s per round and the ratios within rounds.
 # Never run it beside the test suite or another benchmark.
 set -euo pipefail
@@ -23,24 +23,23 @@ mkdir -p "$OUT/costs-old" "$OUT/costs-new"
 VLLM="vLLM ngram k=3"
 DEFAULT="TriSpec default (ngram k=3)"
 
-run() { # tree build label round
-  local tag
-  tag=r$4-$2-$(echo "$3" | tr -dc 'a-z0-9')
+run() { # tree build label tag round
+  local tag=r$5-$2-$4
   TRISPEC_COST_DIR=$OUT/costs-$2 PYTHONPATH=$1 "$PY" "$1/benchmarks/bench_speed.py" --eager \
     --rounds 1 --batches "$BATCH" --max-tokens 128 --only "$3" --out "$OUT/$tag.json" \
     >"$OUT/$tag.log" 2>&1
-  echo "round $4 $2: $(grep -a "batch" "$OUT/$tag.log" | grep -a "tok/s" | tail -1)"
+  echo "round $5 $2: $(grep -a "batch" "$OUT/$tag.log" | grep -a "tok/s" | tail -1)"
 }
 
 for ((r = 1; r <= ROUNDS; r++)); do
   if ((r % 2)); then
-    run "$OLD" old "$VLLM" "$r"
-    run "$OLD" old "$DEFAULT" "$r"
-    run "$NEW" new "$DEFAULT" "$r"
+    run "$OLD" old "$VLLM" vllm "$r"
+    run "$OLD" old "$DEFAULT" default "$r"
+    run "$NEW" new "$DEFAULT" default "$r"
   else
-    run "$NEW" new "$DEFAULT" "$r"
-    run "$OLD" old "$DEFAULT" "$r"
-    run "$OLD" old "$VLLM" "$r"
+    run "$NEW" new "$DEFAULT" default "$r"
+    run "$OLD" old "$DEFAULT" default "$r"
+    run "$OLD" old "$VLLM" vllm "$r"
   fi
 done
 
@@ -49,8 +48,7 @@ import json, statistics, sys
 from pathlib import Path
 
 out, rounds = Path(sys.argv[1]), int(sys.argv[2])
-names = {"old-vngramk3": "vLLM ngram k=3", "old-ripecdefaultngramk3": "old default",
-         "new-ripecdefaultngramk3": "new default"}
+names = {"old-vllm": "vLLM ngram k=3", "old-default": "old default", "new-default": "new default"}
 tps = {label: [] for label in names.values()}
 for r in range(1, rounds + 1):
     for tag, label in names.items():
