@@ -43,7 +43,7 @@ from trispec_vllm.engine.forward import (
     step_token_map,
 )
 from trispec_vllm.engine.stats import attach_step_stats
-from trispec_vllm.engine.step_state import PreparedStep, StepState
+from trispec_vllm.engine.step_state import PreparedStep, StepState, TimedStep
 from trispec_vllm.engine.upload import upload
 from trispec_vllm.engine.waiting import WAITING_ATTR
 from trispec_vllm.policy.batch import StepPlan, decoding_rows
@@ -117,7 +117,7 @@ class TriSpecRunnerMixin:
         # The prefix cache's block ledger (engine/prefix_cache.py); False: not made yet.
         self.trispec_blocks: GroupLedgers | None | bool = False
         # (kind, requests, start, whether the step had drafts)
-        self.trispec_measure: tuple[str, int, float, bool] | None = None
+        self.trispec_measure: TimedStep | None = None
         # Drafts of the requests held with nothing to emit (max_holds), proposed
         # again: their context has not moved, and the ngram drafter skips a request
         # that sampled nothing.
@@ -216,7 +216,7 @@ class TriSpecRunnerMixin:
         self.trispec_measure = None
         if self._plain_step(scheduler_output, req_ids, num_sched):
             if self.trispec_cost is not None and self._decoding(req_ids, num_sched).all():
-                self.trispec_measure = ("plain", len(req_ids), t_start, False)
+                self.trispec_measure = TimedStep("plain", len(req_ids), t_start, False)
             return self._vllm_step(
                 scheduler_output, intermediate_tensors, deferred, req_ids, num_sched, t_start
             )
@@ -239,7 +239,7 @@ class TriSpecRunnerMixin:
                 drafted = bool(prep.batch.num_drafts.any())
                 plain = kind == "sd" and not drafted
                 kind_run = "plain" if plain else chosen
-                self.trispec_measure = (kind_run, len(req_ids), t_start, drafted)
+                self.trispec_measure = TimedStep(kind_run, len(req_ids), t_start, drafted)
             prep.kind = kind
         t_prepared = time.perf_counter()
         proxy_logits, own_known = self._run_proxy(prep)
@@ -660,10 +660,12 @@ class TriSpecRunnerMixin:
             step.emitted_tokens = emitted
             self.trispec.stats.emitted_tokens += emitted
             if self.trispec_measure is not None:
-                kind, num_reqs, t_start, drafted = self.trispec_measure
-                self.trispec_measure = None
-                secs = time.perf_counter() - t_start - self.trispec_draft_secs + drafted_for
-                self.trispec_cost.observe(kind, num_reqs, secs, emitted, emitted_by, drafted)
+                timed, self.trispec_measure = self.trispec_measure, None
+                kind = timed.kind
+                secs = time.perf_counter() - timed.t_start - self.trispec_draft_secs + drafted_for
+                self.trispec_cost.observe(
+                    kind, timed.num_reqs, secs, emitted, emitted_by, timed.drafted
+                )
                 if self.trispec_cost_memory is not None:
                     self.trispec_cost_memory.measured()
                 name = f"{kind}_kind_steps"

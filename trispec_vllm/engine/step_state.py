@@ -34,6 +34,16 @@ class StepState:
         self.batch = self.stats = self.override = self.no_bonus = None
 
 
+@dataclass(frozen=True)
+class TimedStep:
+    """A decoding step the cost-aware step will book once its tokens are sampled."""
+
+    kind: str  # the kind that ran: "plain", "sd", "trispec" or "draft"
+    num_reqs: int  # the batch-size class it is booked under
+    t_start: float  # perf_counter() when execute_model began
+    drafted: bool  # the drafter had drafts for it (TriSpec's drafted rate)
+
+
 @dataclass
 class PreparedStep:
     """vLLM's prepared inputs of one step, and the policy's view of its batch."""
