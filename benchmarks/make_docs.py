@@ -19,8 +19,10 @@ Standard library only. The full per-run tables are the benchmarks' own table cod
 Results files (one per experiment, under benchmarks/results/):
 
 - speed_headline.json the README's headline: default section vs plain and vLLM's SD,
-                      batch 1 / 8 / 32 / 64, 128 tokens, 4 interleaved rounds, eager,
+                      batch 1 / 8 / 32 / 64, 128 tokens, 3 interleaved rounds, eager,
                       tcmalloc and Intel OpenMP preloaded
+- speed_headline_before_drafted.json the headline before drafted TriSpec steps were
+                      rated apart and retried on a joining request
 - speed_headline_before_bar.json the headline before the bar on requests without drafts
                       and the waiting-for-a-slot rule
 - speed_headline_before_sampler.json the headline before steps without drafts used
@@ -113,6 +115,7 @@ SPEED_AVX2 = "speed_avx2.json"
 SPEED_AVX2_DEFAULT = "speed_avx2_default.json"
 SPEED_AVX512 = "speed_avx512.json"  # every configuration, 3 rounds, before the cost fixes
 HEADLINE = "speed_headline.json"  # the README's headline run
+HEADLINE_BEFORE_DRAFTED = "speed_headline_before_drafted.json"  # before the drafted rates
 HEADLINE_BEFORE_BAR = "speed_headline_before_bar.json"  # the one before the bar
 HEADLINE_NO_TCMALLOC = "speed_headline_no_tcmalloc.json"  # the one before, no tcmalloc
 HEADLINE_BEFORE_SAMPLER = "speed_headline_before_sampler.json"  # before the plain sampler
@@ -834,6 +837,7 @@ BLOCKS: dict[str, Callable[[], str]] = {
     "speed-headline-machine": headline_machine,
     "speed-avx512": lambda: speed_table(SPEED_AVX512),
     "speed-headline-full": lambda: speed_table(HEADLINE),
+    "speed-headline-before-drafted-full": lambda: speed_table(HEADLINE_BEFORE_DRAFTED),
     "speed-headline-no-tcmalloc-full": lambda: speed_table(HEADLINE_NO_TCMALLOC),
     "speed-headline-before-sampler-full": lambda: speed_table(HEADLINE_BEFORE_SAMPLER),
     "speed-headline-before-bar-full": lambda: speed_table(HEADLINE_BEFORE_BAR),
