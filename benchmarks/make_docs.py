@@ -73,6 +73,7 @@ Results files (one per experiment, under benchmarks/results/):
 - quality.json        greedy HumanEval pass@1 and MT-Bench agreement, 40 problems
 - quality_t07.json    HumanEval pass@1 at temperature 0.7, 40 problems x 3 seeds
 - quality_default.json the default section's own quality (target-alone rows reused)
+- quality_default_b1.json the same at batch 1 (target-alone rows of the batch-8 run reused)
 - quality_holds.json  lambda 0.5 with max_holds=2 (target-alone rows reused)
 - cost_model.json     cost_model.py: predicted against measured speed, GPU projection
 - pass_costs_cpu.json forward passes timed on the speed run's CPU (transformers)
@@ -154,6 +155,7 @@ B64_TCMALLOC = "speed_b64_tcmalloc.json"  # batch 64, tcmalloc preloaded
 HEADLINE_THROUGHPUT = "speed_headline_throughput.json"
 COST_MODEL = "cost_model.json"
 QUALITY_DEFAULT = "quality_default.json"  # the default section's own quality
+QUALITY_DEFAULT_B1 = "quality_default_b1.json"  # the same at batch 1 (target rows reused)
 QUALITY_HOLDS = "quality_holds.json"  # lambda 0.5 with max_holds (target-alone rows reused)
 GPU_PASSES = "gpu_passes_h200.json"  # gpu_passes.py's raw table
 KERNELS_GPU = "kernels_h200.json"
@@ -574,25 +576,27 @@ def quality_clause() -> str:
     )
 
 
-def default_quality_clause() -> str:
+def default_quality_clause(
+    name: str = QUALITY_DEFAULT, subject: str = "the default section itself"
+) -> str:
     """README: the default section's own quality cost, with its step kinds there."""
-    rs = quality_results(QUALITY_DEFAULT)
+    rs = quality_results(name)
     d = rs["default"]
     n = len(d["humaneval"])
     ag = d.get("mtbench_agreement") or {}
     m = d.get("metrics", {})
     kinds = {k: m.get(f"worker:{k}_kind_steps", 0) for k in ("trispec", "sd", "plain")}
     share = {k: f"{v / (sum(kinds.values()) or 1):.0%}" for k, v in kinds.items()}
-    batch = load(QUALITY_DEFAULT)["settings"]["batch"]
-    _, ci = paired(QUALITY_DEFAULT, "default")
+    batch = load(name)["settings"]["batch"]
+    _, ci = paired(name, "default")
     same = [x["passed"] for x in d["humaneval"]] == [x["passed"] for x in rs["target"]["humaneval"]]
     delta = (
-        f"{delta_cell(QUALITY_DEFAULT, 'default')} points, paired 95% interval"
+        f"{delta_cell(name, 'default')} points, paired 95% interval"
         if ci or not same
         else "the same problems passed"
     )
     return (
-        f"the default section itself, at batch {batch}, scored HumanEval pass@1 "
+        f"{subject}, at batch {batch}, scored HumanEval pass@1 "
         f"{d['pass_at_1']:.1%} against the target alone's {rs['target']['pass_at_1']:.1%} "
         f"({delta}; greedy, {n} problems), and {ag.get('identical', 0)} of {ag.get('total', 0)} "
         "MT-Bench answers were "
@@ -833,6 +837,7 @@ BLOCKS: dict[str, Callable[[], str]] = {
     "sampled-cost": sampled_cost,
     "quality-clause": quality_clause,
     "default-quality": default_quality_clause,
+    "default-quality-b1": lambda: default_quality_clause(QUALITY_DEFAULT_B1, "the same section"),
     "speed-headline": headline_rounds,
     "speed-headline-machine": headline_machine,
     "speed-avx512": lambda: speed_table(SPEED_AVX512),
