@@ -41,6 +41,8 @@ Results files (one per experiment, under benchmarks/results/):
 - step_times_b8.json  step_times.py: plain decoding and the default step by step at
                       batch 1 and 8, 4 interleaved rounds
 - step_times_b8_after_bar.json the same, 2 rounds, straight after the headline run
+- first_steps_b8.json first_steps.py: how a fresh engine's first steps split a batch of 8
+                      (plain decoding and the default, 2 rounds; linked from the docs)
 - step_times_b8_before_sampler.json the same, 2 rounds, on the build before steps
                       without drafts used vLLM's plain sampler
 - speed_headline_before_entry_charge.json the headline before the proxy's catch-up at
