@@ -328,9 +328,8 @@ def sampling_params(n: int, max_tokens: int, temperature: float, seed: int):
     ]
 
 
-def run_config(
-    cfg: Config, target: str, prompts, batches, max_tokens, eager, temperature=0.0, seed=0
-) -> list[Row]:
+def start_engine(cfg: Config, target: str, eager: bool):
+    """`cfg`'s engine over `target`, warmed up on a prompt outside the measured set."""
     from vllm import LLM, SamplingParams
 
     kwargs = {}
@@ -353,11 +352,18 @@ def run_config(
         enforce_eager=eager,
         **kwargs,
     )
-    params = sampling_params(len(prompts), max_tokens, temperature, seed)
     # Warm-up on a prompt outside the measured set: warming on a measured one let
     # engines with prefix caching reuse its first block, which made time to first
     # token a prefix-cache measurement.
     llm.chat([WARMUP_CHAT], SamplingParams(temperature=0, max_tokens=8), use_tqdm=False)
+    return llm
+
+
+def run_config(
+    cfg: Config, target: str, prompts, batches, max_tokens, eager, temperature=0.0, seed=0
+) -> list[Row]:
+    llm = start_engine(cfg, target, eager)
+    params = sampling_params(len(prompts), max_tokens, temperature, seed)
     rows = []
     for b, n in batches:
         before = snapshot(llm, cfg.trispec is not None)

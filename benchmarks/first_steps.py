@@ -66,16 +66,9 @@ def group_record(outs, secs: float) -> dict:
 
 def run_engine(label: str, target: str, cfg, prompts) -> list[dict]:
     import bench_speed as bs
-    from vllm import LLM, SamplingParams
 
-    kwargs = {}
-    if cfg.spec:
-        kwargs["speculative_config"] = cfg.spec
-    if cfg.trispec:
-        kwargs["additional_config"] = {"trispec": dict(cfg.trispec)}
-    llm = LLM(model=target, **bs.ENGINE_ARGS, disable_log_stats=False, enforce_eager=True, **kwargs)
+    llm = bs.start_engine(cfg, target, eager=True)
     params = bs.sampling_params(GROUP, MAX_TOKENS, 0.0, 0)
-    llm.chat([bs.WARMUP_CHAT], SamplingParams(temperature=0, max_tokens=8), use_tqdm=False)
     for i in range(2):  # bench_speed's batch 1
         llm.chat(prompts[i : i + 1], params[:1], use_tqdm=False)
     groups = []
