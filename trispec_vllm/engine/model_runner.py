@@ -116,7 +116,7 @@ class TriSpecRunnerMixin:
         self.trispec_drafted_for = 0.0
         # The prefix cache's block ledger (engine/prefix_cache.py); False: not made yet.
         self.trispec_blocks: GroupLedgers | None | bool = False
-        # (kind, requests, start, whether the step had drafts)
+        # The decoding step to book on the cost-aware step once sampled.
         self.trispec_measure: TimedStep | None = None
         # Drafts of the requests held with nothing to emit (max_holds), proposed
         # again: their context has not moved, and the ngram drafter skips a request
