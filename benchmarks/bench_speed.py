@@ -95,6 +95,13 @@ def configurations(
         Config("vLLM ngram k=8", ngram(8), builtin_sd=True),
         Config("vLLM draft_model k=3", draft(3), builtin_sd=True),
         Config("vLLM draft_model k=5", draft(5), builtin_sd=True),
+        # A control: vLLM's ngram SD whose drafter needs a 32-token match, so (nearly) every
+        # step is vLLM's plain step in an engine with a speculative config.
+        Config(
+            "vLLM ngram no-match",
+            {**ngram(3), "prompt_lookup_max": 32, "prompt_lookup_min": 32},
+            builtin_sd=True,
+        ),
         *(
             Config(f"TriSpec ngram lambda={lam}", ngram(3), tri(lam), lam=lam)
             for lam in (0.2, 0.3, 0.4, 0.5, 0.6, 0.7)
