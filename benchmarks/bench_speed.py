@@ -95,8 +95,9 @@ def configurations(
         Config("vLLM ngram k=8", ngram(8), builtin_sd=True),
         Config("vLLM draft_model k=3", draft(3), builtin_sd=True),
         Config("vLLM draft_model k=5", draft(5), builtin_sd=True),
-        # A control: vLLM's ngram SD whose drafter needs a 32-token match, so (nearly) every
-        # step is vLLM's plain step in an engine with a speculative config.
+        # A control: vLLM's ngram SD whose drafter needs a 32-token match, so most steps are
+        # vLLM's plain step in an engine with a speculative config (answers that repeat 32
+        # tokens of their prompt still get drafts).
         Config(
             "vLLM ngram no-match",
             {**ngram(3), "prompt_lookup_max": 32, "prompt_lookup_min": 32},
