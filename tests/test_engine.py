@@ -369,15 +369,30 @@ def test_cost_aware_lossless_runs_no_proxy_and_equals_plain_greedy(tiny_pair, re
     plain steps are the candidates (a TriSpec step would add the proxy pass to the
     same target work), and switching between them never changes a token. Four slots
     for sixteen requests: requests wait, so kinds rank by throughput and are tried (a
-    batch nothing waits behind tries no SD run in a step where a request has no draft)."""
+    batch nothing waits behind tries no SD run in a step where a request has no draft).
+    Steps that propose no drafts skip vLLM's draft call to the worker (patch 13)."""
     cfg = {"proxy_model": tiny_pair.proxy, "margin_threshold": 1.5, "cost_aware": True}
     llm = make_llm(tiny_pair, NGRAM, cfg, max_num_seqs=4)
+    core = llm.llm_engine.engine_core.engine_core  # in this process
+    calls = {"take": 0, "step": 0}
+    take, update = core.model_executor.take_draft_token_ids, core.scheduler.update_from_output
+
+    def counted(name, fn):
+        def call(*args, **kwargs):
+            calls[name] += 1
+            return fn(*args, **kwargs)
+
+        return call
+
+    core.model_executor.take_draft_token_ids = counted("take", take)
+    core.scheduler.update_from_output = counted("step", update)
     got = token_ids(llm.generate(prompts(), greedy()))
     c = counters(llm)
     close(llm)
     assert got == reference
     assert c["proxy_steps"] == 0 and c["trispec_kind_steps"] == 0
     assert c["sd_kind_steps"] > 0 and c["plain_kind_steps"] > 0, c
+    assert 0 < calls["take"] <= calls["step"] - c["plain_kind_steps"], (calls, c)
 
 
 def test_cost_aware_ranks_a_batch_nothing_waits_behind_by_its_slowest_request(tiny_pair, reference):

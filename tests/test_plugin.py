@@ -207,3 +207,51 @@ def test_v1_runner_is_chosen_engine_wide_with_a_trispec_section(tiny_pair, monke
     monkeypatch.setenv("VLLM_USE_V2_MODEL_RUNNER", "1")
     with pytest.raises(ValueError, match="V1 model runner"):
         engine_config(tiny_pair.target, section)
+
+
+class _Executor:
+    def __init__(self) -> None:
+        self.takes = 0
+
+    def take_draft_token_ids(self):
+        self.takes += 1
+
+
+def test_no_drafts_no_draft_call():
+    """Patch 13: after an output marked as proposing no drafts the engine core skips
+    `take_draft_token_ids`; unmarked outputs (stock engines) and drafts take them."""
+    from types import SimpleNamespace
+
+    from vllm.v1.core.sched.scheduler import Scheduler
+    from vllm.v1.engine.core import EngineCore
+    from vllm.v1.outputs import EMPTY_MODEL_RUNNER_OUTPUT
+
+    from trispec_vllm.engine import draft_call
+
+    draft_call.patch_draft_call()
+    draft_call.patch_draft_call()  # idempotent: wrapped once
+    assert getattr(Scheduler.update_from_output, draft_call.HOOK_MARK)
+    assert not getattr(Scheduler.update_from_output.__wrapped__, draft_call.HOOK_MARK, False)
+
+    empty, drafted = SimpleNamespace(), SimpleNamespace()
+    draft_call.mark_no_drafts(empty, [[], []])
+    draft_call.mark_no_drafts(drafted, [[], [7, 8]])
+    draft_call.mark_no_drafts(EMPTY_MODEL_RUNNER_OUTPUT, [[]])  # shared: never marked
+    assert getattr(empty, draft_call.NO_DRAFTS_ATTR)
+    assert not hasattr(drafted, draft_call.NO_DRAFTS_ATTR)
+    assert not hasattr(EMPTY_MODEL_RUNNER_OUTPUT, draft_call.NO_DRAFTS_ATTR)
+    assert not draft_call.no_drafts(None) and draft_call.no_drafts([])
+
+    core = object.__new__(EngineCore)
+    core.scheduler = SimpleNamespace()
+    core.model_executor = _Executor()
+    core.check_for_draft_tokens, core.async_scheduling = True, False
+    for output, executed, takes in (
+        (SimpleNamespace(), True, 1),  # stock output: taken
+        (empty, True, 1),  # marked: skipped
+        (empty, False, 1),  # nothing ran: nothing to take either way
+        (drafted, True, 2),
+    ):
+        draft_call.note_output(core.scheduler, output)
+        EngineCore.post_step(core, model_executed=executed)
+        assert core.model_executor.takes == takes, (output, executed)

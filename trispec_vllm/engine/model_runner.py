@@ -26,6 +26,7 @@ from trispec_vllm.config import parse_trispec_config
 from trispec_vllm.engine import (
     cost_memory,
     cpu_workarounds,
+    draft_call,
     fused_drafter,
     kernel_warmup,
     learned_drafter,
@@ -639,6 +640,7 @@ class TriSpecRunnerMixin:
         t0 = time.perf_counter()
         self.trispec_draft_secs = 0.0
         out = super().sample_tokens(grammar_output)
+        draft_call.mark_no_drafts(out, self._draft_token_ids)
         drafted_for, self.trispec_drafted_for = self.trispec_drafted_for, self.trispec_draft_secs
         state = self.trispec_state
         step = state.stats

@@ -41,6 +41,10 @@ Process-wide, applied here, acting on engines with a `trispec` section only:
  12. `Scheduler.update_from_output` is wrapped (`held`, engines with `max_holds`
      only): a request whose step emitted no token (held by `max_holds`) has the
      step's scheduled tokens rolled back, which vLLM does only for steps that emit one.
+ 13. `Scheduler.update_from_output` and `EngineCore.post_step` are wrapped
+     (`draft_call`): after a step whose runner output is marked as proposing no
+     drafts (a plain step chosen by the cost-aware step), the engine core skips
+     its `take_draft_token_ids` call to the worker.
 """
 
 from __future__ import annotations
@@ -49,8 +53,15 @@ from trispec_vllm import envs
 
 
 def apply_trispec_patches() -> None:
-    """Apply patches 1-5, 11 and 12 (idempotent; cheap when vLLM is already imported)."""
-    from trispec_vllm.engine import config_hook, cpu_workarounds, held, stats, waiting
+    """Apply patches 1-5 and 11-13 (idempotent; cheap when vLLM is already imported)."""
+    from trispec_vllm.engine import (
+        config_hook,
+        cpu_workarounds,
+        draft_call,
+        held,
+        stats,
+        waiting,
+    )
 
     config_hook.patch_platform_config_hook()
     config_hook.patch_v2_runner_choice()
@@ -58,6 +69,7 @@ def apply_trispec_patches() -> None:
     stats.patch_metrics_reader()
     waiting.patch_scheduler_waiting()
     held.patch_scheduler_rollback()
+    draft_call.patch_draft_call()
     if envs.flag("TRISPEC_CPU_SAMPLING_FIX"):
         from vllm.platforms import current_platform
 
