@@ -41,6 +41,8 @@ Results files (one per experiment, under benchmarks/results/):
 - step_times_b8.json  step_times.py: plain decoding and the default step by step at
                       batch 1 and 8, 4 interleaved rounds
 - step_times_b8_after_bar.json the same, 2 rounds, straight after the headline run
+- step_times_b8_amd_worker.json the same with the engines' worker processes timed (as
+                      users run them), 3 rounds, AMD EPYC
 - first_steps_b8.json first_steps.py: how a fresh engine's first steps split a batch of 8
                       (plain decoding and the default, 2 rounds; linked from the docs)
 - step_times_b8_before_sampler.json the same, 2 rounds, on the build before steps
@@ -130,6 +132,7 @@ DRAFTING_TCMALLOC = "speed_drafting_tcmalloc.json"  # proxy_drafting again, with
 STEP_TIMES = "step_times_b8.json"  # step_times.py: where a batch's time goes
 STEP_TIMES_BEFORE = "step_times_b8_before_sampler.json"  # the same before the plain sampler
 STEP_TIMES_AFTER_BAR = "step_times_b8_after_bar.json"  # the same after the headline run, 2 rounds
+STEP_TIMES_WORKER = "step_times_b8_amd_worker.json"  # the same in the worker process (AMD)
 HEADLINE_BEFORE_PREFILL = "speed_headline_before_prefill.json"  # before the prefill rule
 # before the batch >= 8 warm-up rule and the drafter skip
 HEADLINE_BEFORE_WARMUP = "speed_headline_before_warmup.json"
@@ -857,6 +860,7 @@ BLOCKS: dict[str, Callable[[], str]] = {
     "step-times": lambda: step_times(STEP_TIMES),
     "step-times-before": lambda: step_times(STEP_TIMES_BEFORE),
     "step-times-after-bar": lambda: step_times(STEP_TIMES_AFTER_BAR),
+    "step-times-worker": lambda: step_times(STEP_TIMES_WORKER),
     "speed-headline-no-tcmalloc-machine": lambda: headline_machine(HEADLINE_NO_TCMALLOC),
     "speed-headline-before-prefill": lambda: speed_table(HEADLINE_BEFORE_PREFILL),
     "speed-headline-before-warmup": lambda: speed_table(HEADLINE_BEFORE_WARMUP),
