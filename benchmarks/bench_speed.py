@@ -51,6 +51,7 @@ class Config:
     trispec: dict | None = None
     builtin_sd: bool = False
     lam: float | None = None
+    control: bool = False  # a control for the machine's noise: runs only when named (--only)
 
 
 # What every benchmark's engine is given, whatever it measures.
@@ -90,6 +91,9 @@ def configurations(
 
     cfgs = [
         Config("no speculation"),
+        # A control: a second engine of the baseline's, so a run shows the spread between
+        # two identical engines next to the spread between the ones compared.
+        Config("no speculation (A/A control)", control=True),
         Config("vLLM ngram k=3", ngram(3), builtin_sd=True),
         Config("vLLM ngram k=5", ngram(5), builtin_sd=True),
         Config("vLLM ngram k=8", ngram(8), builtin_sd=True),
@@ -102,6 +106,7 @@ def configurations(
             "vLLM ngram no-match",
             {**ngram(3), "prompt_lookup_max": 32, "prompt_lookup_min": 32},
             builtin_sd=True,
+            control=True,
         ),
         *(
             Config(f"TriSpec ngram lambda={lam}", ngram(3), tri(lam), lam=lam)
@@ -262,10 +267,25 @@ def chat_prompts(n: int) -> list[list[dict]]:
     return mixed[:n]
 
 
+def steal_seconds() -> float | None:
+    """CPU time the hypervisor gave to others while this virtual machine's cores
+    wanted it ("steal", /proc/stat), summed over cores; None where there is none."""
+    try:
+        with open("/proc/stat") as f:
+            fields = f.readline().split()
+        return int(fields[8]) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return None
+
+
 def snapshot(llm, trispec: bool | None = None) -> dict[str, float]:
-    """vLLM's metrics, and the worker's TriSpec counters when the engine has a
-    `trispec` section (None: guess from the registry, as single-engine runs may)."""
+    """vLLM's metrics, the machine's steal time so far, and the worker's TriSpec
+    counters when the engine has a `trispec` section (None: guess from the registry,
+    as single-engine runs may)."""
     out: dict[str, float] = {}
+    steal = steal_seconds()
+    if steal is not None:
+        out[STEAL] = steal
     for m in llm.get_metrics():
         if m.name == "vllm:iteration_tokens_total":
             out["engine_steps"] = out.get("engine_steps", 0) + m.count
@@ -299,6 +319,7 @@ RATE = "worker:rate:"  # prefix of the cost-aware step's measured tok/s (levels 
 TTFT = "vllm:time_to_first_token_seconds"
 TPOT = "vllm:request_time_per_output_token_seconds"  # per request: decode time / (tokens - 1)
 HISTOGRAMS = (TTFT, TPOT)
+STEAL = "machine:steal_s"  # /proc/stat steal seconds, summed over cores
 
 
 def metrics_delta(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
@@ -384,7 +405,8 @@ def run_config(
         after = snapshot(llm, cfg.trispec is not None)
         delta = metrics_delta(before, after)
         rows.append(Row(cfg.label, b, tokens, seconds, delta))
-        print(f"  {cfg.label:<32} batch {b:>2}: {tokens / seconds:6.2f} tok/s", flush=True)
+        steal = f", steal {delta[STEAL] / seconds:.2f} cores" if STEAL in delta else ""
+        print(f"  {cfg.label:<32} batch {b:>2}: {tokens / seconds:6.2f} tok/s{steal}", flush=True)
     llm.llm_engine.engine_core.shutdown()
     del llm
     gc.collect()
@@ -399,6 +421,8 @@ def hist_mean(m: dict, name: str) -> float | None:
 def derived(row: Row, cfg: Config) -> dict:
     m = row.m
     out = {"tokens_per_s": row.tps, "ttft_s": hist_mean(m, TTFT), "tpot_s": hist_mean(m, TPOT)}
+    if STEAL in m:  # the share of the machine's cores taken by the hypervisor meanwhile
+        out["steal_share"] = m[STEAL] / (row.seconds * (os.cpu_count() or 1))
     steps = m.get("engine_steps", 0)
     # Without TriSpec every engine step runs the target.
     target_steps = m.get("worker:target_steps", 0) if cfg.trispec else steps
@@ -543,7 +567,7 @@ def with_ratios(rows: list[dict], builtin: set[str]) -> None:
             r["vs_best_sd"] = r["tokens_per_s"] / best if best else None
 
 
-SPREAD_KEYS = ("tokens_per_s", "vs_no_spec", "vs_best_sd", "ttft_s", "tpot_s")
+SPREAD_KEYS = ("tokens_per_s", "vs_no_spec", "vs_best_sd", "ttft_s", "tpot_s", "steal_share")
 
 
 # Counters kept for every round, not only the first: with cost_memory later rounds start
@@ -716,7 +740,7 @@ def main() -> None:
     plan = [(b, {1: 2 if args.quick else 4}.get(b, b * (1 if args.quick else 2))) for b in batches]
     prompts = chat_prompts(max(n for _, n in plan))
     warm = args.warm_head.expanduser()
-    cfgs = configurations(pair.proxy, args.quick, warm, pair.target)
+    cfgs = [c for c in configurations(pair.proxy, args.quick, warm, pair.target) if not c.control]
     if args.only:  # any configuration by label, --quick or not
         cfgs = [
             c for c in configurations(pair.proxy, False, warm, pair.target) if c.label in args.only
