@@ -21,7 +21,10 @@ first token and mean time per output token after the first.
 At temperature > 0 every engine gets TRISPEC_CPU_SAMPLING_FIX=1, so vLLM's own
 speculative decoding samples correctly on CPU as TriSpec's runner does. Also per
 configuration: target steps per output token, mean accepted length, proxy
-acceptance length, escalation rate and Case I share. Writes
+acceptance length, escalation rate, Case I share and the share of the machine's
+cores its hypervisor took meanwhile (steal time, on virtual machines). Controls for
+the machine's noise (a second no-speculation engine, vLLM's SD with a drafter that
+rarely matches) run only when named in `--only`. Writes
 benchmarks/results/speed*.json, a markdown table and plots. Never run it beside
 the test suite or another benchmark.
 """
