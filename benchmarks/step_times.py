@@ -148,7 +148,9 @@ PREFILL_OVER_MEDIAN = 3.0  # a step this many times the median step reads prompt
 
 
 def prefill_and_decode(steps: list[dict]) -> tuple[list[dict], list[dict]]:
-    """A batch's prefill steps (over PREFILL_OVER_MEDIAN x its median step) and the rest."""
+    """A batch's prefill steps (over PREFILL_OVER_MEDIAN x its median step) and its
+    decoding steps; steps that ran no model (nothing scheduled) are neither."""
+    steps = [s for s in steps if s["forward"] > 0]
     cut = PREFILL_OVER_MEDIAN * statistics.median(map(seconds, steps))
     return [s for s in steps if seconds(s) > cut], [s for s in steps if seconds(s) <= cut]
 
