@@ -156,30 +156,23 @@ def prefill_and_decode(steps: list[dict]) -> tuple[list[dict], list[dict]]:
 
 
 def summary(parts: list[dict]) -> list[dict]:
-    """Per engine and batch: medians over rounds of each round's prefill step and of
-    its decoding steps' medians."""
+    """Per engine and batch: medians over rounds of each round's prefill steps' total
+    and of its decoding steps' medians."""
     rows = []
     for engine in ENGINES:
         runs = [p for p in parts if p["engine"] == engine]
         for i, (batch, _) in enumerate(BATCHES):
             row = {"engine": engine, "batch": batch}
+            split = [prefill_and_decode(r["steps"][i]) for r in runs]  # per round
             per_round = {
                 "tok/s": [r["tokens_per_s"][i] for r in runs],
                 "TTFT s": [r["ttft_s"][i] for r in runs],
-                "prefill steps s (total)": [
-                    sum(seconds(s) for s in prefill_and_decode(r["steps"][i])[0]) for r in runs
-                ],
-                "prefill forward s": [
-                    sum(s["forward"] for s in prefill_and_decode(r["steps"][i])[0]) for r in runs
-                ],
+                "prefill steps s (total)": [sum(map(seconds, pre)) for pre, _ in split],
+                "prefill forward s": [sum(s["forward"] for s in pre) for pre, _ in split],
             }
             for name in PARTS:
                 per_round[f"decode {name} ms"] = [
-                    1000
-                    * statistics.median(
-                        s[name] for s in prefill_and_decode(r["steps"][i])[1] if name in s
-                    )
-                    for r in runs
+                    1000 * statistics.median(s[name] for s in dec if name in s) for _, dec in split
                 ]
             for key, values in per_round.items():  # as bench_speed.summarise keeps them
                 row[key] = statistics.median(values)
