@@ -20,7 +20,13 @@ Results files (one per experiment, under benchmarks/results/):
 
 - speed_headline.json the README's headline: default section vs plain and vLLM's SD,
                       batch 1 / 8 / 32 / 64, 128 tokens, 3 interleaved rounds, eager,
-                      tcmalloc and Intel OpenMP preloaded
+                      tcmalloc and Intel OpenMP preloaded, with a second no-speculation
+                      engine as a control (AMD EPYC)
+- speed_b1_amd_parts.json batch 1, 4 requests, 3 rounds, straight after the headline:
+                      vLLM's ngram SD against the default and the TriSpec step in every
+                      step, lossy (lambda 0.5) and lossless (AMD EPYC)
+- speed_headline_before_draft_call.json the headline before a step without drafts
+                      skipped the engine core's draft call (Intel Xeon)
 - speed_headline_before_drafted.json the headline before drafted TriSpec steps were
                       rated apart and retried on a joining request
 - speed_headline_before_bar.json the headline before the bar on requests without drafts
@@ -120,6 +126,9 @@ SPEED_AVX2 = "speed_avx2.json"
 SPEED_AVX2_DEFAULT = "speed_avx2_default.json"
 SPEED_AVX512 = "speed_avx512.json"  # every configuration, 3 rounds, before the cost fixes
 HEADLINE = "speed_headline.json"  # the README's headline run
+# the one before, on the build before the draft call was skipped (Intel Xeon)
+HEADLINE_BEFORE_DRAFT_CALL = "speed_headline_before_draft_call.json"
+B1_PARTS = "speed_b1_amd_parts.json"  # batch 1: the default against its step kinds alone
 HEADLINE_BEFORE_DRAFTED = "speed_headline_before_drafted.json"  # before the drafted rates
 HEADLINE_BEFORE_BAR = "speed_headline_before_bar.json"  # the one before the bar
 HEADLINE_NO_TCMALLOC = "speed_headline_no_tcmalloc.json"  # the one before, no tcmalloc
@@ -847,6 +856,11 @@ BLOCKS: dict[str, Callable[[], str]] = {
     "speed-headline-machine": headline_machine,
     "speed-avx512": lambda: speed_table(SPEED_AVX512),
     "speed-headline-full": lambda: speed_table(HEADLINE),
+    "speed-b1-amd-parts": lambda: speed_table(B1_PARTS),
+    "speed-headline-before-draft-call-full": lambda: speed_table(HEADLINE_BEFORE_DRAFT_CALL),
+    "speed-headline-before-draft-call-machine": lambda: headline_machine(
+        HEADLINE_BEFORE_DRAFT_CALL
+    ),
     "speed-headline-before-drafted-full": lambda: speed_table(HEADLINE_BEFORE_DRAFTED),
     "speed-headline-no-tcmalloc-full": lambda: speed_table(HEADLINE_NO_TCMALLOC),
     "speed-headline-before-sampler-full": lambda: speed_table(HEADLINE_BEFORE_SAMPLER),
