@@ -57,7 +57,7 @@ def test_the_step_after_a_switch_is_not_timed():
     model.observe("sd", 1, 1.0, 9)
     model.observe("trispec", 1, 10.0, 1)
     model.observe("trispec", 1, 1.0, 12)
-    assert model.rates() == {"sd": {1: 9.0}, "trispec": {1: 12.0}, "trispec_undrafted": {1: 12.0}}
+    assert model.rates() == {"sd": {1: 9.0}, "trispec": {1: 12.0}}
 
 
 def test_batch_size_classes_are_measured_apart():
@@ -812,10 +812,6 @@ def test_with_drafts_the_trispec_step_is_rated_by_its_drafted_steps(
         for _ in range(3):  # the first is a switch, not timed
             model.observe(kind, 1, secs, tokens, drafted=kind == "sd")
     undrafted = kinds_for(model.kinds, drafted=False)
-    # A request joining at batch 1 has the TriSpec step tried again on its steps without
-    # drafts (one run), then plain decoding is ahead there.
-    retried = [model.choose(1, allowed=undrafted, req_ids=["a"]) for _ in range(model.run_length)]
-    assert retried == ["trispec"] * model.run_length
     assert model.choose(1, allowed=undrafted, req_ids=["a"]) == "plain"
     picks = []
     for _ in range(12):
@@ -835,43 +831,3 @@ def test_with_drafts_the_trispec_step_is_rated_by_its_drafted_steps(
     assert model.rates()["trispec_drafted"][1] == pytest.approx(rate, abs=0.01)
     # At batch 1 a request joining is a new workload: tried on its drafted steps again
     assert model.choose(1, req_ids=["b"]) == "trispec"
-
-
-def test_without_drafts_the_trispec_step_is_rated_by_its_undrafted_steps():
-    """Where the drafter found nothing, the TriSpec step is rated by its own steps
-    without drafts: there its proxy alone completes the request's next token (one token
-    in 0.05 s, 20 tok/s), while its drafted steps escalate to the target (0.28 s). Rated
-    by the mean over both (about 0.17 s a step, one token: 6 tok/s) it would lose to
-    plain decoding (7 tok/s) on every step without drafts."""
-    model = CostModel(kinds=("trispec", "sd", "plain"), warmup=2, explore_every=1000)
-    for kind, secs, tokens in (("plain", 1 / 7, 1), ("sd", 0.16, 4)):
-        for _ in range(3):  # the first is a switch, not timed
-            model.observe(kind, 1, secs, tokens, drafted=kind == "sd")
-    model.observe("trispec", 1, 0.3, 1)  # the switch
-    for drafted, secs, tokens in [(True, 0.28, 4)] * 3 + [(False, 0.05, 1)] * 3:
-        model.observe("trispec", 1, secs, tokens, drafted=drafted)
-    assert 1 / model.stats[(1, "trispec")].seconds < 7
-    undrafted = kinds_for(model.kinds, drafted=False)
-    assert [model.choose(1, allowed=undrafted) for _ in range(3)] == ["trispec"] * 3
-    assert model.choose(1) == "sd"  # with drafts, 4 tokens in 0.28 s lose to 4 in 0.16 s
-    assert model.rates()["trispec_undrafted"][1] == pytest.approx(20.0, rel=0.01)
-    # The split means survive a snapshot.
-    fresh = CostModel(kinds=model.kinds)
-    fresh.restore(model.snapshot())
-    assert fresh.rates() == model.rates()
-
-
-def test_a_request_joining_at_batch_1_compares_kinds_at_face_value():
-    """Kinds not chosen are scaled by how far the chosen kind's step time moved since
-    they were timed (`_drift`); at batch 1 a request joining is a new workload, whose
-    steps differ in length for reasons of its own, so the scaling starts over."""
-    model = CostModel(kinds=("sd", "plain"), warmup=1, explore_every=1000)
-    for kind, secs, tokens in [("plain", 0.1, 1)] * 3 + [("sd", 0.2, 2)] * 3:
-        model.observe(kind, 1, secs, tokens, drafted=kind == "sd")
-    assert model.choose(1, req_ids=["a"]) == "plain"  # level: plain decoding's margin
-    for _ in range(12):  # plain decoding's steps take twice as long now
-        model.observe("plain", 1, 0.2, 1)
-    assert model._drift(1, "sd") > 1.5
-    assert model.choose(1, req_ids=["a"]) == "plain"
-    assert model.choose(1, req_ids=["b"]) == "sd"
-    assert model._drift(1, "sd") == 1.0

@@ -107,13 +107,7 @@ time is booked on the step that verifies the drafts, not on the one whose
 sampling it followed. Conversely, where drafts exist the TriSpec step is rated
 by its own drafted steps (kept apart, `drafted`), and tried once on them in a
 class that has none: its steps without drafts emit one token a request and
-would hold it under SD where its proxy trusts whole drafts. Where none exist it
-is rated by its steps without drafts (`undrafted`): there the proxy alone often
-completes the next token, and a mean over drafted steps, which the target
-verifies more often, held it under plain decoding (on a 2-core CPU, a code
-prompt: 0.05 s steps without drafts, rated as if they took 0.15 s). At batch 1
-a request joining is a new workload: the TriSpec step is tried on both kinds of
-step again, and kinds are compared at face value until re-timed (`_new_workload`).
+would hold it under SD where its proxy trusts whole drafts.
 
 In lossless mode the ``trispec`` kind is never faster than ``sd`` (it runs
 the same target pass plus the proxy), so it is not a candidate there. Every
@@ -136,9 +130,6 @@ ENTERS = ("trispec", "draft")
 # kind -> the kinds doing less work whose lead at a smaller batch holds it back there
 # (`_lost_below`). Not SD for the draft kind: SD is timed only on steps where the ngram
 # drafter found drafts (its best), the draft kind on any step.
-# The TriSpec step's means kept apart by whether the drafter had drafts (`_rated`),
-# by their names in a snapshot.
-SPLITS = (("drafted", True), ("undrafted", False))
 LESS_WORK = {"sd": ("plain",), "draft": ("plain",), "trispec": ("plain", "sd")}
 
 
@@ -266,13 +257,10 @@ class CostModel:
     stats: dict[tuple[int, str], KindStats] = field(default_factory=dict)
     # class -> the TriSpec step's means over its steps with drafts only (`_rated`)
     drafted: dict[int, KindStats] = field(default_factory=dict)
-    # class -> its means over its steps without drafts (`_rated`)
-    undrafted: dict[int, KindStats] = field(default_factory=dict)
-    # (class, with drafts) whose TriSpec step is tried on such steps again (`_unrated`):
-    # at batch 1 a request joining is a new workload, and how often its proxy trusts
-    # whole drafts, or its own next token, is its own (on the real pair, code prompts
-    # 4 tokens a drafted step, chat prompts about 1)
-    retry: set[tuple[int, bool]] = field(default_factory=set)
+    # classes whose TriSpec step is tried on drafted steps again (`_unrated`): at batch 1
+    # a request joining is a new workload, and how often its proxy trusts whole drafts
+    # is its own (on the real pair, code prompts 4 tokens a step, chat prompts about 1)
+    retry: set[int] = field(default_factory=set)
     chosen: dict[str, int] = field(default_factory=dict)  # counts, for the metrics
     objectives: dict[str, int] = field(default_factory=dict)  # decisions per objective
     # class -> (kind, steps left, its samples when the run began)
@@ -367,8 +355,8 @@ class CostModel:
         if current not in (kind, DEFERS) and now is not None and now.samples:
             ref = (current, now.seconds)
         st.observe(seconds, tokens, self.weight, ref)
-        if kind == DEFERS:
-            mine = self._split(drafted).setdefault(cls, KindStats())
+        if kind == DEFERS and drafted:
+            mine = self.drafted.setdefault(cls, KindStats())
             if stale and mine.samples:
                 mine.stale()
             mine.observe(seconds, tokens, self.weight, ref)
@@ -447,8 +435,8 @@ class CostModel:
         too (its first drafting pass), booked on the draft kind (`kind`) alike."""
         if excess <= 0:
             return
-        split = (self.drafted.get(cls), self.undrafted.get(cls)) if kind == DEFERS else ()
-        for mine in (self.stats.get((cls, kind)), *split):
+        drafted = self.drafted.get(cls) if kind == DEFERS else None
+        for mine in (self.stats.get((cls, kind)), drafted):
             if mine is not None and mine.samples:
                 mine.seconds += excess / steps
 
@@ -475,8 +463,9 @@ class CostModel:
         joined = self._joined(req_ids)
         if joined:
             self.bare.clear()  # a request joined: its drafts are not known
-            if req_ids and cls == 1:
-                self._new_workload(cls)
+            if req_ids and cls == 1 and cls in self.drafted:
+                self.retry.add(cls)
+                self.drafted[cls].stale()
         self.batch_peak = self._peak(cls, joined)
         self.batch_ids = frozenset(req_ids or ())
         tail = self._tail(cls, self.batch_peak, horizon)
@@ -712,41 +701,19 @@ class CostModel:
         on steps without drafts measured about 10 tok/s against SD's 25 on drafted
         ones, and 35 SD steps of 0.15 s followed where a TriSpec step, its proxy
         trusting the same four tokens, took 0.07 s)."""
-        if kind == DEFERS:
-            mine = self._split(self._drafted_decision(options)).get(cls)
+        if kind == DEFERS and self._drafted_decision(options):
+            mine = self.drafted.get(cls)
             if mine is not None and mine.samples:
                 return mine
         return self.stats.get((cls, kind), KindStats())
-
-    def _new_workload(self, cls: int) -> None:
-        """A request joined at batch 1: a new workload. The TriSpec step is tried again
-        on its steps with drafts and on those without (how often its proxy trusts whole
-        drafts, or its own next token, is the request's own), and no kind's step time
-        is scaled by how far the chosen kind's moved since (`_drift`): that moved with
-        the request (its context, its drafts), not with the machine. (On a 2-core CPU
-        SD's steps took 0.12 s on average over one code prompt and 0.15 s over the
-        next, and scaled by that, the TriSpec step's rate fell from 30 to 11 tok/s in
-        12 steps none of which ran it.)"""
-        for with_drafts in (True, False):
-            if cls in self._split(with_drafts):
-                self.retry.add((cls, with_drafts))
-                self._split(with_drafts)[cls].stale()
-        for (c, _), st in self.stats.items():
-            if c == cls:
-                st.ref_kind, st.ref_seconds = None, 0.0
-
-    def _split(self, with_drafts: bool) -> dict[int, KindStats]:
-        """The TriSpec step's means over its steps with drafts, or over those without."""
-        return self.drafted if with_drafts else self.undrafted
 
     def _unrated(self, cls: int, kind: str, options: Sequence[str]) -> bool:
         """The TriSpec step in a decision with drafts, never run on drafted steps of
         the class, or not since a request joined at batch 1 (`retry`): one warm-up run
         for it (`_run` marks it tried)."""
-        if kind != DEFERS:
+        if kind != DEFERS or not self._drafted_decision(options):
             return False
-        with_drafts = self._drafted_decision(options)
-        return (with_drafts and cls not in self.drafted) or (cls, with_drafts) in self.retry
+        return cls not in self.drafted or cls in self.retry
 
     def _ranked(self, cls: int, options: list[str], score: dict[str, float]) -> list[str]:
         """Options by rate, plain decoding and the class's current choice favoured by
@@ -893,11 +860,9 @@ class CostModel:
     def _run(self, cls: int, kind: str, options: Sequence[str]) -> str:
         if kind in DRAFTED:
             self.bare.pop(cls, None)  # every request had drafts: the wait starts over
-        if kind == DEFERS:
-            with_drafts = self._drafted_decision(options)
-            if with_drafts:
-                self.drafted.setdefault(cls, KindStats())  # tried on drafted steps (`_unrated`)
-            self.retry.discard((cls, with_drafts))
+        if kind == DEFERS and self._drafted_decision(options):
+            self.drafted.setdefault(cls, KindStats())  # tried on drafted steps (`_unrated`)
+            self.retry.discard(cls)
         at_start = self.stats.get((cls, kind), KindStats()).samples
         self.runs[cls] = (kind, self.run_length - 1, at_start)
         return self._chose(kind)
@@ -917,14 +882,11 @@ class CostModel:
                 if st.samples and st.seconds > 0
             ],
             "interval": {str(cls): n for cls, n in sorted(self.interval.items())},
-            **{
-                name: [
-                    [cls, st.seconds, st.tokens, st.samples]
-                    for cls, st in sorted(self._split(with_drafts).items())
-                    if st.samples and st.seconds > 0
-                ]
-                for name, with_drafts in SPLITS
-            },
+            "drafted": [
+                [cls, st.seconds, st.tokens, st.samples]
+                for cls, st in sorted(self.drafted.items())
+                if st.samples and st.seconds > 0
+            ],
         }
 
     def restore(self, snapshot: dict) -> int:
@@ -941,10 +903,7 @@ class CostModel:
                     raise ValueError(row)
                 cls, seconds, tokens, samples = _kept_means(cls, seconds, tokens, samples)
                 rows.append((cls, kind, seconds, tokens, samples))
-            split = {
-                with_drafts: [_kept_means(*row) for row in snapshot.get(name, [])]
-                for name, with_drafts in SPLITS
-            }
+            drafted = [_kept_means(*row) for row in snapshot.get("drafted", [])]
             limit = self.max_backoff * self.explore_every
             interval = {
                 int(c): min(max(int(n), self.explore_every), limit)
@@ -958,9 +917,8 @@ class CostModel:
                 self.stats[(cls, kind)] = KindStats(seconds, tokens, samples)
                 restored += 1
         if DEFERS in self.kinds:
-            for with_drafts, rows in split.items():
-                for cls, seconds, tokens, samples in rows:
-                    self._split(with_drafts)[cls] = KindStats(seconds, tokens, samples)
+            for cls, seconds, tokens, samples in drafted:
+                self.drafted[cls] = KindStats(seconds, tokens, samples)
         self.interval.update(interval)
         return restored
 
@@ -969,10 +927,9 @@ class CostModel:
         out: dict[str, dict[int, float]] = {}
         for (cls, kind), st in sorted(self.stats.items()):
             out.setdefault(kind, {})[cls] = round(st.rate, 2)
-        for name, with_drafts in SPLITS:
-            for cls, st in sorted(self._split(with_drafts).items()):
-                if st.samples:
-                    out.setdefault(f"{DEFERS}_{name}", {})[cls] = round(st.rate, 2)
+        for cls, st in sorted(self.drafted.items()):
+            if st.samples:
+                out.setdefault(f"{DEFERS}_drafted", {})[cls] = round(st.rate, 2)
         return out
 
 
