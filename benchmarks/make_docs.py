@@ -25,6 +25,9 @@ Results files (one per experiment, under benchmarks/results/):
 - speed_b1_amd_parts.json batch 1, 4 requests, 3 rounds, straight after the headline:
                       vLLM's ngram SD against the default and the TriSpec step in every
                       step, lossy (lambda 0.5) and lossless (AMD EPYC)
+- ab_builds_b1_undrafted/ batch 1, 4 requests, 4 rounds: the default on a build that rated
+                      the TriSpec step by its steps without drafts (ec0aa65, reverted)
+                      against the headline's build, and vLLM's ngram k=3 SD (AMD EPYC)
 - speed_headline_before_draft_call.json the headline before a step without drafts
                       skipped the engine core's draft call (Intel Xeon)
 - speed_headline_before_drafted.json the headline before drafted TriSpec steps were
@@ -156,6 +159,8 @@ AB_BUILDS = (
     ("drafted rates only (388dac6)", "ab_builds_b1_drafted"),
     ("with the retry on a joining request (0ff622a)", "ab_builds_b1_retry"),
 )
+# ... and against the headline's build (1f93285): tried, and reverted (defec08)
+AB_UNDRAFTED = (("steps without drafts rated apart (ec0aa65, reverted)", "ab_builds_b1_undrafted"),)
 B8_MEMORY = "speed_b8_memory.json"  # batch 8 again: the default with and without cost_memory
 TARGET_SHARE = "speed_target_share.json"  # the target's share of the steps, batch 8 and 32
 SPEED_HOLD = "speed_hold.json"  # lambda 0.5 with and without max_holds, batch 8
@@ -533,7 +538,7 @@ def memory(name: str, batch: int) -> str:
     )
 
 
-def ab_builds() -> str:
+def ab_builds(builds: tuple[tuple[str, str], ...] = AB_BUILDS) -> str:
     """ab_builds.sh's summaries: each build against the one before, and both against vLLM's
     ngram k=3 SD, ratios within rounds (median, min-max, round by round)."""
 
@@ -542,7 +547,7 @@ def ab_builds() -> str:
         return f"{spec.format(med)} ({spec.format(min(vals))}-{spec.format(max(vals))})"
 
     rows = []
-    for name, folder in AB_BUILDS:
+    for name, folder in builds:
         s = json.loads((RESULTS / folder / "summary.json").read_text())
         ratio, tps = s["ratios_within_rounds"], s["tokens_per_s"]
         rows.append(
@@ -886,6 +891,7 @@ BLOCKS: dict[str, Callable[[], str]] = {
     "speed-b1-drafted": lambda: speed_table(B1_DRAFTED),
     "speed-b8-drafted": lambda: speed_table(B8_DRAFTED),
     "ab-builds-b1": ab_builds,
+    "ab-builds-b1-undrafted": lambda: ab_builds(AB_UNDRAFTED),
     "speed-target-share": lambda: speed_table(TARGET_SHARE),
     "speed-hold": lambda: speed_table(SPEED_HOLD),
     "speed-hold-b32": lambda: speed_table(SPEED_HOLD_B32),
