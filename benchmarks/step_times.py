@@ -69,16 +69,19 @@ def install_timers(worker) -> None:
 
 
 def mark_batch(worker) -> list:
-    """(Run in the worker.) A measured batch starts or ends ("B"); the log so far."""
+    """(Run in the worker.) A measured batch starts or ends ("B"); the log's entries
+    since the previous mark (each crosses the process boundary once)."""
     t = time.perf_counter()
     worker.step_log.append(("B", t, t))
-    return worker.step_log
+    sent = getattr(worker, "step_log_sent", 0)
+    worker.step_log_sent = len(worker.step_log)
+    return worker.step_log[sent:]
 
 
 def record_steps(logs: list) -> None:
     """Put the timers into each engine bench_speed starts and mark its measured
     batches (bench_speed snapshots the metrics before and after each); `logs` gets
-    each engine's log as of its latest mark."""
+    each engine's log up to its latest mark."""
     import bench_speed
 
     start_engine, snapshot = bench_speed.start_engine, bench_speed.snapshot
@@ -90,7 +93,7 @@ def record_steps(logs: list) -> None:
         return llm
 
     def marked(llm, *args, **kwargs):
-        logs[-1] = llm.collective_rpc(mark_batch)[0]
+        logs[-1].extend(llm.collective_rpc(mark_batch)[0])
         return snapshot(llm, *args, **kwargs)
 
     bench_speed.start_engine, bench_speed.snapshot = started, marked
