@@ -118,6 +118,14 @@ def configurations(
         Config("TriSpec ngram lossless", ngram(3), tri(1.5), lam=1.5),
         # The default section: only proxy_model set (lambda 0.5, cost-aware step on).
         Config("TriSpec default (ngram k=3)", ngram(3), {"proxy_model": proxy}),
+        # The default section made lossless: the cost-aware step then picks only among
+        # vLLM's SD step and plain decoding (no proxy pass), so against vLLM's ngram SD it
+        # shows what the plugin's step choice and bookkeeping cost by themselves.
+        Config(
+            "TriSpec default lossless (ngram k=3)",
+            ngram(3),
+            {"proxy_model": proxy, "margin_threshold": 1.5},
+        ),
         # The same section over vLLM's ngram drafter at k=5 (its SD's faster k at batch 1).
         Config("TriSpec default (ngram k=5)", ngram(5), {"proxy_model": proxy}),
         # At k=8: on this CPU a target pass over 8 tokens costs about one over 1, so longer
