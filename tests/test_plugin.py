@@ -226,12 +226,13 @@ def test_no_drafts_no_draft_call():
     from vllm.v1.engine.core import EngineCore
     from vllm.v1.outputs import EMPTY_MODEL_RUNNER_OUTPUT
 
-    from trispec_vllm.engine import draft_call
+    from trispec_vllm.engine import draft_call, scheduler_hooks
 
-    draft_call.patch_draft_call()
-    draft_call.patch_draft_call()  # idempotent: wrapped once
-    assert getattr(Scheduler.update_from_output, draft_call.HOOK_MARK)
-    assert not getattr(Scheduler.update_from_output.__wrapped__, draft_call.HOOK_MARK, False)
+    scheduler_hooks.patch_scheduler()
+    scheduler_hooks.patch_scheduler()  # idempotent: each method wrapped once
+    for method in (Scheduler.schedule, Scheduler.update_from_output, EngineCore.post_step):
+        assert getattr(method, scheduler_hooks.HOOK_MARK)
+        assert not getattr(method.__wrapped__, scheduler_hooks.HOOK_MARK, False)
 
     empty, drafted = SimpleNamespace(), SimpleNamespace()
     draft_call.mark_no_drafts(empty, [[], []])

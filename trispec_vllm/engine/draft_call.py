@@ -11,10 +11,7 @@ call. Outputs without the mark (every stock engine) take the drafts as before.
 
 from __future__ import annotations
 
-import functools
-
 NO_DRAFTS_ATTR = "trispec_no_drafts"  # ModelRunnerOutput / Scheduler attribute
-HOOK_MARK = "_trispec_draft_call_hook"
 
 
 def no_drafts(drafts) -> bool:
@@ -36,30 +33,7 @@ def note_output(scheduler, model_runner_output) -> None:
     setattr(scheduler, NO_DRAFTS_ATTR, getattr(model_runner_output, NO_DRAFTS_ATTR, False))
 
 
-def patch_draft_call() -> None:
-    """Wrap `Scheduler.update_from_output` (keeps the output's mark) and
-    `EngineCore.post_step` (skips the draft request after a marked output)."""
-    from vllm.v1.core.sched.scheduler import Scheduler
-    from vllm.v1.engine.core import EngineCore
-
-    update = Scheduler.update_from_output
-    if getattr(update, HOOK_MARK, False):
-        return
-
-    @functools.wraps(update)
-    def noted(self, scheduler_output, model_runner_output, *args, **kwargs):
-        note_output(self, model_runner_output)
-        return update(self, scheduler_output, model_runner_output, *args, **kwargs)
-
-    post_step = EngineCore.post_step
-
-    @functools.wraps(post_step)
-    def skipped(self, model_executed: bool) -> None:
-        if model_executed and getattr(self.scheduler, NO_DRAFTS_ATTR, False):
-            return
-        post_step(self, model_executed)
-
-    for fn in (noted, skipped):
-        setattr(fn, HOOK_MARK, True)
-    Scheduler.update_from_output = noted
-    EngineCore.post_step = skipped
+def skips_draft_call(scheduler) -> bool:
+    """Whether the engine core should skip its draft request: the scheduler's latest
+    runner output was marked as proposing no drafts."""
+    return getattr(scheduler, NO_DRAFTS_ATTR, False)

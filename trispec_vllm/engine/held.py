@@ -13,12 +13,6 @@ in sync scheduling, so nothing else changes.
 
 from __future__ import annotations
 
-import functools
-
-from trispec_vllm.engine.config_hook import engine_section
-
-HOOK_MARK = "_trispec_held_hook"
-
 
 def roll_back_empty_steps(scheduler, scheduler_output, model_runner_output) -> None:
     """Undo the step of every request that reached its last token (a decoding step, with
@@ -34,23 +28,3 @@ def roll_back_empty_steps(scheduler, scheduler_output, model_runner_output) -> N
             continue
         if request.num_computed_tokens >= request.num_tokens:
             request.num_computed_tokens -= scheduled
-
-
-def patch_scheduler_rollback() -> None:
-    """Wrap `Scheduler.update_from_output` with `roll_back_empty_steps` (TriSpec
-    engines with `max_holds` only: no other step emits nothing)."""
-    from vllm.v1.core.sched.scheduler import Scheduler
-
-    update = Scheduler.update_from_output
-    if getattr(update, HOOK_MARK, False):
-        return
-
-    @functools.wraps(update)
-    def rolled_back(self, scheduler_output, model_runner_output, *args, **kwargs):
-        section = engine_section(self)
-        if section is not None and getattr(section, "max_holds", 0):
-            roll_back_empty_steps(self, scheduler_output, model_runner_output)
-        return update(self, scheduler_output, model_runner_output, *args, **kwargs)
-
-    setattr(rolled_back, HOOK_MARK, True)
-    Scheduler.update_from_output = rolled_back

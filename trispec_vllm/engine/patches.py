@@ -34,17 +34,20 @@ section only):
      (`cpu_runtime.keep_torch_threads`: numba's OpenMP layer leaves torch's
      passes on one thread after the drafter's first proposal).
 
-Process-wide, applied here, acting on engines with a `trispec` section only:
+Process-wide, applied here, acting on engines with a `trispec` section only
+(`scheduler_hooks`, one wrap per method):
  11. `Scheduler.schedule` is wrapped (`waiting`): its output carries how many
      requests were left waiting for a slot, which the cost-aware step's objective
      reads.
- 12. `Scheduler.update_from_output` is wrapped (`held`, engines with `max_holds`
-     only): a request whose step emitted no token (held by `max_holds`) has the
-     step's scheduled tokens rolled back, which vLLM does only for steps that emit one.
- 13. `Scheduler.update_from_output` and `EngineCore.post_step` are wrapped
-     (`draft_call`): after a step whose runner output is marked as proposing no
-     drafts (a plain step chosen by the cost-aware step), the engine core skips
-     its `take_draft_token_ids` call to the worker.
+ 12. `Scheduler.update_from_output` is wrapped: it keeps whether the runner output
+     is marked as proposing no drafts (`draft_call`, read by 13), and with
+     `max_holds` a request whose step emitted no token (held) has the step's
+     scheduled tokens rolled back (`held`), which vLLM does only for steps that
+     emit one.
+ 13. `EngineCore.post_step` is wrapped (`draft_call`): after a step whose runner
+     output is marked as proposing no drafts (a plain step chosen by the
+     cost-aware step), the engine core skips its `take_draft_token_ids` call to
+     the worker.
 """
 
 from __future__ import annotations
@@ -54,22 +57,13 @@ from trispec_vllm import envs
 
 def apply_trispec_patches() -> None:
     """Apply patches 1-5 and 11-13 (idempotent; cheap when vLLM is already imported)."""
-    from trispec_vllm.engine import (
-        config_hook,
-        cpu_workarounds,
-        draft_call,
-        held,
-        stats,
-        waiting,
-    )
+    from trispec_vllm.engine import config_hook, cpu_workarounds, scheduler_hooks, stats
 
     config_hook.patch_platform_config_hook()
     config_hook.patch_v2_runner_choice()
     stats.patch_stat_loggers()
     stats.patch_metrics_reader()
-    waiting.patch_scheduler_waiting()
-    held.patch_scheduler_rollback()
-    draft_call.patch_draft_call()
+    scheduler_hooks.patch_scheduler()
     if envs.flag("TRISPEC_CPU_SAMPLING_FIX"):
         from vllm.platforms import current_platform
 
