@@ -416,12 +416,19 @@ def run_config(
         after = snapshot(llm, cfg.trispec is not None)
         delta = metrics_delta(before, after)
         rows.append(Row(cfg.label, b, tokens, seconds, delta))
-        steal = f", steal {delta[STEAL] / seconds:.2f} cores" if STEAL in delta else ""
+        share = steal_share(delta, seconds)
+        steal = f", steal {share:.1%} of the cores" if share is not None else ""
         print(f"  {cfg.label:<32} batch {b:>2}: {tokens / seconds:6.2f} tok/s{steal}", flush=True)
     llm.llm_engine.engine_core.shutdown()
     del llm
     gc.collect()
     return rows
+
+
+def steal_share(m: dict, seconds: float) -> float | None:
+    """The share of the machine's cores its hypervisor took over `seconds` (None without
+    steal time)."""
+    return m[STEAL] / (seconds * (os.cpu_count() or 1)) if STEAL in m else None
 
 
 def hist_mean(m: dict, name: str) -> float | None:
@@ -432,8 +439,8 @@ def hist_mean(m: dict, name: str) -> float | None:
 def derived(row: Row, cfg: Config) -> dict:
     m = row.m
     out = {"tokens_per_s": row.tps, "ttft_s": hist_mean(m, TTFT), "tpot_s": hist_mean(m, TPOT)}
-    if STEAL in m:  # the share of the machine's cores taken by the hypervisor meanwhile
-        out["steal_share"] = m[STEAL] / (row.seconds * (os.cpu_count() or 1))
+    if (share := steal_share(m, row.seconds)) is not None:
+        out["steal_share"] = share
     steps = m.get("engine_steps", 0)
     # Without TriSpec every engine step runs the target.
     target_steps = m.get("worker:target_steps", 0) if cfg.trispec else steps
