@@ -134,6 +134,7 @@ HEADLINE_BEFORE_DRAFT_CALL = "speed_headline_before_draft_call.json"
 B1_PARTS = "speed_b1_amd_parts.json"  # batch 1: the default against its step kinds alone
 B1_FLOOR = "speed_b1_lossless_floor.json"  # batch 1: the step choice without the proxy
 B1_FASTEST = "speed_b1_fastest.json"  # batch 1: the default against every built-in SD
+B1_K5 = "speed_b1_k5.json"  # batch 1: the default and the TriSpec step over ngram k=5
 HEADLINE_BEFORE_DRAFTED = "speed_headline_before_drafted.json"  # before the drafted rates
 HEADLINE_BEFORE_BAR = "speed_headline_before_bar.json"  # the one before the bar
 HEADLINE_NO_TCMALLOC = "speed_headline_no_tcmalloc.json"  # the one before, no tcmalloc
@@ -866,6 +867,7 @@ BLOCKS: dict[str, Callable[[], str]] = {
     "speed-b1-amd-parts": lambda: speed_table(B1_PARTS),
     "speed-b1-lossless-floor": lambda: speed_table(B1_FLOOR),
     "speed-b1-fastest": lambda: speed_table(B1_FASTEST),
+    "speed-b1-k5": lambda: speed_table(B1_K5),
     "speed-headline-before-draft-call-full": lambda: speed_table(HEADLINE_BEFORE_DRAFT_CALL),
     "speed-headline-before-draft-call-machine": lambda: headline_machine(
         HEADLINE_BEFORE_DRAFT_CALL
