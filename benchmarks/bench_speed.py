@@ -755,7 +755,9 @@ def main() -> None:
     batches = args.batches or ([1, 8] if args.quick else [1, 8, 32])
     max_tokens = args.max_tokens or 128
     # Requests per batch size: enough groups to average over, few enough to finish.
-    plan = [(b, {1: 2 if args.quick else 4}.get(b, b * (1 if args.quick else 2))) for b in batches]
+    # 4 requests at batch 1 even with --quick, as in the batch-1 runs the docs compare (2
+    # requests of 128 tokens give the cost-aware step a few hundred steps a round).
+    plan = [(b, 4 if b == 1 else b * (1 if args.quick else 2)) for b in batches]
     prompts = chat_prompts(max(n for _, n in plan))
     warm = args.warm_head.expanduser()
     cfgs = [c for c in configurations(pair.proxy, args.quick, warm, pair.target) if not c.control]
