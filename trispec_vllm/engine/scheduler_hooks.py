@@ -43,10 +43,11 @@ def patch_scheduler() -> None:
 
     def make_update(update):
         def booked(self, scheduler_output, model_runner_output, *args, **kwargs):
-            draft_call.note_output(self, model_runner_output)
             section = engine_section(self)
-            if section is not None and getattr(section, "max_holds", 0):
-                held.roll_back_empty_steps(self, scheduler_output, model_runner_output)
+            if section is not None:
+                draft_call.note_output(self, model_runner_output)
+                if getattr(section, "max_holds", 0):
+                    held.roll_back_empty_steps(self, scheduler_output, model_runner_output)
             return update(self, scheduler_output, model_runner_output, *args, **kwargs)
 
         return booked
