@@ -28,6 +28,12 @@ Results files (one per experiment, under benchmarks/results/):
 - ab_builds_b1_undrafted/ batch 1, 4 requests, 4 rounds: the default on a build that rated
                       the TriSpec step by its steps without drafts (ec0aa65, reverted)
                       against the headline's build, and vLLM's ngram k=3 SD (AMD EPYC)
+- speed_b1_lossless_floor.json batch 1, 4 requests, 4 rounds: vLLM's ngram k=3 SD against
+                      the default, its lossless form and the TriSpec step in every step
+- speed_b1_fastest.json batch 1, 4 requests, 4 rounds: the default over ngram k=3 and k=8
+                      and its lossless form against every built-in SD
+- speed_b1_k5.json    batch 1, 4 requests, 4 rounds: vLLM's ngram k=5 SD against the
+                      default and the TriSpec step in every step over k=5 (AMD EPYC)
 - speed_headline_before_draft_call.json the headline before a step without drafts
                       skipped the engine core's draft call (Intel Xeon)
 - speed_headline_before_drafted.json the headline before drafted TriSpec steps were
