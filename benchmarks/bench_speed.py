@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+import itertools
 import json
 import os
 import platform
@@ -507,22 +508,28 @@ def table(results: list[dict], batches: list[int]) -> str:
     return "\n".join(lines)
 
 
-RUNTIME_VARS = ("LD_PRELOAD", "VLLM_CPU_NUM_OF_RESERVED_CPU")
+RUNTIME_VARS = ("LD_PRELOAD", "VLLM_CPU_NUM_OF_RESERVED_CPU", "TRISPEC_CPU_GEMM_MIN_ROWS")
 VLLM_DEFAULTS = " [vLLM CPU defaults]"
+# The label suffix of each runtime compared against "tuned" (`runtime_effect`).
+RUNTIME_SUFFIX = {"vllm": VLLM_DEFAULTS, "unpadded": " [no GEMM padding]"}
 
 
 @contextmanager
 def cpu_runtime_env(name: str):
     """Engines started inside run with `trispec_vllm.cpu_runtime`'s set-up ("tuned":
-    tcmalloc and Intel OpenMP preloaded, no reserved core on 2 cores) or with vLLM's
-    defaults ("vllm": neither). vLLM's engine processes are spawned, so they read it."""
+    tcmalloc and Intel OpenMP preloaded, no reserved core on 2 cores, small matmuls
+    padded where that measured a gain), the same without the padding ("unpadded"), or
+    with vLLM's defaults ("vllm": none of them). vLLM's engine processes are spawned,
+    so they read it."""
     from trispec_vllm import cpu_runtime
 
     saved = {k: os.environ.get(k) for k in RUNTIME_VARS}
     for k in RUNTIME_VARS:
         os.environ.pop(k, None)
-    if name == "tuned":
+    if name in ("tuned", "unpadded"):
         cpu_runtime.apply()
+    if name == "unpadded":
+        os.environ.pop("TRISPEC_CPU_GEMM_MIN_ROWS", None)
     try:
         yield
     finally:
@@ -534,11 +541,12 @@ def cpu_runtime_env(name: str):
 
 
 def runtime_effect(results: list[dict]) -> list[dict]:
-    """Per configuration and batch: tuned tok/s over vLLM-defaults tok/s, per round."""
+    """Per configuration and batch: tuned tok/s over each other runtime's tok/s (vLLM's
+    defaults, no GEMM padding), per round."""
     out = []
     by_key = {(r["config"], r["batch"]): r for r in results}
-    for r in results:
-        base = by_key.get((r["config"] + VLLM_DEFAULTS, r["batch"]))
+    for r, (name, suffix) in itertools.product(results, RUNTIME_SUFFIX.items()):
+        base = by_key.get((r["config"] + suffix, r["batch"]))
         if base is None:
             continue
         ratios = [
@@ -549,7 +557,8 @@ def runtime_effect(results: list[dict]) -> list[dict]:
             {
                 "config": r["config"],
                 "batch": r["batch"],
-                "tuned_over_vllm_defaults": statistics.median(ratios),
+                "against": name,
+                "tuned_over": statistics.median(ratios),
                 "range": [min(ratios), max(ratios)],
             }
         )
@@ -726,11 +735,13 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3, help="interleaved repeats (median, spread)")
     ap.add_argument(
         "--runtime",
-        choices=("tuned", "vllm", "both"),
+        choices=("tuned", "vllm", "both", "padding"),
         default="tuned",
         help="CPU runtime of every engine: tuned (trispec_vllm.cpu_runtime: tcmalloc + "
-        "Intel OpenMP preloaded, no reserved core on 2 cores), vLLM's defaults, or both "
-        "interleaved (labels of the latter end in '[vLLM CPU defaults]')",
+        "Intel OpenMP preloaded, no reserved core on 2 cores, small matmuls padded where "
+        "that measured a gain), vLLM's defaults, both interleaved (labels of the latter "
+        "end in '[vLLM CPU defaults]'), or padding: tuned with and without the GEMM "
+        "padding interleaved (labels of the latter end in '[no GEMM padding]')",
     )
     ap.add_argument(
         "--warm-head",
@@ -772,9 +783,16 @@ def main() -> None:
         f"{len(cfgs)} configurations x {args.rounds} rounds, batches {plan} (batch, requests), "
         f"max_tokens {max_tokens}; {cpu_model()}"
     )
-    runtimes = {"both": ["tuned", "vllm"]}.get(args.runtime, [args.runtime])
+    runtimes = {"both": ["tuned", "vllm"], "padding": ["tuned", "unpadded"]}.get(
+        args.runtime, [args.runtime]
+    )
     cfgs = [
-        (replace(c, label=c.label + VLLM_DEFAULTS) if rt == "vllm" and len(runtimes) > 1 else c, rt)
+        (
+            replace(c, label=c.label + RUNTIME_SUFFIX[rt])
+            if rt != "tuned" and len(runtimes) > 1
+            else c,
+            rt,
+        )
         for c in cfgs
         for rt in runtimes
     ]
@@ -855,10 +873,10 @@ def write_results(out, per_round, args, plan, max_tokens, batches, tuned_env) ->
     md = table(results, batches)
     effect = runtime_effect(results)
     if effect:
-        md += "\n\nCPU runtime, tuned over vLLM's defaults (median of rounds, min-max):\n\n"
-        md += "| configuration | batch | tuned / defaults |\n|---|---|---|\n"
+        md += "\n\nCPU runtime, tuned over another (median of rounds, min-max):\n\n"
+        md += "| configuration | batch | against | tuned / it |\n|---|---|---|---|\n"
         md += "\n".join(
-            f"| {e['config']} | {e['batch']} | {e['tuned_over_vllm_defaults']:.2f}x "
+            f"| {e['config']} | {e['batch']} | {e['against']} | {e['tuned_over']:.2f}x "
             f"({e['range'][0]:.2f}-{e['range'][1]:.2f}) |"
             for e in effect
         )

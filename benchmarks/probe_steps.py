@@ -2,7 +2,7 @@
 catch-up, for one request at a time (or `--batch N` requests together) on the real pair
 (a diagnostic, not a benchmark).
 
-    python benchmarks/probe_steps.py [--max-tokens 24] [--batch 32]
+    python benchmarks/probe_steps.py [--max-tokens 24] [--batch 32] [--k 5] [--requests 4]
 
 The engine runs in this process (VLLM_ENABLE_V1_MULTIPROCESSING=0) so that the
 runner's methods can be wrapped; the CPU runtime is trispec_vllm.cpu_runtime's.
@@ -31,7 +31,11 @@ def wrap_runner(seen: dict) -> None:
         step = self.trispec_state.stats
         seen["times"] = {k: round(v, 2) for k, v in (step.times.items() if step else [])}
         measured = self.trispec_measure
-        seen["ran"] = measured[0] if measured else "mixed/prefill"
+        seen["ran"] = (
+            (measured.kind + ("+drafts" if measured.drafted else ""))
+            if measured
+            else "mixed/prefill"
+        )
         seen["waiting"] = self.trispec_waiting
         return out
 
@@ -53,6 +57,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--max-tokens", type=int, default=24)
     ap.add_argument("--batch", type=int, default=1, help="requests submitted together")
+    ap.add_argument("--k", type=int, default=3, help="ngram draft length")
+    ap.add_argument("--requests", type=int, default=2, help="requests one at a time (batch 1)")
     args = ap.parse_args()
     from trispec_vllm import cpu_runtime
 
@@ -72,12 +78,12 @@ def main() -> None:
         max_model_len=2048,
         seed=0,
         enforce_eager=True,
-        speculative_config=ngram(3),
+        speculative_config=ngram(args.k),
         additional_config={"trispec": {"proxy_model": pair.proxy}},
     )
-    prompts = chat_prompts(max(2, args.batch))
+    prompts = chat_prompts(max(args.requests, args.batch))
     llm.chat([WARMUP_CHAT], SamplingParams(temperature=0, max_tokens=8), use_tqdm=False)
-    groups = [[p] for p in prompts[:2]] if args.batch == 1 else [prompts[: args.batch]]
+    groups = [[p] for p in prompts[: args.requests]] if args.batch == 1 else [prompts[: args.batch]]
     for group in groups:
         t0 = time.perf_counter()
         outs = llm.chat(group, SamplingParams(temperature=0, max_tokens=args.max_tokens))

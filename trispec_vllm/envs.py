@@ -33,6 +33,11 @@ VARIABLES: dict[str, tuple[str | None, str]] = {
         "Set to 1 to give every engine on CPU (stock SD too) the rejection-sampler fix "
         "TriSpec's runner installs (vLLM 0.32's CPU expand kernel bug).",
     ),
+    "TRISPEC_CPU_GEMM_MIN_ROWS": (
+        None,
+        "On CPU, pad the inputs of vLLM's linear layers to at least this many rows in every "
+        "engine (`trispec-vllm cpu-env` sets it where it measured a gain; `cpu_gemm`).",
+    ),
     "TRISPEC_CHECK_RANKS": (
         None,
         "Set to 1 to compare every step's routing across tensor-parallel ranks and raise "

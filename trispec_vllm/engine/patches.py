@@ -19,6 +19,11 @@ Process-wide, applied here:
      expand_batch_to_tokens` is replaced (`cpu_workarounds`), so stock SD engines
      get the fix too (for fair comparisons).
 
+  14. CPU with TRISPEC_CPU_GEMM_MIN_ROWS set (`trispec-vllm cpu-env` sets it where
+     it measured a gain): `layers.utils.dispatch_cpu_unquantized_gemm` is wrapped
+     (`cpu_gemm`), so every linear layer it sets up, in every engine, pads bf16
+     inputs of fewer rows to that many.
+
 Applied where TriSpec's own worker and runner run (engines with a `trispec`
 section only):
   6. the worker classes and model runners are subclasses (`workers`,
@@ -56,7 +61,7 @@ from trispec_vllm import envs
 
 
 def apply_trispec_patches() -> None:
-    """Apply patches 1-5 and 11-13 (idempotent; cheap when vLLM is already imported)."""
+    """Apply patches 1-5, 11-13 and 14 (idempotent; cheap when vLLM is already imported)."""
     from trispec_vllm.engine import config_hook, cpu_workarounds, scheduler_hooks, stats
 
     config_hook.patch_platform_config_hook()
@@ -69,3 +74,11 @@ def apply_trispec_patches() -> None:
 
         if current_platform.is_cpu():
             cpu_workarounds.install_cpu_sampling_fix()
+    min_rows = envs.get("TRISPEC_CPU_GEMM_MIN_ROWS")
+    if min_rows and int(min_rows) > 1:
+        from vllm.platforms import current_platform
+
+        if current_platform.is_cpu():
+            from trispec_vllm.engine import cpu_gemm
+
+            cpu_gemm.install_gemm_padding(int(min_rows))
