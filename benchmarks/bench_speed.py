@@ -583,11 +583,17 @@ def cpu_model() -> str:
 ISA_LABELS = (("avx512_bf16", "AVX512-BF16"), ("avx512f", "AVX-512, no BF16"), ("avx2", "AVX2"))
 
 
+def runtime_suffix(label: str) -> str:
+    """The runtime suffix a configuration label ends in ('' for the tuned runtime)."""
+    return next((s for s in RUNTIME_SUFFIX.values() if label.endswith(s)), "")
+
+
 def with_ratios(rows: list[dict], builtin: set[str]) -> None:
-    """Ratios to no speculation and to the best built-in SD, within one round and batch."""
-    for b in {r["batch"] for r in rows}:
-        same = [r for r in rows if r["batch"] == b]
-        base = next((r["tokens_per_s"] for r in same if r["config"] == "no speculation"), None)
+    """Ratios to no speculation and to the best built-in SD, within one round, batch
+    and CPU runtime."""
+    for b, rt in {(r["batch"], runtime_suffix(r["config"])) for r in rows}:
+        same = [r for r in rows if r["batch"] == b and runtime_suffix(r["config"]) == rt]
+        base = next((r["tokens_per_s"] for r in same if r["config"] == "no speculation" + rt), None)
         best = max((r["tokens_per_s"] for r in same if r["config"] in builtin), default=None)
         for r in same:
             r["vs_no_spec"] = r["tokens_per_s"] / base if base else None

@@ -34,6 +34,11 @@ Results files (one per experiment, under benchmarks/results/):
                       and its lossless form against every built-in SD
 - speed_b1_k5.json    batch 1, 4 requests, 4 rounds: vLLM's ngram k=5 SD against the
                       default and the TriSpec step in every step over k=5 (AMD EPYC)
+- speed_b1_padding.json batch 1, 4 requests, 3 rounds: plain decoding, vLLM's ngram SD and
+                      the default, each with and without the GEMM padding (AMD EPYC)
+- speed_b1_padded.json batch 1, 4 requests, 4 rounds: every built-in SD against the default
+                      and the TriSpec step in every step, all padded (AMD EPYC)
+- cpu_gemm.json       cpu_gemm.py: vLLM's CPU linear layers by rows, padded or not
 - speed_headline_before_draft_call.json the headline before a step without drafts
                       skipped the engine core's draft call (Intel Xeon)
 - speed_headline_before_drafted.json the headline before drafted TriSpec steps were
@@ -141,6 +146,9 @@ B1_PARTS = "speed_b1_amd_parts.json"  # batch 1: the default against its step ki
 B1_FLOOR = "speed_b1_lossless_floor.json"  # batch 1: the step choice without the proxy
 B1_FASTEST = "speed_b1_fastest.json"  # batch 1: the default against every built-in SD
 B1_K5 = "speed_b1_k5.json"  # batch 1: the default and the TriSpec step over ngram k=5
+B1_PADDING = "speed_b1_padding.json"  # batch 1: with and without the GEMM padding
+B1_PADDED = "speed_b1_padded.json"  # batch 1: every built-in SD and the default, padded
+CPU_GEMM = "cpu_gemm.json"  # cpu_gemm.py: the linear layers' time by rows
 HEADLINE_BEFORE_DRAFTED = "speed_headline_before_drafted.json"  # before the drafted rates
 HEADLINE_BEFORE_BAR = "speed_headline_before_bar.json"  # the one before the bar
 HEADLINE_NO_TCMALLOC = "speed_headline_no_tcmalloc.json"  # the one before, no tcmalloc
@@ -259,6 +267,42 @@ def speed_table(name: str) -> str:
     results = speed_results(name)
     batches = sorted({r["batch"] for r in results})
     return block(_bench("bench_speed").table(results, batches))
+
+
+def runtime_effect(name: str) -> str:
+    """Tuned over each other runtime of the run, per configuration (bench_speed.py)."""
+    rows = [
+        [
+            e["config"],
+            str(e["batch"]),
+            e["against"],
+            f"{e['tuned_over']:.2f}x ({e['range'][0]:.2f}-{e['range'][1]:.2f}x)",
+        ]
+        for e in load(name)["runtime_effect"]
+    ]
+    return block(md_table(["configuration", "batch", "tuned against", "tuned / it"], rows))
+
+
+def cpu_gemm() -> str:
+    """cpu_gemm.py's table: one pass's matmuls by rows, as they are and padded."""
+    d = load(CPU_GEMM)
+    header = ["rows"] + [f"{m} (ms)" for m in d["models"]]
+    by_rows: dict[str, list[str]] = {}
+    for rows in d["models"].values():
+        for r in rows:
+            key = (
+                f"{r['rows']} padded to {r['padded_to']}"
+                if r["padded_to"] > r["rows"]
+                else str(r["rows"])
+            )
+            by_rows.setdefault(key, []).append(
+                f"{r['ms']:.1f} ({r['ms_range'][0]:.1f}-{r['ms_range'][1]:.1f})"
+            )
+    rows = [[k, *v] for k, v in by_rows.items()]
+    return block(
+        md_table(header, rows)
+        + f"\n\n{d['machine']}; {d['layers']} decoder layers and the LM head per pass"
+    )
 
 
 DEFAULT = "TriSpec default (ngram k=3)"  # the section with only proxy_model set
@@ -874,6 +918,10 @@ BLOCKS: dict[str, Callable[[], str]] = {
     "speed-b1-lossless-floor": lambda: speed_table(B1_FLOOR),
     "speed-b1-fastest": lambda: speed_table(B1_FASTEST),
     "speed-b1-k5": lambda: speed_table(B1_K5),
+    "speed-b1-padding": lambda: speed_table(B1_PADDING),
+    "speed-b1-padding-effect": lambda: runtime_effect(B1_PADDING),
+    "speed-b1-padded": lambda: speed_table(B1_PADDED),
+    "cpu-gemm": cpu_gemm,
     "speed-headline-before-draft-call-full": lambda: speed_table(HEADLINE_BEFORE_DRAFT_CALL),
     "speed-headline-before-draft-call-machine": lambda: headline_machine(
         HEADLINE_BEFORE_DRAFT_CALL
