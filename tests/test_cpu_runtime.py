@@ -146,3 +146,11 @@ def test_padded_small_matmuls_give_the_same_rows(monkeypatch):
     assert seen == [4, 4, 4, 4, 7]  # fewer rows than 4 padded, none cut
     assert padded(torch.randn(2, 32), layer.weight.float(), None).shape == (2, 64)
     assert seen[-1] == 2  # float32 inputs are left as they are
+
+
+def test_a_gemm_padding_that_is_no_row_count_is_named(monkeypatch):
+    from trispec_vllm.engine.patches import apply_trispec_patches
+
+    monkeypatch.setenv("TRISPEC_CPU_GEMM_MIN_ROWS", "four")
+    with pytest.raises(ValueError, match="TRISPEC_CPU_GEMM_MIN_ROWS must be a row count"):
+        apply_trispec_patches()

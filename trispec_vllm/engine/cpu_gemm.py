@@ -2,7 +2,7 @@
 
 vLLM's CPU linear layers run oneDNN's bf16 matmul. On an AMD EPYC with AVX512-BF16
 (2 cores), with the weights streamed from memory as in a decoding pass, its kernel
-for one or two rows of activations took about 1.4x as long as for four
+for one or two rows of activations took 1.2-1.4x as long as for four
 (`benchmarks/cpu_gemm.py`): a one-token decoding pass cost more than a pass over a
 four-token draft. Padding such inputs with zero rows to `min_rows` gives the
 single-row passes of plain decoding, of the proxy and of steps without drafts the

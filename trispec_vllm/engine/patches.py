@@ -75,6 +75,8 @@ def apply_trispec_patches() -> None:
         if current_platform.is_cpu():
             cpu_workarounds.install_cpu_sampling_fix()
     min_rows = envs.get("TRISPEC_CPU_GEMM_MIN_ROWS")
+    if min_rows and not min_rows.isdigit():
+        raise ValueError(f"TRISPEC_CPU_GEMM_MIN_ROWS must be a row count, got {min_rows!r}")
     if min_rows and int(min_rows) > 1:
         from vllm.platforms import current_platform
 
