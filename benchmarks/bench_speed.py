@@ -66,6 +66,18 @@ WARMUP_CHAT = [{"role": "user", "content": "Name three colours."}]
 WARM_HEAD = Path("~/.cache/trispec-vllm/drafters/qwen2.5-coder-0.5b-v32k.pt").expanduser()
 
 
+def in_process_engines() -> None:
+    """Set this process up for diagnostics that run vLLM's engine inside it (so its
+    runner's methods can be wrapped): `trispec_vllm.cpu_runtime`'s runtime where the
+    environment leaves it open, and vLLM's engine core in this process."""
+    from trispec_vllm import cpu_runtime
+
+    for key, value in cpu_runtime.recommended({}).items():
+        os.environ.setdefault(key, value)
+    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "4")
+    os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
+
+
 def ngram(k: int) -> dict:
     """vLLM's ngram drafter with k drafts, as every benchmark here configures it."""
     return {

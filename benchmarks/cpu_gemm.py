@@ -39,20 +39,13 @@ def layer_shapes(config: dict) -> dict[str, tuple[int, int]]:
 
 
 def build(shapes: dict[str, tuple[int, int]], layers: int):
-    from vllm.model_executor.layers import utils
+    from trispec_vllm.engine.cpu_gemm import linear_layer
 
-    mods = []
-    for name, shape in shapes.items():
-        for _ in range(1 if name == "lm_head" else layers):
-            mod = torch.nn.Module()
-            mod.weight = torch.nn.Parameter(
-                torch.randn(shape, dtype=torch.bfloat16), requires_grad=False
-            )
-            mod.bias = None
-            utils.dispatch_cpu_unquantized_gemm(mod, False)
-            mod.cpu_linear = getattr(mod.cpu_linear, "trispec_inner", mod.cpu_linear)
-            mods.append(mod)
-    return mods
+    return [
+        linear_layer(shape)
+        for name, shape in shapes.items()
+        for _ in range(1 if name == "lm_head" else layers)
+    ]
 
 
 def pass_seconds(mods, rows: int, pad: int) -> float:

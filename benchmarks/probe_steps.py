@@ -11,10 +11,9 @@ runner's methods can be wrapped; the CPU runtime is trispec_vllm.cpu_runtime's.
 from __future__ import annotations
 
 import argparse
-import os
 import time
 
-from bench_speed import WARMUP_CHAT, chat_prompts, ngram
+from bench_speed import WARMUP_CHAT, chat_prompts, in_process_engines, ngram
 
 
 def wrap_runner(seen: dict) -> None:
@@ -60,12 +59,7 @@ def main() -> None:
     ap.add_argument("--k", type=int, default=3, help="ngram draft length")
     ap.add_argument("--requests", type=int, default=2, help="requests one at a time (batch 1)")
     args = ap.parse_args()
-    from trispec_vllm import cpu_runtime
-
-    for key, value in cpu_runtime.recommended({}).items():
-        os.environ.setdefault(key, value)
-    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "4")
-    os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
+    in_process_engines()
     from vllm import LLM, SamplingParams
 
     from trispec_vllm.fetch import fetch_pair

@@ -9,13 +9,14 @@ diagnostic, not a benchmark: one engine per process, the engine in this process)
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import sys
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from bench_speed import in_process_engines  # noqa: E402
 
 
 def main() -> None:
@@ -25,12 +26,7 @@ def main() -> None:
     ap.add_argument("--max-tokens", type=int, default=128)
     ap.add_argument("--async-scheduling", choices=("default", "on", "off"), default="default")
     args = ap.parse_args()
-    from trispec_vllm import cpu_runtime
-
-    for key, value in cpu_runtime.recommended({}).items():
-        os.environ.setdefault(key, value)
-    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "4")
-    os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
+    in_process_engines()
     from bench_speed import ENGINE_ARGS, WARMUP_CHAT, chat_prompts, configurations
     from vllm import LLM, SamplingParams
     from vllm.v1.core.sched.scheduler import Scheduler

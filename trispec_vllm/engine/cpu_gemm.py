@@ -61,6 +61,19 @@ def install_gemm_padding(min_rows: int) -> None:
     utils.dispatch_cpu_unquantized_gemm = dispatch
 
 
+def linear_layer(shape: tuple[int, int]) -> torch.nn.Module:
+    """A bf16 layer of random weights of `shape` (out, in) with the CPU linear vLLM's
+    dispatch gives it on this machine, unpadded (`cpu_linear`)."""
+    from vllm.model_executor.layers import utils
+
+    mod = torch.nn.Module()
+    mod.weight = torch.nn.Parameter(torch.randn(shape, dtype=torch.bfloat16), requires_grad=False)
+    mod.bias = None
+    utils.dispatch_cpu_unquantized_gemm(mod, False)
+    mod.cpu_linear = getattr(mod.cpu_linear, "trispec_inner", mod.cpu_linear)
+    return mod
+
+
 def measure_gain(
     threads: int,
     min_rows: int = MIN_ROWS,
@@ -71,21 +84,10 @@ def measure_gain(
     """How much faster vLLM's CPU linear runs one row padded to `min_rows` than one
     row as it is: median over interleaved rounds, each pass over `layers` bf16
     weights of `shape` (about 400 MB, streamed from memory as in decoding)."""
-    from vllm.model_executor.layers import utils
-
     before = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
-        mods = []
-        for _ in range(layers):
-            mod = torch.nn.Module()
-            mod.weight = torch.nn.Parameter(
-                torch.randn(shape, dtype=torch.bfloat16), requires_grad=False
-            )
-            mod.bias = None
-            utils.dispatch_cpu_unquantized_gemm(mod, False)
-            mod.cpu_linear = getattr(mod.cpu_linear, "trispec_inner", mod.cpu_linear)
-            mods.append(mod)
+        mods = [linear_layer(shape) for _ in range(layers)]
         x = torch.randn(1, shape[1], dtype=torch.bfloat16)
 
         def seconds(pad: bool) -> float:
