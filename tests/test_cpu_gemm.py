@@ -30,7 +30,16 @@ def padded_layers(worker) -> tuple[int, int]:
 
 
 def test_padded_engines_pad_every_linear_and_stay_lossless(tiny_pair, monkeypatch):
-    monkeypatch.setenv("TRISPEC_CPU_GEMM_MIN_ROWS", "4")  # the engine processes inherit it
+    from vllm.model_executor.layers import utils
+
+    from trispec_vllm.engine.patches import apply_trispec_patches
+
+    # The tests' engines run in this process (conftest), where the plugin registered
+    # before this test set the variable: apply the patches again, as a fresh engine
+    # process does, and put vLLM's dispatch back afterwards.
+    monkeypatch.setattr(utils, "dispatch_cpu_unquantized_gemm", utils.dispatch_cpu_unquantized_gemm)
+    monkeypatch.setenv("TRISPEC_CPU_GEMM_MIN_ROWS", "4")
+    apply_trispec_patches()
     # collective_rpc with a function needs vLLM's pickle-based serialization.
     monkeypatch.setenv("VLLM_ALLOW_INSECURE_SERIALIZATION", "1")
     batch = prompts(8)
