@@ -381,11 +381,12 @@ def sampling_params(n: int, max_tokens: int, temperature: float, seed: int):
     ]
 
 
-def start_engine(cfg: Config, target: str, eager: bool):
-    """`cfg`'s engine over `target`, warmed up on a prompt outside the measured set."""
+def start_engine(cfg: Config, target: str, eager: bool, **engine_args):
+    """`cfg`'s engine over `target` (`engine_args`: more of vLLM's engine arguments),
+    warmed up on a prompt outside the measured set."""
     from vllm import LLM, SamplingParams
 
-    kwargs = {}
+    kwargs = dict(engine_args)
     if cfg.spec:
         kwargs["speculative_config"] = cfg.spec
     if cfg.trispec:

@@ -27,8 +27,8 @@ def main() -> None:
     ap.add_argument("--async-scheduling", choices=("default", "on", "off"), default="default")
     args = ap.parse_args()
     in_process_engines()
-    from bench_speed import ENGINE_ARGS, WARMUP_CHAT, chat_prompts, configurations
-    from vllm import LLM, SamplingParams
+    from bench_speed import chat_prompts, configurations, start_engine
+    from vllm import SamplingParams
     from vllm.v1.core.sched.scheduler import Scheduler
 
     from trispec_vllm.fetch import fetch_pair
@@ -48,15 +48,10 @@ def main() -> None:
         return out
 
     Scheduler.schedule = timed_schedule
-    kwargs = {}
-    if cfg.spec:
-        kwargs["speculative_config"] = cfg.spec
-    if cfg.trispec:
-        kwargs["additional_config"] = {"trispec": dict(cfg.trispec)}
+    more = {}
     if args.async_scheduling != "default":
-        kwargs["async_scheduling"] = args.async_scheduling == "on"
-    llm = LLM(model=pair.target, **ENGINE_ARGS, enforce_eager=True, **kwargs)
-    llm.chat([WARMUP_CHAT], SamplingParams(temperature=0, max_tokens=8), use_tqdm=False)
+        more["async_scheduling"] = args.async_scheduling == "on"
+    llm = start_engine(cfg, pair.target, True, **more)
     prompts = [p for p in chat_prompts(2 * args.requests) if "def " not in str(p)]
     periods.clear()
     t0 = time.perf_counter()
