@@ -144,6 +144,19 @@ def configurations(
         # At k=8: on this CPU a target pass over 8 tokens costs about one over 1, so longer
         # drafts may pay at batch 1; from batch 8 on the cost-aware step decides.
         Config("TriSpec default (ngram k=8)", ngram(8), {"proxy_model": proxy}),
+        # The proxy's logits over the 32,768 lowest token ids and the special tokens
+        # (`proxy_vocab`): a cheaper proxy pass, for the TriSpec step alone and the default.
+        Config(
+            "TriSpec ngram lambda=0.5 proxy_vocab=32768",
+            ngram(3),
+            {**tri(0.5), "proxy_vocab": 32768},
+            lam=0.5,
+        ),
+        Config(
+            "TriSpec default proxy_vocab=32768 (ngram k=3)",
+            ngram(3),
+            {"proxy_model": proxy, "proxy_vocab": 32768},
+        ),
         # The default without its measurements kept across engines: every engine (every
         # round) measures its step kinds from scratch.
         Config(

@@ -124,6 +124,35 @@ def validate_engine_config(cfg: TriSpecConfig, vllm_config: VllmConfig) -> None:
         vllm_config.parallel_config.tensor_parallel_size,
     )
     check_learned_drafter(cfg, vllm_config)
+    check_subset_vocab(cfg, vllm_config)
+
+
+def check_subset_vocab(cfg: TriSpecConfig, vllm_config: VllmConfig) -> None:
+    """`proxy_vocab` shrinks the proxy's LM head: one rank's head only, and never with
+    the target as its own proxy (whose verdicts are exact only over every token)."""
+    if getattr(cfg, "proxy_vocab", None) is None:
+        return
+    if vllm_config.parallel_config.tensor_parallel_size > 1:
+        raise TriSpecConfigError(
+            "proxy_vocab needs tensor_parallel_size 1 (the proxy's LM head is split over "
+            "the ranks); leave it unset"
+        )
+    model_config = vllm_config.model_config
+    if model_config.runner_type == "draft":
+        return  # the proxy's own config (`proxy.load_proxy`), checked with the engine's
+    if same_model(cfg.proxy_model, model_config.model):
+        raise TriSpecConfigError(
+            "proxy_vocab with the target as its own proxy would make its verdicts inexact; "
+            "leave it unset (a proxy equal to the target is lossless without it)"
+        )
+
+
+def same_model(a: str, b: str) -> bool:
+    """Whether two model names or paths name the same model."""
+    pa, pb = Path(a).expanduser(), Path(b).expanduser()
+    if pa.exists() and pb.exists():
+        return pa.resolve() == pb.resolve()
+    return a == b
 
 
 def check_learned_drafter(cfg: TriSpecConfig, vllm_config: VllmConfig) -> None:

@@ -33,6 +33,7 @@ from trispec_vllm.engine import (
     prefix_cache,
     proxy,
     proxy_drafting,
+    proxy_vocab,
     ranks,
     sampler_path,
 )
@@ -135,10 +136,23 @@ class TriSpecRunnerMixin:
                 "margins, so it is loaded once and needs no pass of its own",
                 self.trispec.cfg.proxy_model,
             )
+            self._trispec_proxy_vocab(drafter.model)
             return
         self.trispec_fused = False
         logger.info("TriSpec: loading proxy %s", self.trispec.cfg.proxy_model)
         self.trispec_proxy = proxy.load_proxy(self.vllm_config, self.trispec.cfg.proxy_model)
+        self._trispec_proxy_vocab(self.trispec_proxy)
+
+    def _trispec_proxy_vocab(self, model) -> None:
+        size = getattr(self.trispec.cfg, "proxy_vocab", None)
+        if size is not None:
+            n = proxy_vocab.apply_proxy_vocab(model, self.model_config, size)
+            logger.info(
+                "TriSpec: the proxy's logits cover %d of %d tokens (proxy_vocab %d)",
+                n,
+                self.model_config.get_vocab_size(),
+                size,
+            )
 
     def initialize_kv_cache(self, kv_cache_config, *args, **kwargs) -> None:
         check_kv_cache_kinds(kv_cache_config, self.model_config.model)
@@ -170,10 +184,12 @@ class TriSpecRunnerMixin:
             )
         if self.trispec_proxy is not None:
             with set_forward_context(None, self.vllm_config, num_tokens=num_tokens):
-                self.trispec_proxy(
+                hidden = self.trispec_proxy(
                     input_ids=self.input_ids.gpu[:num_tokens],
                     positions=self._get_positions(num_tokens),
                 )
+            if getattr(self.trispec.cfg, "proxy_vocab", None) is not None:
+                self.trispec_proxy.compute_logits(hidden[:1])  # sets up its subset head
         return out
 
     def kv_layer_names(self) -> list[str]:
