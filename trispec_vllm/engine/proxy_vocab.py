@@ -101,7 +101,10 @@ def install_proxy_vocab(model: nn.Module, ids: torch.Tensor, vocab_size: int) ->
 
 def apply_proxy_vocab(model: nn.Module, model_config, size: int) -> int:
     """Restrict the proxy `model`'s logits to the `size` lowest ids plus the special
-    tokens of the target's tokenizer (they share it); returns the subset's size."""
+    tokens of the target's tokenizer (they share it); returns the subset's size (the
+    vocabulary's, unrestricted, where `size` covers it)."""
     vocab = model_config.get_vocab_size()
+    if size >= vocab:
+        return vocab  # the whole vocabulary: nothing to restrict
     ids = subset_ids(size, vocab, special_ids(model_config))
     return install_proxy_vocab(model, ids, vocab)
