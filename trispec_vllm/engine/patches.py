@@ -38,6 +38,9 @@ section only):
      vLLM builds its ngram drafter, unless the user set NUMBA_THREADING_LAYER
      (`cpu_runtime.keep_torch_threads`: numba's OpenMP layer leaves torch's
      passes on one thread after the drafter's first proposal).
+ 15. with `proxy_vocab`, the proxy's `LogitsProcessor.forward` (the draft model's,
+     where the proxy is the drafter) is replaced on that instance: it is handed a
+     head of the subset's rows and spreads the logits back (`proxy_vocab`).
 
 Process-wide, applied here, acting on engines with a `trispec` section only
 (`scheduler_hooks`, one wrap per method):
