@@ -13,7 +13,9 @@ alone, no speculation), `ngram` (vLLM's ngram SD, k=3, lookup 3..2), `default`
 (TriSpec's default section: only proxy_model set, so lambda 0.5 with the
 cost-aware step, and the ngram drafter), and TriSpec
 with the same ngram drafter at lambda 0.3, 0.5, 0.7 (`tri0.3`, `tri0.5`,
-`tri0.7`) and lossless (`lossless`, lambda 1.5), TriSpec with the 0.5B as both
+`tri0.7`) and lossless (`lossless`, lambda 1.5), lambda 0.5 with the proxy's
+logits over the lowest 32,768 or 98,304 ids (`vocab32k`, `vocab96k`: `proxy_vocab`),
+TriSpec with the 0.5B as both
 draft model (k=3) and proxy at lambda 0.5 (`tridm0.5`), TriSpec with adaptive lambda
 (`adaptive`, start 0.5, goal 5%; `adaptive10`, goal 10%), and PyramidSD over the
 same stages: PSD_F at the paper's best thresholds (`psdf`, tau_q 0.4, tau_t 0.5, Jensen-Shannon),
@@ -118,11 +120,12 @@ def configurations(proxy: str, extra_trispec: dict[str, Any] | None) -> list[Con
     # that they measure the rule's quality cost; `default` measures the default's.
     rule_only = {"cost_aware": False}
 
-    def tri(key: str, name: str, lam: float) -> Config:
+    def tri(key: str, name: str, lam: float, **more: Any) -> Config:
         section = {
             "proxy_model": proxy,
             "margin_threshold": lam,
             **rule_only,
+            **more,
             **(extra_trispec or {}),
         }
         return Config(key, f"TriSpec ngram {name}{suffix}", ngram, section, lam)
@@ -151,6 +154,11 @@ def configurations(proxy: str, extra_trispec: dict[str, Any] | None) -> list[Con
         tri("tri0.5", "lambda=0.5", 0.5),
         tri("tri0.7", "lambda=0.7", 0.7),
         tri("lossless", "lossless", 1.5),
+        # lambda 0.5 with the proxy's logits over the lowest ids and the special tokens
+        *(
+            tri(f"vocab{n // 1024}k", f"lambda=0.5 proxy_vocab={n}", 0.5, proxy_vocab=n)
+            for n in (32768, 98304)
+        ),
         Config(
             "tridm0.5",
             f"TriSpec draft_model lambda=0.5 (proxy = drafter){suffix}",

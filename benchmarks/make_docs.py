@@ -99,6 +99,7 @@ Results files (one per experiment, under benchmarks/results/):
 - quality_default.json the default section's own quality (target-alone rows reused)
 - quality_default_b1.json the same at batch 1 (target-alone rows of the batch-8 run reused)
 - quality_holds.json  lambda 0.5 with max_holds=2 (target-alone rows reused)
+- quality_proxy_vocab.json lambda 0.5 with and without proxy_vocab (target-alone rows reused)
 - cost_model.json     cost_model.py: predicted against measured speed, GPU projection
 - pass_costs_cpu.json forward passes timed on the speed run's CPU (transformers)
 - gpu_passes_h200.json forward passes timed on an H200 (plain torch), kernels_h200.json
@@ -193,6 +194,7 @@ COST_MODEL = "cost_model.json"
 QUALITY_DEFAULT = "quality_default.json"  # the default section's own quality
 QUALITY_DEFAULT_B1 = "quality_default_b1.json"  # the same at batch 1 (target rows reused)
 QUALITY_HOLDS = "quality_holds.json"  # lambda 0.5 with max_holds (target-alone rows reused)
+QUALITY_PROXY_VOCAB = "quality_proxy_vocab.json"  # lambda 0.5 with and without proxy_vocab
 GPU_PASSES = "gpu_passes_h200.json"  # gpu_passes.py's raw table
 KERNELS_GPU = "kernels_h200.json"
 PASS_COSTS = "pass_costs_cpu.json"
@@ -975,6 +977,7 @@ BLOCKS: dict[str, Callable[[], str]] = {
     "speed-t07": lambda: speed_table(SPEED_T07),
     "quality": quality_greedy,
     "quality-holds": lambda: quality_greedy(QUALITY_HOLDS),
+    "quality-proxy-vocab": lambda: quality_greedy(QUALITY_PROXY_VOCAB),
     "quality-t07": quality_sampled,
     "alignment": alignment,
     "load-test": load_test,

@@ -32,6 +32,23 @@ def test_register_twice_is_harmless():
     plugin.register()
     assert type(current_platform).check_and_update_config is hook
     assert plugin.is_registered()
+    # every process-wide wrap is marked, and wraps vLLM's own function, not a wrap
+    from vllm.config import VllmConfig
+    from vllm.v1.engine import llm_engine
+    from vllm.v1.metrics import loggers
+
+    from trispec_vllm.engine.wraps import is_wrapped
+
+    for fn in (
+        hook,
+        VllmConfig._get_v2_model_runner_unsupported_features,
+        llm_engine.get_metrics_snapshot,
+        loggers.PrometheusStatLogger.__init__,
+        loggers.PrometheusStatLogger.record,
+        loggers.LoggingStatLogger.record,
+        loggers.LoggingStatLogger.log,
+    ):
+        assert is_wrapped(fn) and not is_wrapped(fn.__wrapped__), fn
 
 
 def test_kernels_folder_is_not_a_top_level_package():
@@ -227,12 +244,12 @@ def test_no_drafts_no_draft_call():
     from vllm.v1.outputs import EMPTY_MODEL_RUNNER_OUTPUT
 
     from trispec_vllm.engine import draft_call, scheduler_hooks
+    from trispec_vllm.engine.wraps import is_wrapped
 
     scheduler_hooks.patch_scheduler()
     scheduler_hooks.patch_scheduler()  # idempotent: each method wrapped once
     for method in (Scheduler.schedule, Scheduler.update_from_output, EngineCore.post_step):
-        assert getattr(method, scheduler_hooks.HOOK_MARK)
-        assert not getattr(method.__wrapped__, scheduler_hooks.HOOK_MARK, False)
+        assert is_wrapped(method) and not is_wrapped(method.__wrapped__)
 
     empty, drafted = SimpleNamespace(), SimpleNamespace()
     draft_call.mark_no_drafts(empty, [[], []])

@@ -7,7 +7,6 @@ settings it cannot serve and switches off what it does not support yet.
 
 from __future__ import annotations
 
-import functools
 import json
 import logging
 from pathlib import Path
@@ -21,12 +20,12 @@ from trispec_vllm.config import (
     TriSpecConfigError,
     parse_trispec_config,
 )
+from trispec_vllm.engine.wraps import wrap_once
 
 if TYPE_CHECKING:
     from vllm.config import VllmConfig
 
 logger = logging.getLogger("vllm.trispec")
-HOOK_MARK = "_trispec_hook"
 
 # vLLM resolves workers by qualified name in every process (mp or Ray workers).
 WORKER_CPU = "trispec_vllm.engine.workers.TriSpecCPUWorker"
@@ -37,24 +36,20 @@ def patch_platform_config_hook() -> None:
     """Wrap the current platform's `check_and_update_config` (once per process)."""
     from vllm.platforms import current_platform
 
-    platform_cls = type(current_platform)
-    original = platform_cls.check_and_update_config
-    if getattr(original, HOOK_MARK, False):
-        return
+    def make(original):
+        def check_and_update_config(vllm_config: VllmConfig) -> None:
+            cfg = parse_trispec_config(vllm_config.additional_config)
+            if cfg is not None:
+                validate_engine_config(cfg, vllm_config)
+                adjust_engine_config(vllm_config)
+            original(vllm_config)
+            if cfg is not None and vllm_config.scheduler_config.async_scheduling:
+                # The platform hook may turn async scheduling back on (GPU).
+                vllm_config.scheduler_config.async_scheduling = False
 
-    @functools.wraps(original)
-    def check_and_update_config(vllm_config: VllmConfig) -> None:
-        cfg = parse_trispec_config(vllm_config.additional_config)
-        if cfg is not None:
-            validate_engine_config(cfg, vllm_config)
-            adjust_engine_config(vllm_config)
-        original(vllm_config)
-        if cfg is not None and vllm_config.scheduler_config.async_scheduling:
-            # The platform hook may turn async scheduling back on (GPU).
-            vllm_config.scheduler_config.async_scheduling = False
+        return check_and_update_config
 
-    setattr(check_and_update_config, HOOK_MARK, True)
-    platform_cls.check_and_update_config = staticmethod(check_and_update_config)
+    wrap_once(type(current_platform), "check_and_update_config", make, static=True)
 
 
 def patch_v2_runner_choice() -> None:
@@ -63,19 +58,16 @@ def patch_v2_runner_choice() -> None:
     itself does for features V2 lacks: TriSpec's runner subclasses the V1 runner."""
     from vllm.config import VllmConfig
 
-    original = VllmConfig._get_v2_model_runner_unsupported_features
-    if getattr(original, HOOK_MARK, False):
-        return
+    def make(original):
+        def unsupported_features(self) -> list[str]:
+            found = original(self)
+            if parse_trispec_config(self.additional_config) is not None:
+                found = [*found, "TriSpec (additional_config['trispec'])"]
+            return found
 
-    @functools.wraps(original)
-    def unsupported_features(self) -> list[str]:
-        found = original(self)
-        if parse_trispec_config(self.additional_config) is not None:
-            found = [*found, "TriSpec (additional_config['trispec'])"]
-        return found
+        return unsupported_features
 
-    setattr(unsupported_features, HOOK_MARK, True)
-    VllmConfig._get_v2_model_runner_unsupported_features = unsupported_features
+    wrap_once(VllmConfig, "_get_v2_model_runner_unsupported_features", make)
 
 
 def engine_section(scheduler) -> TriSpecConfig | None:

@@ -20,6 +20,8 @@ from collections.abc import Callable
 
 import torch
 
+from trispec_vllm.engine.wraps import wrap_once
+
 Linear = Callable[[torch.Tensor, torch.Tensor, torch.Tensor | None], torch.Tensor]
 
 MIN_ROWS = 4  # the padded row count measured (1-2 rows slow, 3-6 fast, 7+ slow again)
@@ -47,18 +49,17 @@ def install_gemm_padding(min_rows: int) -> None:
     to `min_rows` rows (idempotent; layers built before the call keep their linear)."""
     from vllm.model_executor.layers import utils
 
-    original = utils.dispatch_cpu_unquantized_gemm
-    if getattr(original, "trispec_min_rows", None) is not None:
-        return
+    def make(original):
+        def dispatch(layer: torch.nn.Module, remove_weight: bool) -> None:
+            original(layer, remove_weight)
+            linear = getattr(layer, "cpu_linear", None)
+            if linear is not None and getattr(linear, "trispec_min_rows", None) is None:
+                layer.cpu_linear = padded_linear(linear, min_rows)
 
-    def dispatch(layer: torch.nn.Module, remove_weight: bool) -> None:
-        original(layer, remove_weight)
-        linear = getattr(layer, "cpu_linear", None)
-        if linear is not None and getattr(linear, "trispec_min_rows", None) is None:
-            layer.cpu_linear = padded_linear(linear, min_rows)
+        return dispatch
 
-    dispatch.trispec_min_rows = min_rows  # type: ignore[attr-defined]
-    utils.dispatch_cpu_unquantized_gemm = dispatch
+    if wrap_once(utils, "dispatch_cpu_unquantized_gemm", make):
+        utils.dispatch_cpu_unquantized_gemm.trispec_min_rows = min_rows
 
 
 def linear_layer(shape: tuple[int, int]) -> torch.nn.Module:

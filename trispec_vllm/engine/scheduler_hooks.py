@@ -8,22 +8,9 @@ emitted nothing) and `draft_call` (no draft request after a step without drafts)
 
 from __future__ import annotations
 
-import functools
-
 from trispec_vllm.engine import draft_call, held, waiting
 from trispec_vllm.engine.config_hook import engine_section
-
-HOOK_MARK = "_trispec_scheduler_hook"
-
-
-def _wrap(owner: type, name: str, make) -> None:
-    """Replace `owner.name` by `make(original)`, once (idempotent)."""
-    original = getattr(owner, name)
-    if getattr(original, HOOK_MARK, False):
-        return
-    wrapped = functools.wraps(original)(make(original))
-    setattr(wrapped, HOOK_MARK, True)
-    setattr(owner, name, wrapped)
+from trispec_vllm.engine.wraps import wrap_once
 
 
 def patch_scheduler() -> None:
@@ -60,6 +47,6 @@ def patch_scheduler() -> None:
 
         return skipped
 
-    _wrap(Scheduler, "schedule", make_schedule)
-    _wrap(Scheduler, "update_from_output", make_update)
-    _wrap(EngineCore, "post_step", make_post_step)
+    wrap_once(Scheduler, "schedule", make_schedule)
+    wrap_once(Scheduler, "update_from_output", make_update)
+    wrap_once(EngineCore, "post_step", make_post_step)
