@@ -38,6 +38,7 @@ Results files (one per experiment, under benchmarks/results/):
                       the default, each with and without the GEMM padding (AMD EPYC)
 - speed_b1_padded.json batch 1, 4 requests, 4 rounds: every built-in SD against the default
                       and the TriSpec step in every step, all padded (AMD EPYC)
+- speed_b1_proxy_vocab.json batch 1, 4 rounds: the TriSpec step and the default with proxy_vocab 32768
 - cpu_gemm.json       cpu_gemm.py: vLLM's CPU linear layers by rows, padded or not
 - speed_headline_before_draft_call.json the headline before a step without drafts
                       skipped the engine core's draft call (Intel Xeon)
@@ -149,6 +150,7 @@ B1_FASTEST = "speed_b1_fastest.json"  # batch 1: the default against every built
 B1_K5 = "speed_b1_k5.json"  # batch 1: the default and the TriSpec step over ngram k=5
 B1_PADDING = "speed_b1_padding.json"  # batch 1: with and without the GEMM padding
 B1_PADDED = "speed_b1_padded.json"  # batch 1: every built-in SD and the default, padded
+B1_PROXY_VOCAB = "speed_b1_proxy_vocab.json"  # batch 1: proxy_vocab 32768 against without
 CPU_GEMM = "cpu_gemm.json"  # cpu_gemm.py: the linear layers' time by rows
 HEADLINE_BEFORE_DRAFTED = "speed_headline_before_drafted.json"  # before the drafted rates
 HEADLINE_BEFORE_BAR = "speed_headline_before_bar.json"  # the one before the bar
@@ -923,6 +925,7 @@ BLOCKS: dict[str, Callable[[], str]] = {
     "speed-b1-padding": lambda: speed_table(B1_PADDING),
     "speed-b1-padding-effect": lambda: runtime_effect(B1_PADDING),
     "speed-b1-padded": lambda: speed_table(B1_PADDED),
+    "speed-b1-proxy-vocab": lambda: speed_table(B1_PROXY_VOCAB),
     "cpu-gemm": cpu_gemm,
     "speed-headline-before-draft-call-full": lambda: speed_table(HEADLINE_BEFORE_DRAFT_CALL),
     "speed-headline-before-draft-call-machine": lambda: headline_machine(
