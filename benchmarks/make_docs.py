@@ -38,7 +38,8 @@ Results files (one per experiment, under benchmarks/results/):
                       the default, each with and without the GEMM padding (AMD EPYC)
 - speed_b1_padded.json batch 1, 4 requests, 4 rounds: every built-in SD against the default
                       and the TriSpec step in every step, all padded (AMD EPYC)
-- speed_b1_proxy_vocab.json batch 1, 4 rounds: the TriSpec step and the default with proxy_vocab 32768
+- speed_b1_proxy_vocab.json batch 1, 4 rounds: the TriSpec step and the default with
+                      proxy_vocab 32768 and without (AMD EPYC)
 - cpu_gemm.json       cpu_gemm.py: vLLM's CPU linear layers by rows, padded or not
 - speed_headline_before_draft_call.json the headline before a step without drafts
                       skipped the engine core's draft call (Intel Xeon)
