@@ -98,6 +98,11 @@ def configurations(
         # The TriSpec step in every step (the cost-aware choice is its own row).
         return {"proxy_model": proxy, "margin_threshold": lam, "cost_aware": False, **more}
 
+    def tri_half(**one):
+        # The TriSpec step at lambda 0.5 with one more key, labelled by it.
+        ((key, value),) = one.items()
+        return Config(f"TriSpec ngram lambda=0.5 {key}={value}", ngram(3), tri(0.5, **one), lam=0.5)
+
     def learned(k):
         return {
             "method": "custom_class",
@@ -147,15 +152,7 @@ def configurations(
         # The proxy's logits over the 32,768 lowest token ids and the special tokens
         # (`proxy_vocab`; 98,304: 98% of Qwen2.5's ids above it are not ASCII text): a
         # cheaper proxy pass, for the TriSpec step alone and the default.
-        *(
-            Config(
-                f"TriSpec ngram lambda=0.5 proxy_vocab={n}",
-                ngram(3),
-                tri(0.5, proxy_vocab=n),
-                lam=0.5,
-            )
-            for n in (32768, 98304)
-        ),
+        *(tri_half(proxy_vocab=n) for n in (32768, 98304)),
         Config(
             "TriSpec default proxy_vocab=32768 (ngram k=3)",
             ngram(3),
@@ -181,15 +178,7 @@ def configurations(
         ),
         # Escalations held back while the rest of the batch moves without them, so whole
         # steps skip the target (`max_holds`).
-        *(
-            Config(
-                f"TriSpec ngram lambda=0.5 max_holds={n}",
-                ngram(3),
-                tri(0.5, max_holds=n),
-                lam=0.5,
-            )
-            for n in (1, 2)
-        ),
+        *(tri_half(max_holds=n) for n in (1, 2)),
         # Proxy = target trusts exactly: the target runs only for the forced escalations
         # (every max_skips + 1 steps, lined up by ride_along) and the prefills.
         *(

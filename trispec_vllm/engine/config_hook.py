@@ -140,11 +140,8 @@ def check_subset_vocab(cfg: TriSpecConfig, vllm_config: VllmConfig) -> None:
 
 
 def same_model(a: str, b: str) -> bool:
-    """Whether two model names or paths name the same model."""
-    pa, pb = Path(a).expanduser(), Path(b).expanduser()
-    if pa.exists() and pb.exists():
-        return pa.resolve() == pb.resolve()
-    return a == b
+    """Whether two model names or paths name the same model (paths resolved)."""
+    return Path(a).expanduser().resolve() == Path(b).expanduser().resolve()
 
 
 def check_learned_drafter(cfg: TriSpecConfig, vllm_config: VllmConfig) -> None:

@@ -8,12 +8,11 @@ is loaded once, and the step's logits rows come from the last proposal.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import torch
 
 from trispec_vllm.config import TriSpecConfig
+from trispec_vllm.engine.config_hook import same_model
 from trispec_vllm.engine.step_state import StepState
 from trispec_vllm.policy.batch import StepBatch
 
@@ -27,7 +26,7 @@ def proxy_is_drafter(cfg: TriSpecConfig, spec) -> bool:
         return False
     if getattr(spec, "draft_sample_method", "greedy") != "greedy":
         return False
-    return Path(spec.model).expanduser().resolve() == Path(cfg.proxy_model).expanduser().resolve()
+    return same_model(spec.model, cfg.proxy_model)
 
 
 def record_drafter_logits(drafter, state: StepState) -> bool:
