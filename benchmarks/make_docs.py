@@ -21,7 +21,9 @@ Results files (one per experiment, under benchmarks/results/):
 - speed_headline.json the README's headline: default section vs plain and vLLM's SD,
                       batch 1 / 8 / 32 / 64, 128 tokens, 3 interleaved rounds, eager,
                       tcmalloc and Intel OpenMP preloaded, with a second no-speculation
-                      engine as a control (AMD EPYC)
+                      engine as a control, small matmuls padded (AMD EPYC)
+- speed_headline_before_padding.json the same before the padding of small matmuls
+                      (batch 1 with 2 requests; AMD EPYC)
 - speed_b1_amd_parts.json batch 1, 4 requests, 3 rounds, straight after the headline:
                       vLLM's ngram SD against the default and the TriSpec step in every
                       step, lossy (lambda 0.5) and lossless (AMD EPYC)
@@ -143,6 +145,7 @@ SPEED_AVX2 = "speed_avx2.json"
 SPEED_AVX2_DEFAULT = "speed_avx2_default.json"
 SPEED_AVX512 = "speed_avx512.json"  # every configuration, 3 rounds, before the cost fixes
 HEADLINE = "speed_headline.json"  # the README's headline run
+HEADLINE_BEFORE_PADDING = "speed_headline_before_padding.json"  # the one before, unpadded
 # the one before, on the build before the draft call was skipped (Intel Xeon)
 HEADLINE_BEFORE_DRAFT_CALL = "speed_headline_before_draft_call.json"
 B1_PARTS = "speed_b1_amd_parts.json"  # batch 1: the default against its step kinds alone
@@ -919,6 +922,8 @@ BLOCKS: dict[str, Callable[[], str]] = {
     "speed-headline-machine": headline_machine,
     "speed-avx512": lambda: speed_table(SPEED_AVX512),
     "speed-headline-full": lambda: speed_table(HEADLINE),
+    "speed-headline-before-padding-full": lambda: speed_table(HEADLINE_BEFORE_PADDING),
+    "speed-headline-before-padding-machine": lambda: headline_machine(HEADLINE_BEFORE_PADDING),
     "speed-b1-amd-parts": lambda: speed_table(B1_PARTS),
     "speed-b1-lossless-floor": lambda: speed_table(B1_FLOOR),
     "speed-b1-fastest": lambda: speed_table(B1_FASTEST),

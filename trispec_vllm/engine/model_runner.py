@@ -171,7 +171,8 @@ class TriSpecRunnerMixin:
         compiled (and its memory counted) before the first request, not during it;
         the first call also warms TriSpec's Triton kernels (`kernel_warmup`)."""
         out = super()._dummy_run(num_tokens, *args, **kwargs)
-        if not self.trispec_kernels_warmed:
+        first = not self.trispec_kernels_warmed
+        if first:
             self.trispec_kernels_warmed = True
             spec = self.vllm_config.speculative_config
             k = spec.num_speculative_tokens if spec is not None else 0
@@ -188,7 +189,7 @@ class TriSpecRunnerMixin:
                     input_ids=self.input_ids.gpu[:num_tokens],
                     positions=self._get_positions(num_tokens),
                 )
-            if getattr(self.trispec.cfg, "proxy_vocab", None) is not None:
+            if first and getattr(self.trispec.cfg, "proxy_vocab", None) is not None:
                 self.trispec_proxy.compute_logits(hidden[:1])  # sets up its subset head
         return out
 
