@@ -171,8 +171,7 @@ class TriSpecRunnerMixin:
         compiled (and its memory counted) before the first request, not during it;
         the first call also warms TriSpec's Triton kernels (`kernel_warmup`)."""
         out = super()._dummy_run(num_tokens, *args, **kwargs)
-        first = not self.trispec_kernels_warmed
-        if first:
+        if not self.trispec_kernels_warmed:
             self.trispec_kernels_warmed = True
             spec = self.vllm_config.speculative_config
             k = spec.num_speculative_tokens if spec is not None else 0
@@ -185,12 +184,10 @@ class TriSpecRunnerMixin:
             )
         if self.trispec_proxy is not None:
             with set_forward_context(None, self.vllm_config, num_tokens=num_tokens):
-                hidden = self.trispec_proxy(
+                self.trispec_proxy(
                     input_ids=self.input_ids.gpu[:num_tokens],
                     positions=self._get_positions(num_tokens),
                 )
-            if first and getattr(self.trispec.cfg, "proxy_vocab", None) is not None:
-                self.trispec_proxy.compute_logits(hidden[:1])  # sets up its subset head
         return out
 
     def kv_layer_names(self) -> list[str]:

@@ -84,18 +84,25 @@ def install_proxy_vocab(model: nn.Module, ids: torch.Tensor, vocab_size: int) ->
     prefix = prefix_length(ids)
     heads: dict[int, tuple[nn.Module, torch.Tensor]] = {}
 
-    def subset_forward(lm_head, hidden_states, embedding_bias=None, skip_gather=False):
+    def subset_of(lm_head: nn.Module) -> tuple[nn.Module, torch.Tensor]:
         key = id(lm_head)
         if key not in heads:
             head = sub_head(lm_head, ids)
             heads[key] = (head, ids.to(head.weight.device))
-        head, on_device = heads[key]
+        return heads[key]
+
+    def subset_forward(lm_head, hidden_states, embedding_bias=None, skip_gather=False):
+        head, on_device = subset_of(lm_head)
         bias = None if embedding_bias is None else embedding_bias[on_device]
         sub = forward(head, hidden_states, bias, skip_gather)
         return None if sub is None else expand_logits(sub, on_device, vocab_size, prefix)
 
     proc.forward = subset_forward
     proc.trispec_vocab = ids
+    # The head vLLM's decoders hand their processor, set up now (at load) rather than in
+    # the first step; a head handed otherwise is set up when first seen.
+    if isinstance(getattr(model, "lm_head", None), nn.Module):
+        subset_of(model.lm_head)
     return int(ids.numel())
 
 
