@@ -11,6 +11,7 @@ runner's methods can be wrapped; the CPU runtime is trispec_vllm.cpu_runtime's.
 from __future__ import annotations
 
 import argparse
+import json
 import time
 
 from bench_speed import WARMUP_CHAT, chat_prompts, in_process_engines, ngram
@@ -40,8 +41,9 @@ def wrap_runner(seen: dict) -> None:
 
     def sample_tokens(self, grammar_output):
         out = sample(self, grammar_output)
+        emitted = sum(map(len, getattr(out, "sampled_token_ids", None) or []))
         print(
-            f"step tokens={seen['n']} chosen={seen['kind']} ran={seen['ran']} "
+            f"step tokens={seen['n']} emitted={emitted} chosen={seen['kind']} ran={seen['ran']} "
             f"waiting={seen['waiting']} "
             f"{time.perf_counter() - seen['t']:.2f}s {seen['times']} "
             f"proxy_catchup={self.trispec.stats.proxy_catchup_tokens}",
@@ -58,6 +60,9 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=1, help="requests submitted together")
     ap.add_argument("--k", type=int, default=3, help="ngram draft length")
     ap.add_argument("--requests", type=int, default=2, help="requests one at a time (batch 1)")
+    ap.add_argument(
+        "--section", default="{}", help="JSON keys added to the trispec section (proxy_model set)"
+    )
     args = ap.parse_args()
     in_process_engines()
     from vllm import LLM, SamplingParams
@@ -73,7 +78,7 @@ def main() -> None:
         seed=0,
         enforce_eager=True,
         speculative_config=ngram(args.k),
-        additional_config={"trispec": {"proxy_model": pair.proxy}},
+        additional_config={"trispec": {"proxy_model": pair.proxy, **json.loads(args.section)}},
     )
     prompts = chat_prompts(max(args.requests, args.batch))
     llm.chat([WARMUP_CHAT], SamplingParams(temperature=0, max_tokens=8), use_tqdm=False)

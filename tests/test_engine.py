@@ -462,6 +462,27 @@ def test_proxy_drafted_steps_keep_every_token_of_plain_greedy(tiny_pair, referen
     assert c["trispec_kind_steps"] == 0 and c["proxy_steps"] == 0, c
 
 
+def test_trusted_proxy_drafts_skip_the_target_and_keep_plain_greedy(tiny_pair, reference):
+    """Lossy mode: the draft kind's verifying step routes on the margins the proxy's
+    drafting passes gave, so a request whose drafts the proxy all trusts completes
+    without the target. With the target's own checkpoint as proxy the trusted drafts
+    are the target's greedy tokens, so the output stays plain greedy's, through the
+    proxy's KV bookkeeping across draft, TriSpec, SD and plain steps (a stale position
+    would change a draft, and with it a trusted token)."""
+    cfg = {
+        "proxy_model": tiny_pair.target,
+        "margin_threshold": 0.05,
+        "cost_aware": True,
+        "proxy_drafting": True,
+    }
+    llm = make_llm(tiny_pair, NGRAM, cfg, block_size=32)
+    got = in_groups(llm, 4)
+    c = counters(llm)
+    close(llm)
+    assert got == reference
+    assert c["draft_kind_steps"] > 0 and c["draft_kind_trusted"] > 0, c
+
+
 def test_held_escalations_keep_plain_greedy_with_fewer_target_steps(tiny_pair, reference):
     """max_holds with the target's own checkpoint as proxy (exact trust): a held
     request reaches the target the next step, so the output stays plain greedy's, held

@@ -26,6 +26,8 @@ COUNTERS = {
     "proxy_drafted_tokens": "Drafts the proxy wrote for those steps.",
     "draft_kind_tokens": "Tokens those steps emitted (accepted drafts and one token of the "
     "target's per request).",
+    "draft_kind_trusted": "Request-steps of those steps the proxy completed on its own "
+    "drafts' margins (lossy mode), without the target.",
     "drafter_updates": "Optimiser steps the learned drafter took (online learning).",
 }
 
@@ -46,6 +48,7 @@ class TriSpecStats:
     draft_kind_steps: int = 0
     proxy_drafted_tokens: int = 0
     draft_kind_tokens: int = 0
+    draft_kind_trusted: int = 0
     catchup_tokens: int = 0
     proxy_catchup_tokens: int = 0  # tokens the proxy caught up after skipped steps
     native_target_steps: int = 0  # target passes run on vLLM's own batch (no sub-batch)

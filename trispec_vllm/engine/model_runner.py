@@ -95,6 +95,8 @@ class TriSpecRunnerMixin:
         # The proxy is the draft model itself: its drafting passes give the margins.
         spec = self.vllm_config.speculative_config
         self.trispec_fused = fused_drafter.proxy_is_drafter(cfg, spec)
+        # The draft kind's verifying step routes on the drafts' own margins (lossy only).
+        self.trispec_trusts_drafts = cfg.policy == "trispec" and not cfg.lossless
         self.trispec_cost = None  # the cost-aware step (policy/cost.py)
         self.trispec_waiting = True  # requests wait for a slot (unknown: assume so)
         # The learned drafter drafts from the proxy's features: the proxy runs every step.
@@ -242,6 +244,8 @@ class TriSpecRunnerMixin:
             if self.input_batch.all_greedy:
                 chosen = self._step_kind(len(req_ids))
                 run = "sd" if chosen == "draft" else chosen  # the proxy drafted already
+                # Its drafts' margins came with them: the step routes on those.
+                prep.proxy_drafted = chosen == "draft" and self.trispec_state.own is not None
                 # (a fused drafter's proxy has read the prompt chunks already)
                 kind = run if self.trispec_fused else kind_with_prompts(run, not decoding)
                 self.trispec.stats.prompt_steps_without_proxy += int(kind != run)
@@ -361,9 +365,12 @@ class TriSpecRunnerMixin:
         """Phase 2: the proxy's logits at every sampled row (None: no proxy this
         step), and, when the proxy drafted, which requests its rows cover."""
         batch = prep.batch
-        if self.trispec_fused:
+        if self.trispec_fused or prep.proxy_drafted:
             vocab = self.model_config.get_vocab_size()
-            return fused_drafter.own_rows(self.trispec_state, batch, vocab, self.device)
+            rows, known = fused_drafter.own_rows(self.trispec_state, batch, vocab, self.device)
+            if prep.proxy_drafted:
+                self.trispec.proxy_drafted(batch, known)
+            return rows, known
         if self.trispec.skip_proxy(batch) or prep.kind == "sd":
             return None, None
         proxy_wm = self.trispec.proxy_watermarks(batch)
@@ -641,7 +648,11 @@ class TriSpecRunnerMixin:
                 self.speculative_config.num_speculative_tokens,
                 scheduler_output.num_spec_tokens_to_schedule,
             )
-            made = proxy_drafting.fill_drafts(self, drafts, sampled, k) if sampled else 0
+            made = (
+                proxy_drafting.fill_drafts(self, drafts, sampled, k, self.trispec_trusts_drafts)
+                if sampled
+                else 0
+            )
             self.trispec_draft_secs = time.perf_counter() - t0
             self.trispec.stats.proxy_drafted_tokens += made
             if self.trispec_state.stats is not None:  # this step's, for the metrics
@@ -690,6 +701,8 @@ class TriSpecRunnerMixin:
                 if kind == "draft":
                     step.draft_kind_tokens = emitted
                     self.trispec.stats.draft_kind_tokens += emitted
+                    step.draft_kind_trusted = step.proxy_completions
+                    self.trispec.stats.draft_kind_trusted += step.proxy_completions
             state.end_step()
             attach_step_stats(out, step)
         return out

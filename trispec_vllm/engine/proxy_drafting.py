@@ -6,6 +6,12 @@ each request's tokens from the proxy's watermark to the token just sampled
 (the catch-up of the steps it skipped), each further pass one draft. The
 target verifies every draft in the next step (an SD step), so outputs stay
 exactly what the target decides. Lengths: `policy/proxy_drafts.py`.
+
+With `record`, the passes' logits are kept as the next step's proxy rows
+(`StepState.own`, as the proxy-as-drafter path keeps vLLM's drafter's): the
+margins of the proxy's own drafts come free with drafting, so in lossy mode the
+verifying step routes on them (a request whose drafts the proxy all trusts
+skips the target) without a proxy pass of its own.
 """
 
 from __future__ import annotations
@@ -19,11 +25,15 @@ from trispec_vllm.policy.proxy_drafts import proxy_draft_lengths
 from trispec_vllm.policy.target_batch import build_target_batch
 
 
-def fill_drafts(runner, drafts: list[list[int]], sampled: list[list[int]], k: int) -> int:
+def fill_drafts(
+    runner, drafts: list[list[int]], sampled: list[list[int]], k: int, record: bool = False
+) -> int:
     """Give each request that sampled a token up to `k` drafts of the proxy in place of
     the drafter's (`drafts` and `sampled` by input-batch row; a request without room
-    for one keeps the drafter's); returns the number of drafts written."""
+    for one keeps the drafter's); returns the number of drafts written. `record`: keep
+    each draft's logits in `runner.trispec_state.own` ([R, L, V], R the drafted rows)."""
     ib = runner.input_batch
+    runner.trispec_state.own = None
     num_reqs = len(drafts)
     bt = ib.block_table[0]
     n = ib.num_tokens_no_spec[:num_reqs].astype(np.int64)
@@ -50,6 +60,7 @@ def fill_drafts(runner, drafts: list[list[int]], sampled: list[list[int]], k: in
     block_table = bt.get_cpu_tensor()
     out = np.zeros((rows.size, int(lengths.max())), dtype=np.int64)
     live = np.ones(rows.size, dtype=bool)
+    own = None
     for j in range(out.shape[1]):
         # Pass j feeds the token at position n - 1 + j (the sampled one, then drafts).
         at = n[rows] - 1 + j
@@ -68,6 +79,10 @@ def fill_drafts(runner, drafts: list[list[int]], sampled: list[list[int]], k: in
         (last,) = upload([tb.query_start_loc[1:].to(torch.int64) - 1], runner.device)
         logits = runner.trispec_proxy.compute_logits(hidden[last])
         out[sel, j] = logits.argmax(dim=-1).cpu().numpy()
+        if record:
+            if own is None:
+                own = logits.new_zeros((rows.size, out.shape[1], logits.shape[1]))
+            own[torch.from_numpy(sel).to(own.device), j] = logits
         # The draft is the next pass's input: the row's scratch slots past its
         # tokens, where vLLM writes the scheduled drafts itself.
         tokens[rows[sel], at[sel] + 1] = out[sel, j]
@@ -76,4 +91,6 @@ def fill_drafts(runner, drafts: list[list[int]], sampled: list[list[int]], k: in
         drafts[int(r)] = out[i, : int(lengths[r])].tolist()
         # Positions up to the token just sampled hold the proxy's KV of real tokens.
         marks.target_ran(req_ids[i], int(n[r]))
+    if own is not None:
+        runner.trispec_state.own = (req_ids, own)
     return int(lengths.sum())

@@ -58,3 +58,4 @@ class PreparedStep:
     slot_by_layer: dict
     run_on_vllm_batch: Callable[[torch.nn.Module], torch.Tensor] = field(repr=False)
     kind: str | None = None  # the cost-aware step's choice ("trispec" or "sd"), if any
+    proxy_drafted: bool = False  # the proxy drafted and kept its logits (`StepState.own`)

@@ -150,9 +150,16 @@ class TriSpecStep:
 
     def proxy_ran(self, batch: StepBatch) -> None:
         """The proxy's KV now covers every scheduled token of the batch."""
-        ends = batch.num_computed + batch.num_scheduled
+        ends = batch.num_computed + batch.num_scheduled - 1
         for req_id, c, end in zip(batch.req_ids, batch.num_computed, ends, strict=True):
             self.proxy_marks.settle(req_id, int(c))  # registers new requests only
+            self.proxy_marks.target_ran(req_id, int(end))
+
+    def proxy_drafted(self, batch: StepBatch, known: np.ndarray) -> None:
+        """The proxy's drafting passes fed each `known` request's sampled token and
+        its drafts but the last (never fed): its KV covers them now."""
+        ends = batch.num_computed + batch.num_scheduled - 1
+        for req_id, end in zip(np.asarray(batch.req_ids)[known], ends[known], strict=True):
             self.proxy_marks.target_ran(req_id, int(end))
 
     def plan(
