@@ -85,7 +85,9 @@ class _Section(BaseModel):
         "the proxy writes (greedily, k passes, as vLLM's draft_model drafter does) instead "
         "of the ngram drafter, whose drafts are free but few or wrong on text that does not "
         "repeat itself; the target verifies them like any others, so this changes no token "
-        "in lossless mode. It is one more step kind (`draft`) the cost-aware step measures "
+        "in lossless mode; in lossy mode the verifying step routes on the margins of the "
+        "proxy's own drafts, and a request whose drafts it all trusts skips the target. "
+        "It is one more step kind (`draft`) the cost-aware step measures "
         "and chooses only where it emits more tokens per second. Off by default: on a 2-core "
         "CPU the default section ran slower with it at batch 1 and 8 (docs/policies.md).",
     )

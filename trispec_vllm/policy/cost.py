@@ -653,20 +653,12 @@ class CostModel:
         waiting: bool,
         options: list[str],
     ) -> Callable[[str], float]:
-        """A kind's measured rate by the objective of this decision. Where the drafter
-        found nothing (`options` without SD), a TriSpec step emits at most one token
-        per request, however many its means say it emitted on drafted steps: at batch
-        1 on a 2-core CPU, TriSpec steps whose proxy completed three drafts at once
-        had measured 30 tok/s, and 14 undrafted TriSpec steps followed, each emitting
-        one token at about plain decoding's pace or slower."""
+        """A kind's measured rate by the objective of this decision."""
         draining = self._draining(num_reqs, req_ids, waiting)
-        undrafted = "sd" in self.kinds and "sd" not in options
 
         def scored(kind: str) -> float:
             st = self._rated(cls, kind, options)
             rate = self._slowest_rate(kind, st, req_ids) if draining else st.rate
-            if undrafted and kind == DEFERS and st.seconds > 0:
-                rate = min(rate, (1.0 if draining else num_reqs) / st.seconds)
             return rate / self._drift(cls, kind)
 
         return scored
@@ -998,8 +990,15 @@ def kinds_for(kinds: tuple[str, ...], drafted: bool, sampled: bool = True) -> tu
     ``sd`` step would be plain decoding, and with no request that sampled a token
     (`sampled`: prompt chunks only) the proxy has nothing to draft from, so neither
     is a candidate then (all of `kinds` if that leaves none: a drafter without a
-    plain option)."""
+    plain option). Nor is a TriSpec step without drafts where plain decoding is one:
+    it would be the proxy generating alone (its confident top-1 emitted, the target
+    catching up later), which on a 2-core CPU at batch 1 measured below plain
+    decoding and traded places with it on noise, each switch paying a catch-up; the
+    proxy's way to save target passes there is the draft kind (`proxy_drafting`),
+    whose trusted drafts skip the target k tokens at a time."""
     dropped = {"sd"} if not drafted else set()
+    if not drafted and "plain" in kinds:
+        dropped.add("trispec")
     if not sampled:
         dropped.add("draft")
     return tuple(k for k in kinds if k not in dropped) or kinds
