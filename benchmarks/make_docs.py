@@ -62,6 +62,11 @@ Results files (one per experiment, under benchmarks/results/):
                       bar on requests without drafts, before the waiting-for-a-slot rule
 - speed_drafting_tcmalloc.json batch 1 and 8, 3 rounds: the default with and without
                       proxy_drafting, tcmalloc preloaded
+- speed_trusted_drafts.json batch 1 and 8, 3 rounds: the default with and without
+                      proxy_drafting once the draft kind routes on its drafts' margins
+                      (AMD EPYC)
+- speed_b1_no_undrafted_trispec.json batch 1, 3 rounds: the same once the TriSpec step
+                      is no candidate where ngram found no draft (AMD EPYC)
 - step_times_b8.json  step_times.py: plain decoding and the default step by step at
                       batch 1 and 8, 4 interleaved rounds
 - step_times_b8_after_bar.json the same, 2 rounds, straight after the headline run
@@ -165,6 +170,8 @@ NGRAM_K8 = "speed_ngram_k8.json"  # batch 1 and 8: the default section over ngra
 NGRAM_K8_BIG = "speed_ngram_k8_b32_b64.json"  # the same at batch 32 and 64
 BARE_BAR = "speed_bare_bar.json"  # batch 8 and 64: the bar on requests without drafts
 DRAFTING_TCMALLOC = "speed_drafting_tcmalloc.json"  # proxy_drafting again, with tcmalloc
+TRUSTED_DRAFTS = "speed_trusted_drafts.json"  # the draft kind routing on its own margins
+NO_UNDRAFTED = "speed_b1_no_undrafted_trispec.json"  # no TriSpec step without drafts
 STEP_TIMES = "step_times_b8.json"  # step_times.py: where a batch's time goes
 STEP_TIMES_BEFORE = "step_times_b8_before_sampler.json"  # the same before the plain sampler
 STEP_TIMES_AFTER_BAR = "step_times_b8_after_bar.json"  # the same after the headline run, 2 rounds
@@ -947,6 +954,8 @@ BLOCKS: dict[str, Callable[[], str]] = {
     "speed-ngram-k8-b32-b64": lambda: speed_table(NGRAM_K8_BIG),
     "speed-bare-bar": lambda: speed_table(BARE_BAR),
     "speed-drafting-tcmalloc": lambda: speed_table(DRAFTING_TCMALLOC),
+    "speed-trusted-drafts": lambda: speed_table(TRUSTED_DRAFTS),
+    "speed-b1-no-undrafted-trispec": lambda: speed_table(NO_UNDRAFTED),
     "step-times": lambda: step_times(STEP_TIMES),
     "step-times-before": lambda: step_times(STEP_TIMES_BEFORE),
     "step-times-after-bar": lambda: step_times(STEP_TIMES_AFTER_BAR),

@@ -99,6 +99,23 @@ def test_plain_wins_ties_and_gains_inside_the_margin():
     far = run(
         CostModel(warmup=1, explore_every=1000), {"trispec": 110, "sd": 90, "plain": 100}, 1, 40
     )
+    assert far[-20:] == ["plain"] * 20  # inside plain_margin and lossy_margin together
+    farther = run(
+        CostModel(warmup=1, explore_every=1000), {"trispec": 120, "sd": 90, "plain": 100}, 1, 40
+    )
+    assert farther[-20:] == ["trispec"] * 20
+
+
+def test_sd_wins_a_lossy_lead_inside_the_lossy_margin():
+    """The TriSpec step costs quality (the target checks not all its tokens): it must
+    beat exact SD by lossy_margin (10%) to be chosen."""
+    near = run(
+        CostModel(warmup=1, explore_every=1000), {"trispec": 108, "sd": 100, "plain": 50}, 1, 40
+    )
+    assert near[-20:] == ["sd"] * 20
+    far = run(
+        CostModel(warmup=1, explore_every=1000), {"trispec": 115, "sd": 100, "plain": 50}, 1, 40
+    )
     assert far[-20:] == ["trispec"] * 20
 
 
@@ -238,7 +255,9 @@ def test_a_changed_choice_is_reported_with_the_measured_rates():
 def test_the_choice_moves_only_for_a_gain_beyond_the_switch_margin():
     """A switch pays the catch-up the previous kind deferred, which no timing sees:
     kinds within the noise of each other must not trade places."""
-    model = CostModel(warmup=1, run_length=2, explore_every=4, weight=1.0, max_backoff=1)
+    model = CostModel(
+        warmup=1, run_length=2, explore_every=4, weight=1.0, max_backoff=1, lossy_margin=0.0
+    )
     run(model, {"trispec": 100, "sd": 98, "plain": 50}, 1, 20)
     near = run(model, {"trispec": 98, "sd": 100, "plain": 50}, 1, 40)
     assert model.best[1] == "trispec" and near.count("trispec") > near.count("sd")
@@ -272,11 +291,11 @@ def test_the_catch_up_a_trispec_run_leaves_is_booked_on_it():
     the TriSpec step (spread over its run), it tells a step that only looks fast (it
     defers half a step per step) from one that is fast (it defers little)."""
     speed = {"trispec": 12, "sd": 9, "plain": 10}
-    costly = CostModel(warmup=3, run_length=4, explore_every=1000)
+    costly = CostModel(warmup=3, run_length=4, explore_every=1000, lossy_margin=0.0)
     picks = deferring_run(costly, speed, defer=0.5, steps=40)
     assert picks[-10:] == ["plain"] * 10
     assert costly.rates()["trispec"][1] < 10
-    cheap = CostModel(warmup=3, run_length=4, explore_every=1000)
+    cheap = CostModel(warmup=3, run_length=4, explore_every=1000, lossy_margin=0.0)
     assert deferring_run(cheap, speed, defer=0.05, steps=40)[-10:] == ["trispec"] * 10
 
 
@@ -553,7 +572,11 @@ def test_a_lead_inside_a_kinds_own_scatter_moves_no_choice():
 
     def choice(trispec_secs: list[float], confidence: float) -> str:
         model = CostModel(
-            kinds=("trispec", "plain"), warmup=2, explore_every=1000, confidence=confidence
+            lossy_margin=0.0,
+            kinds=("trispec", "plain"),
+            warmup=2,
+            explore_every=1000,
+            confidence=confidence,
         )
         for kind, secs in (("plain", [0.14] * 4), ("trispec", trispec_secs)):
             for sec in secs:  # each kind's first step is a switch, not timed
@@ -562,7 +585,7 @@ def test_a_lead_inside_a_kinds_own_scatter_moves_no_choice():
         return model.choose(1)
 
     bursty = [0.2, 0.2, 0.2, 0.2, 0.06, 0.06, 0.06, 0.06]
-    model = CostModel()
+    model = CostModel(lossy_margin=0.0)
     for sec in bursty:
         model.observe("trispec", 1, sec, 1)
     st = model.stats[(1, "trispec")]

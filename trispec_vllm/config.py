@@ -75,8 +75,9 @@ class _Section(BaseModel):
         "step, standard speculative decoding on the target (no proxy pass) or, with the "
         "ngram drafter, plain decoding (no drafts), whichever has emitted the most tokens "
         "per second at this batch size (measured per power-of-two batch-size class, every "
-        "kind retried now and then). Exact in lossless mode; in lossy mode a request's "
-        "tokens then depend on its batch and on timing. max_proxy_batch and "
+        "kind retried now and then; a step where ngram found no draft decodes plainly or, "
+        "with proxy_drafting, on the proxy's drafts). Exact in lossless mode; in lossy "
+        "mode a request's tokens then depend on its batch and on timing. max_proxy_batch and "
         "disable_by_batch_size, when set, decide first.",
     )
     proxy_drafting: bool = Field(

@@ -32,7 +32,12 @@ decoding (it costs SD plus a proxy pass there); such kinds are still re-tried,
 at the longest exploration interval.
 A speculative kind must beat plain decoding by `plain_margin` to be chosen over
 it: plain decoding is exact and costs no quality, so a tie or a gain inside the
-noise goes to it (and among equal rates, the kind doing less work). Only steps
+noise goes to it (and among equal rates, the kind doing less work). For the same
+reason the TriSpec step, the one kind whose tokens the target does not all check,
+must beat SD and plain decoding by `lossy_margin` more: at batch 1 on a 2-core CPU
+its rate and SD's traded places a dozen times in a few hundred steps, each switch
+paying a catch-up, and an engine kept up beside vLLM's ngram SD, interleaved
+request by request, ran at 0.90-0.93x of it. Only steps
 that follow a step of the same kind are timed: the first step after a switch
 pays the catch-up of the kind before it. Both catch-ups are the TriSpec step's
 doing: entering a TriSpec run, the proxy reads the tokens other kinds emitted since
@@ -231,6 +236,7 @@ class CostModel:
     weight: float = 0.2  # EWMA weight of a new sample
     plain_margin: float = 0.05  # a speculative kind must beat plain by this share
     switch_margin: float = 0.05  # another kind must beat the class's choice by this share
+    lossy_margin: float = 0.10  # the TriSpec step must beat the exact kinds by this share
     abandon: float = 0.5  # a run stops once its kind is measured below this share of another
     # ... and a run of SD or plain decoding below this share: their steps vary with the
     # machine's noise only, a TriSpec step's with its routing (a step the proxy completes
@@ -715,7 +721,7 @@ class CostModel:
         half): a lead its own steps' scatter explains moves nothing (at batch 1 on a
         2-core CPU TriSpec and plain decoding traded places four times in 14 steps on
         it)."""
-        bonus = {"plain": 1.0 + self.plain_margin}
+        bonus = {"plain": 1.0 + self.plain_margin, DEFERS: 1.0 / (1.0 + self.lossy_margin)}
         current = self.best.get(cls)
         if current in options:
             bonus[current] = bonus.get(current, 1.0) * (1.0 + self.switch_margin)

@@ -1,0 +1,135 @@
+"""Several configurations side by side, interleaved request by request: the tightest
+comparison this noisy machine allows.
+
+    python benchmarks/paired.py --batch 1 --rounds 6 \
+        --only "vLLM ngram k=3" "vLLM ngram k=5" "TriSpec default (ngram k=3)"
+
+`bench_speed.py` starts a fresh engine per configuration and round, so configurations
+of one round run minutes apart, and on this machine plain decoding's speed moved by
+up to 40% within a round. Here every engine (one per `bench_speed` configuration,
+named by label; the first is the reference) loads once and stays up, as a server
+would, and each group of `--batch` requests (bench_speed's chat prompts, greedy,
+`--tokens` each) runs on every engine back to back, in an order that rotates from
+group to group, so drift over more than a few seconds hits all alike. A round is
+every prompt once; per round, each engine's tok/s over all its groups and its ratio
+to the reference's; printed and written as the median with its min-max, and the
+per-group ratios as well. Engines idle while another runs, so never run this beside
+the test suite or another benchmark.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def summary(xs: list[float]) -> str:
+    return f"{statistics.median(xs):.3f} ({min(xs):.3f}-{max(xs):.3f})"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--only", nargs="+", required=True, help="bench_speed labels; first: reference")
+    ap.add_argument("--batch", type=int, default=1)
+    ap.add_argument("--requests", type=int, default=4, help="requests per round")
+    ap.add_argument("--tokens", type=int, default=128)
+    ap.add_argument("--rounds", type=int, default=6)
+    ap.add_argument("--out", type=Path, default=None)
+    args = ap.parse_args()
+    if len(args.only) < 2:
+        raise SystemExit("name at least two configurations")
+    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")  # several engines in 24 GiB
+    os.environ.setdefault("TRISPEC_COST_DIR", tempfile.mkdtemp(prefix="costs-"))
+    from trispec_vllm import cpu_runtime
+
+    cpu_runtime.apply()
+    from bench_speed import chat_prompts, configurations, cpu_model, start_engine
+    from vllm import SamplingParams
+
+    from trispec_vllm.fetch import fetch_pair
+
+    pair = fetch_pair()
+    by_label = {c.label: c for c in configurations(pair.proxy, False, target=pair.target)}
+    missing = [label for label in args.only if label not in by_label]
+    if missing:
+        raise SystemExit(f"unknown configuration labels: {missing}")
+    # Each warmed up on a prompt outside the measured set (start_engine).
+    engines = {label: start_engine(by_label[label], pair.target, True) for label in args.only}
+    params = SamplingParams(temperature=0, max_tokens=args.tokens)
+    prompts = chat_prompts(args.requests)
+    groups = [prompts[i : i + args.batch] for i in range(0, len(prompts), args.batch)]
+    names = list(engines)
+    ref = names[0]
+    machine = cpu_model()
+    print(f"{machine}; batch {args.batch}, {args.requests} requests x {args.tokens} tokens")
+    rounds: list[dict[str, dict[str, float]]] = []
+    group_ratios: dict[str, list[float]] = {n: [] for n in names[1:]}
+    turn = 0
+    for r in range(args.rounds):
+        secs = dict.fromkeys(names, 0.0)
+        toks = dict.fromkeys(names, 0)
+        for group in groups:
+            order = names[turn % len(names) :] + names[: turn % len(names)]
+            turn += 1
+            rate = {}
+            for name in order:
+                t0 = time.perf_counter()
+                outs = engines[name].chat(group, params, use_tqdm=False)
+                dt = time.perf_counter() - t0
+                n = sum(len(o.outputs[0].token_ids) for o in outs)
+                secs[name] += dt
+                toks[name] += n
+                rate[name] = n / dt
+            for name in names[1:]:
+                group_ratios[name].append(rate[name] / rate[ref])
+        tok_s = {n: toks[n] / secs[n] for n in names}
+        rounds.append({"tok_s": tok_s, "ratio": {n: tok_s[n] / tok_s[ref] for n in names}})
+        print(
+            f"round {r + 1}/{args.rounds}: "
+            + ", ".join(f"{n} {tok_s[n]:.2f} ({tok_s[n] / tok_s[ref]:.3f}x)" for n in names),
+            flush=True,
+        )
+    print(f"\n{machine}; batch {args.batch}, {args.rounds} rounds; ratios to {ref}")
+    print("| configuration | tok/s | ratio per round | ratio per group |\n|---|---|---|---|")
+    for n in names:
+        rates = [x["tok_s"][n] for x in rounds]
+        ratios = [x["ratio"][n] for x in rounds]
+        per_group = summary(group_ratios[n]) if n != ref else "-"
+        print(f"| {n} | {summary(rates)} | {summary(ratios)} | {per_group} |")
+    out = args.out or RESULTS / f"paired_b{args.batch}.json"
+    out.write_text(
+        json.dumps(
+            {
+                "machine": machine,
+                "batch": args.batch,
+                "requests": args.requests,
+                "tokens": args.tokens,
+                "configurations": names,
+                "rounds": rounds,
+                "group_ratios": group_ratios,
+                "command": " ".join(sys.argv),
+            },
+            indent=1,
+        )
+        + "\n"
+    )
+    print(f"wrote {out}")
+    for llm in engines.values():
+        llm.llm_engine.engine_core.shutdown()
+    engines.clear()
+    gc.collect()
+
+
+if __name__ == "__main__":
+    main()
