@@ -67,6 +67,8 @@ Results files (one per experiment, under benchmarks/results/):
                       (AMD EPYC)
 - speed_b1_no_undrafted_trispec.json batch 1, 3 rounds: the same once the TriSpec step
                       is no candidate where ngram found no draft (AMD EPYC)
+- paired_b1_no_undrafted.json paired.py at batch 1, 6 rounds: vLLM's ngram k=3 and k=5 SD
+                      and the default (build 6ed4c7f), engines kept up (AMD EPYC)
 - step_times_b8.json  step_times.py: plain decoding and the default step by step at
                       batch 1 and 8, 4 interleaved rounds
 - step_times_b8_after_bar.json the same, 2 rounds, straight after the headline run
@@ -172,6 +174,7 @@ BARE_BAR = "speed_bare_bar.json"  # batch 8 and 64: the bar on requests without 
 DRAFTING_TCMALLOC = "speed_drafting_tcmalloc.json"  # proxy_drafting again, with tcmalloc
 TRUSTED_DRAFTS = "speed_trusted_drafts.json"  # the draft kind routing on its own margins
 NO_UNDRAFTED = "speed_b1_no_undrafted_trispec.json"  # no TriSpec step without drafts
+PAIRED_NO_UNDRAFTED = "paired_b1_no_undrafted.json"  # the same build, engines interleaved
 STEP_TIMES = "step_times_b8.json"  # step_times.py: where a batch's time goes
 STEP_TIMES_BEFORE = "step_times_b8_before_sampler.json"  # the same before the plain sampler
 STEP_TIMES_AFTER_BAR = "step_times_b8_after_bar.json"  # the same after the headline run, 2 rounds
@@ -255,6 +258,11 @@ def md_table(header: list[str], rows: list[list[str]]) -> str:
 
 def block(text: str) -> str:
     return "\n" + text.rstrip("\n") + "\n"
+
+
+def paired_engines(name: str) -> str:
+    """paired.py's table."""
+    return block(_bench("paired").table(load(name)))
 
 
 def step_times(name: str) -> str:
@@ -956,6 +964,7 @@ BLOCKS: dict[str, Callable[[], str]] = {
     "speed-drafting-tcmalloc": lambda: speed_table(DRAFTING_TCMALLOC),
     "speed-trusted-drafts": lambda: speed_table(TRUSTED_DRAFTS),
     "speed-b1-no-undrafted-trispec": lambda: speed_table(NO_UNDRAFTED),
+    "paired-b1-no-undrafted": lambda: paired_engines(PAIRED_NO_UNDRAFTED),
     "step-times": lambda: step_times(STEP_TIMES),
     "step-times-before": lambda: step_times(STEP_TIMES_BEFORE),
     "step-times-after-bar": lambda: step_times(STEP_TIMES_AFTER_BAR),
