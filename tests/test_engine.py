@@ -517,10 +517,12 @@ def test_cost_aware_step_with_prompt_chunks_runs_no_proxy_pass(tiny_pair, refere
     """A step that carries prompt chunks (small chunks, long prompts beside decoding
     requests) runs as standard SD when a TriSpec step was chosen: the proxy does not
     read the chunks; it catches them up later, and the output stays exact (proxy =
-    target at lambda 0.05 is exact in every kind of step). Batches of four, below
-    `escalates_from`, where the TriSpec step is tried whatever the drafts."""
+    target at lambda 0.05 is exact in every kind of step). The draft model drafts in
+    every step, so the TriSpec step is a candidate (and warmed up) in every step,
+    those with prompt chunks included (batches of four, below `escalates_from`)."""
     cfg = {"proxy_model": tiny_pair.target, "margin_threshold": 0.05, "cost_aware": True}
-    llm = make_llm(tiny_pair, NGRAM, cfg, max_num_batched_tokens=64, max_num_seqs=4)
+    spec = {"method": "draft_model", "model": tiny_pair.proxy, "num_speculative_tokens": K}
+    llm = make_llm(tiny_pair, spec, cfg, max_num_batched_tokens=64, max_num_seqs=4)
     refs = reference_all[0]
     got, want = [], []
     for i in range(0, 16, 2):  # long prompts arrive beside short ones already decoding

@@ -37,7 +37,7 @@ reason the TriSpec step, the one kind whose tokens the target does not all check
 must beat SD and plain decoding by `lossy_margin` more: at batch 1 on a 2-core CPU
 its rate and SD's traded places a dozen times in a few hundred steps, each switch
 paying a catch-up, and an engine kept up beside vLLM's ngram SD, interleaved
-request by request, ran at 0.90-0.93x of it. Only steps
+request by request, ran at 0.91x (0.84-0.94x) of it. Only steps
 that follow a step of the same kind are timed: the first step after a switch
 pays the catch-up of the kind before it. Both catch-ups are the TriSpec step's
 doing: entering a TriSpec run, the proxy reads the tokens other kinds emitted since
