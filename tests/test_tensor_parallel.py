@@ -82,8 +82,8 @@ def test_proxy_equal_to_target_skips_target_steps_at_tp2(tiny_pair, plain_tp2):
 
 def test_cost_aware_step_runs_the_same_kind_on_every_rank(tiny_pair, plain_tp2):
     """Each rank times its own steps, so the cost-aware choice is rank 0's: with the
-    proxy = target (exact in every kind) the output equals plain greedy while every
-    kind runs, and both ranks count the same steps of each kind. Two slots for eight
+    proxy = target (exact in every kind) the output equals plain greedy while the
+    kinds switch, and both ranks count the same steps of each kind. Two slots for eight
     requests: requests wait, so kinds rank by throughput and are tried."""
     cfg = {
         "proxy_model": tiny_pair.target,
@@ -93,8 +93,11 @@ def test_cost_aware_step_runs_the_same_kind_on_every_rank(tiny_pair, plain_tp2):
     }
     got, c, every = run(tiny_pair, NGRAM, cfg, max_num_seqs=2)
     assert got == plain_tp2
-    for kind in ("trispec", "sd", "draft", "plain"):
-        assert c[f"{kind}_kind_steps"] > 0, c
+    # Which kinds run depends on rank 0's timings (with a busy loop beside it on a
+    # 2-core machine, one run had no SD step), so the check asks for switches between
+    # at least three kinds, the proxy's drafting passes among them.
+    ran = [k for k in ("trispec", "sd", "draft", "plain") if c[f"{k}_kind_steps"] > 0]
+    assert "draft" in ran and len(ran) >= 3, {k: v for k, v in c.items() if "kind" in k}
     assert len(every) == 2 and every[0] == every[1]
 
 
