@@ -28,7 +28,8 @@ each problem N times, each answer with its own seed, and pass@1 is the mean
 over all answers. The change against the target is paired by problem: each
 problem's pass rate minus the target's on the same problem, averaged, with a
 95% interval of 1.96 standard errors of that mean (the problems are shared, so
-only the answers' own noise counts). At temperature > 0 prefills are never
+only the answers' own noise counts). Engines run with the CPU runtime of
+`trispec-vllm cpu-env` (as the speed runs). At temperature > 0 prefills are never
 chunked: stock vLLM 0.32 rewinds a seeded generator after a partial prefill
 with `set_offset`, which CPU generators lack (TriSpec's runner handles it;
 the reference engines would crash).
@@ -611,6 +612,12 @@ def main() -> None:
     args.max_tokens = args.max_tokens or (128 if args.quick else 384)
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "4")
     sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from trispec_vllm import cpu_runtime
+
+    # The speed runs' CPU runtime (`trispec-vllm cpu-env`; variables already set are
+    # kept): the cost-aware step chooses from the engine's timings, so a lossy mode's
+    # answers depend on it, and without it the engine keeps one of two cores idle.
+    runtime = cpu_runtime.apply()
 
     from trispec_vllm.fetch import fetch_pair
     from trispec_vllm.prompts import humaneval_chat, humaneval_subset, mtbench_first_turns
@@ -685,6 +692,7 @@ def main() -> None:
         "vllm_version": vllm.__version__,
         "target": pair.target,
         "proxy": pair.proxy,
+        "cpu_runtime_added": runtime,
     }
     out.write_text(json.dumps({**meta, "settings": settings, "results": results}, indent=1))
     md = table(results)
