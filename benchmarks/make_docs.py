@@ -70,7 +70,7 @@ Results files (one per experiment, under benchmarks/results/):
 - paired_b1_no_undrafted.json paired.py at batch 1, 6 rounds: vLLM's ngram k=3 and k=5 SD
                       and the default (build 6ed4c7f), engines kept up (AMD EPYC)
 - paired_b1_lossy_margin.json the same on the build with lossy_margin (57c9bbe)
-- paired_b1_k5.json   the same build, 6 rounds: vLLM's ngram k=5 and k=3 SD and the default
+- paired_b1_k5.json   the same build, 3 rounds: vLLM's ngram k=5 and k=3 SD and the default
                       over ngram k=5 (AMD EPYC, AVX2)
 - step_times_b8.json  step_times.py: plain decoding and the default step by step at
                       batch 1 and 8, 4 interleaved rounds
