@@ -849,3 +849,87 @@ def test_with_drafts_the_trispec_step_is_rated_by_its_drafted_steps(
     assert model.rates()["trispec_drafted"][1] == pytest.approx(rate, abs=0.01)
     # At batch 1 a request joining is a new workload: tried on its drafted steps again
     assert model.choose(1, req_ids=["b"]) == "trispec"
+
+
+def regret_share(model: CostModel, cls: int = 1) -> float:
+    return model.regret.get(cls, 0.0) / model.spent[cls]
+
+
+def serve_one_at_a_time(model: CostModel, requests: int, tokens: int) -> tuple[float, list]:
+    """Requests one after another at batch 1, as a 2-core AVX2 CPU runs them: a plain
+    step 1 s, an SD step over its drafts 1.5 s, both one token (drafts rarely accepted);
+    a TriSpec step 1 s for one token, plus 25 s entering a run (the proxy's catch-up
+    over the context) and 15 s in the step after one (the target's), about what the
+    real pair's catch-ups cost there in plain steps. Each request joining re-tries the
+    TriSpec step. Returns the seconds taken and the kinds run."""
+    total, picks, previous = 0.0, [], None
+    for r in range(requests):
+        rid = f"r{r}"
+        for t in range(tokens):
+            kind = model.choose(1, req_ids=[rid], waiting=False, horizon=tokens - t)
+            secs = {"trispec": 1.0, "sd": 1.5, "plain": 1.0}[kind]
+            if kind == "trispec" and previous != "trispec":
+                secs += 25.0
+            if previous == "trispec" and kind != "trispec":
+                secs += 15.0
+            model.observe(kind, 1, secs, 1, {rid: 1})
+            total += secs
+            picks.append(kind)
+            previous = kind
+    return total, picks
+
+
+def test_learning_runs_stay_within_the_exploration_budget():
+    """Re-tries and explorations whose switches cost several steps are charged as
+    regret (their seconds beyond what the choice would have taken for their tokens);
+    once that is over the budget no run starts until the choice's steps bring it back
+    under: learning costs about `explore_budget` of the time, and still goes on."""
+    free = CostModel(explore_budget=1.0)
+    free_secs, _ = serve_one_at_a_time(free, 12, 128)
+    bounded = CostModel(explore_budget=0.05)
+    secs, picks = serve_one_at_a_time(bounded, 12, 128)
+    assert regret_share(free) > 0.1  # without the budget, learning costs more
+    overshoot = (25.0 + 15.0 + 4 * 0.5) / bounded.spent[1]  # one run past the budget
+    assert regret_share(bounded) <= 0.05 + overshoot
+    assert secs < 0.9 * free_secs
+    assert picks[200:].count("trispec") > 0  # still re-tried
+
+
+def test_a_costly_switch_step_is_charged_and_holds_the_next_exploration():
+    """The step after a TriSpec run pays the target's catch-up: charged as regret, it
+    holds the next exploration back, which the same model without it starts."""
+
+    def feed(extra: float) -> list[str]:
+        model = CostModel(warmup=1, run_length=2, explore_every=8, explore_budget=0.05)
+        picks, previous = [], None
+        for _ in range(150):
+            kind = model.choose(1)
+            secs = 1.0 + (extra if previous == "trispec" and kind != "trispec" else 0.0)
+            model.observe(kind, 1, secs, {"trispec": 9, "sd": 9, "plain": 10}[kind])
+            picks.append(kind)
+            previous = kind
+        return picks
+
+    def next_run(picks: list[str]) -> int:  # after the exploration at about step 30
+        return next(i for i in range(36, len(picks)) if picks[i] != "plain")
+
+    cheap, costly = feed(0.0), feed(4.0)
+    assert cheap[28:36] == costly[28:36] and "trispec" in cheap[28:36]
+    assert next_run(cheap) + 8 <= next_run(costly)
+
+
+def test_warm_ups_before_the_first_choice_are_not_held():
+    model = CostModel(warmup=2, explore_every=1000, explore_budget=0.0)
+    picks = run(model, {"trispec": 5, "sd": 6, "plain": 10}, 1, 12)
+    assert {"trispec", "sd", "plain"} <= set(picks)
+    assert not model.over_budget(2)  # a class never chosen in is never held
+
+
+def test_an_exploration_held_by_the_budget_spares_the_drafter():
+    """Over the budget, `settled` predicts plain decoding where exploration is due, so
+    the drafter need not run; the prediction is the decision."""
+    model = CostModel(warmup=1, run_length=2, explore_every=4, explore_budget=0.05)
+    run(model, {"trispec": 2, "sd": 2, "plain": 10}, 1, 12)
+    assert model.over_budget(1)
+    assert not drafts_needed(model, 1)
+    assert model.choose(1) == "plain"

@@ -405,8 +405,12 @@ def test_cost_aware_ranks_a_batch_nothing_waits_behind_by_its_slowest_request(ti
     together = counters(llm)["cost_objectives"]
     got += token_ids(llm.generate(prompts()[8:9], greedy()))
     alone = counters(llm)["cost_objectives"]
+    learning = counters(llm)["cost_learning"]
     close(llm)
     assert got == reference[:9]
+    # Every decoding class booked its seconds, and the regret its learning was charged.
+    assert {"1", "8"} <= set(learning), learning
+    assert all(0 <= v["regret_s"] <= v["seconds"] for v in learning.values()), learning
     assert together.get("slowest request", 0) > 0, together
     assert alone.get("one request", 0) > together.get("one request", 0), (together, alone)
 

@@ -48,7 +48,11 @@ def run(tiny_pair, spec=None, trispec=None, tp=2, pairs=False, **engine):
     # same: they route alike.
     every = (
         [
-            {k: v for k, v in c.items() if k not in ("times", "cost_rates", "cost_objectives")}
+            {
+                k: v
+                for k, v in c.items()
+                if k not in ("times", "cost_rates", "cost_objectives", "cost_learning")
+            }
             for c in llm.collective_rpc("trispec_counters")
         ]
         if trispec

@@ -43,7 +43,8 @@ def split_stats(scheduler_stats):
 def worker_counters(step, cost=None) -> dict[str, Any]:
     """A worker's running totals, adaptive lambda's engine-wide start (a level) and
     the cost-aware step's measured tok/s per kind and batch-size class (levels) and
-    its ranked choices per objective (throughput, slowest request)."""
+    its ranked choices per objective (throughput, slowest request), and per class
+    the regret its learning was charged against its decoding seconds."""
     out = step.stats.as_dict()
     if step.adaptive is not None:
         out["adaptive_start_lambda"] = step.adaptive.start
@@ -51,6 +52,10 @@ def worker_counters(step, cost=None) -> dict[str, Any]:
         rates = cost.rates()
         out["cost_rates"] = {k: {str(c): r for c, r in v.items()} for k, v in rates.items()}
         out["cost_objectives"] = dict(cost.objectives)
+        out["cost_learning"] = {
+            str(c): {"regret_s": round(r, 3), "seconds": round(s, 3)}
+            for c, (r, s) in cost.learning().items()
+        }
     return out
 
 

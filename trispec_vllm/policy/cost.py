@@ -58,6 +58,20 @@ choice: it keeps the chosen kind's mean step seconds at the moments it was timed
 and its own step seconds are scaled by how far the chosen kind's have moved since
 (`_drift`), so a slowdown only the chosen kind was there to see moves no choice.
 
+Learning is bounded by what it costs. Every step that is not the class's choice
+(a warm-up after the class's first choice, an exploration, a re-measurement, a
+TriSpec re-try for a request joining at batch 1) and every switch step after one
+is charged its regret: its seconds beyond what the choice's measured rate would have
+taken for the same tokens (none for a step that beat it). Once a class's regret is
+over `explore_budget` of its decoding seconds, no such run starts there until the
+steps of the choice bring it back under (an exploration due waits, and starts as
+soon as they do). The warm-ups before a class's first choice are neither charged
+nor held: there is no choice to compare with yet. On a 2-core AVX2 CPU at batch 1, where a target
+pass costs nearly its tokens' worth (0.18 s over 1 token, 0.94 s over 6), each
+request's TriSpec re-try paid the proxy's catch-up over its whole context (3.6-6.3
+s, 20-35 plain steps) and the target's catch-up after it (3.9 s), and the default
+ran at 0.91-0.99x of vLLM's ngram SD, which spent nothing on learning.
+
 What "most tokens per second" means depends on the load. While requests wait
 for a slot, the step's throughput is what serves them soonest. When none waits,
 the batch is all there is, and it is done when its slowest request is: a
@@ -260,6 +274,11 @@ class CostModel:
     # Against the class's current choice, another kind's rate counts this many of its
     # standard errors lower (`KindStats.spread`; 0: at its mean).
     confidence: float = 1.0
+    # Runs that learn (warm-ups after the first choice, explorations, re-measurements)
+    # start only while the class's regret is within this share of its seconds.
+    explore_budget: float = 0.05
+    regret: dict[int, float] = field(default_factory=dict)  # class -> seconds charged
+    spent: dict[int, float] = field(default_factory=dict)  # class -> decoding seconds
     stats: dict[tuple[int, str], KindStats] = field(default_factory=dict)
     # class -> the TriSpec step's means over its steps with drafts only (`_rated`)
     drafted: dict[int, KindStats] = field(default_factory=dict)
@@ -331,6 +350,7 @@ class CostModel:
                 paces[req] = (done + n, steps + 1)
         cls = size_class(num_reqs)
         previous, self.last[cls] = self.last.get(cls), kind
+        self._charge_regret(cls, kind, previous, seconds, tokens)
         steps = self.run_steps.get(cls, 0)
         self.run_steps[cls] = 1 if previous != kind else steps + 1
         owed = self.owed.pop(cls, None)
@@ -367,6 +387,27 @@ class CostModel:
                 mine.stale()
             mine.observe(seconds, tokens, self.weight, ref)
         self.measured_at[(cls, kind)] = self.decisions.get(cls, 0)
+
+    def _charge_regret(
+        self, cls: int, kind: str, previous: str | None, seconds: float, tokens: int
+    ) -> None:
+        """Book a step's seconds on its class and, for a step not of the class's choice
+        or switching to it, their excess over the choice's measured rate."""
+        self.spent[cls] = self.spent.get(cls, 0.0) + seconds
+        current = self.best.get(cls)
+        if kind == current and previous == kind:
+            return
+        st = self.stats.get((cls, current)) if current is not None else None
+        if st is not None and st.rate > 0:  # (before the first choice: nothing to charge)
+            excess = max(seconds - tokens / st.rate, 0.0)
+            self.regret[cls] = self.regret.get(cls, 0.0) + excess
+
+    def over_budget(self, cls: int) -> bool:
+        """Whether no learning run may start in the class now (`explore_budget`):
+        never before its first choice."""
+        if cls not in self.best:
+            return False
+        return self.regret.get(cls, 0.0) > self.explore_budget * self.spent.get(cls, 0.0)
 
     def _drift(self, cls: int, kind: str) -> float:
         """How much slower the machine runs now than when `kind` was last timed, as the
@@ -498,6 +539,9 @@ class CostModel:
         if tail:  # the class's best measured kind, nothing to learn here
             return self._chose(self._ranked(cls, options, {k: scored(k) for k in options})[0])
         barred = self._barred(cls, num_reqs, req_ids, waiting, undrafted, self.decisions[cls])
+        if self.over_budget(cls):
+            barred = tuple(options)  # (no back-off: it is the budget that bars them)
+            undrafted = False
         warming = self._warming(cls, options, stats, scored)
         if barred and undrafted and any(k in barred for k in warming):
             self._back_off(cls)
@@ -567,6 +611,8 @@ class CostModel:
         tail = self._tail(cls, self._peak(cls, joined), horizon)
         decision = self.decisions.get(cls, 0) + 1
         barred = () if joined else self._barred(cls, num_reqs, req_ids, waiting, False, decision)
+        if self.over_budget(cls):
+            barred = tuple(options)
         if not tail and any(k not in barred for k in self._warming(cls, options, stats, scored)):
             return None
         ranked = self._ranked(cls, options, {k: scored(k) for k in options})
@@ -919,6 +965,11 @@ class CostModel:
                 self.drafted[cls] = KindStats(seconds, tokens, samples)
         self.interval.update(interval)
         return restored
+
+    def learning(self) -> dict[int, tuple[float, float]]:
+        """Per size class: the regret its learning was charged and its decoding seconds
+        (`explore_budget`), for logs and docs."""
+        return {c: (self.regret.get(c, 0.0), s) for c, s in sorted(self.spent.items())}
 
     def rates(self) -> dict[str, dict[int, float]]:
         """Measured tokens/s per kind and size class (for logs and docs)."""
