@@ -113,6 +113,7 @@ class TriSpecRunnerMixin:
         # Measurements kept across engine restarts (engine/cost_memory.py).
         self.trispec_cost_memory = cost_memory.open_memory(self, cfg, self.trispec_cost)
         self.trispec_next_kind: str | None = None  # chosen when the drafter proposes
+        self.trispec_learning = False  # that choice is a learning run's (policy/cost.py)
         # Seconds the proxy spent drafting in this step's sampling call (for the next
         # step), and in the previous one (for this step): booked on the step that
         # verifies the drafts, not on the one whose sampling it followed.
@@ -233,7 +234,9 @@ class TriSpecRunnerMixin:
         self.trispec_measure = None
         if self._plain_step(scheduler_output, req_ids, num_sched):
             if self.trispec_cost is not None and self._decoding(req_ids, num_sched).all():
-                self.trispec_measure = TimedStep("plain", len(req_ids), t_start, False)
+                self.trispec_measure = TimedStep(
+                    "plain", len(req_ids), t_start, False, self.trispec_learning
+                )
             return self._vllm_step(
                 scheduler_output, intermediate_tensors, deferred, req_ids, num_sched, t_start
             )
@@ -258,7 +261,9 @@ class TriSpecRunnerMixin:
                 drafted = bool(prep.batch.num_drafts.any())
                 plain = kind == "sd" and not drafted
                 kind_run = "plain" if plain else chosen
-                self.trispec_measure = TimedStep(kind_run, len(req_ids), t_start, drafted)
+                self.trispec_measure = TimedStep(
+                    kind_run, len(req_ids), t_start, drafted, self.trispec_learning
+                )
             prep.kind = kind
         t_prepared = time.perf_counter()
         proxy_logits, own_known = self._run_proxy(prep)
@@ -546,6 +551,7 @@ class TriSpecRunnerMixin:
             horizon=horizon,
             undrafted=undrafted,
         )
+        self.trispec_learning = self.trispec_cost.learning_choice
         return ranks.rank0_kind(kind, KINDS, self.device)
 
     def _horizon(self, num_reqs: int) -> int | None:
@@ -608,6 +614,7 @@ class TriSpecRunnerMixin:
         if self.trispec.speculation_disabled(num_reqs):
             return [[] for _ in range(num_reqs)]
         self.trispec_next_kind = None
+        self.trispec_learning = False
         propose = super().propose_draft_token_ids
         if self.trispec_fused:
             return fused_drafter.propose_recorded(
@@ -691,7 +698,7 @@ class TriSpecRunnerMixin:
                 kind = timed.kind
                 secs = time.perf_counter() - timed.t_start - self.trispec_draft_secs + drafted_for
                 self.trispec_cost.observe(
-                    kind, timed.num_reqs, secs, emitted, emitted_by, timed.drafted
+                    kind, timed.num_reqs, secs, emitted, emitted_by, timed.drafted, timed.learning
                 )
                 if self.trispec_cost_memory is not None:
                     self.trispec_cost_memory.measured()

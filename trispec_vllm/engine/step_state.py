@@ -42,6 +42,7 @@ class TimedStep:
     num_reqs: int  # the batch-size class it is booked under
     t_start: float  # perf_counter() when execute_model began
     drafted: bool  # the drafter had drafts for it (TriSpec's drafted rate)
+    learning: bool = False  # chosen for a learning run (the cost-aware step's budget)
 
 
 @dataclass

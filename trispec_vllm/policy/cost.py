@@ -279,6 +279,8 @@ class CostModel:
     explore_budget: float = 0.05
     regret: dict[int, float] = field(default_factory=dict)  # class -> seconds charged
     spent: dict[int, float] = field(default_factory=dict)  # class -> decoding seconds
+    learning_choice: bool = False  # the latest decision is a step of a learning run
+    after_learning: dict[int, bool] = field(default_factory=dict)  # class -> last step learned
     stats: dict[tuple[int, str], KindStats] = field(default_factory=dict)
     # class -> the TriSpec step's means over its steps with drafts only (`_rated`)
     drafted: dict[int, KindStats] = field(default_factory=dict)
@@ -337,10 +339,13 @@ class CostModel:
         tokens: int,
         per_request: dict[str, int] | None = None,
         drafted: bool = False,
+        learning: bool | None = None,
     ) -> None:
         """Book one decoding step of `kind` over `num_reqs` requests (`per_request`:
         the tokens each request emitted, for the paces of speculative kinds; `drafted`:
-        the drafter had drafts in the step)."""
+        the drafter had drafts in the step; `learning`: the step's decision was a
+        learning run's, `learning_choice` when it was made; None: the latest decision's,
+        for callers that observe each step before the next decision)."""
         if kind not in self.kinds or seconds <= 0:
             return
         if per_request and kind != "plain":  # plain decoding's pace is 1 by definition
@@ -350,7 +355,9 @@ class CostModel:
                 paces[req] = (done + n, steps + 1)
         cls = size_class(num_reqs)
         previous, self.last[cls] = self.last.get(cls), kind
-        self._charge_regret(cls, kind, previous, seconds, tokens)
+        self._charge_regret(
+            cls, self.learning_choice if learning is None else learning, seconds, tokens
+        )
         steps = self.run_steps.get(cls, 0)
         self.run_steps[cls] = 1 if previous != kind else steps + 1
         owed = self.owed.pop(cls, None)
@@ -388,15 +395,15 @@ class CostModel:
             mine.observe(seconds, tokens, self.weight, ref)
         self.measured_at[(cls, kind)] = self.decisions.get(cls, 0)
 
-    def _charge_regret(
-        self, cls: int, kind: str, previous: str | None, seconds: float, tokens: int
-    ) -> None:
-        """Book a step's seconds on its class and, for a step not of the class's choice
-        or switching to it, their excess over the choice's measured rate."""
+    def _charge_regret(self, cls: int, learning: bool, seconds: float, tokens: int) -> None:
+        """Book a step's seconds on its class and, for a step of a learning run or the
+        first step after one (it pays the run's catch-up), their excess over the
+        class's choice's measured rate."""
         self.spent[cls] = self.spent.get(cls, 0.0) + seconds
-        current = self.best.get(cls)
-        if kind == current and previous == kind:
+        after, self.after_learning[cls] = self.after_learning.get(cls, False), learning
+        if not (learning or after):
             return
+        current = self.best.get(cls)
         st = self.stats.get((cls, current)) if current is not None else None
         if st is not None and st.rate > 0:  # (before the first choice: nothing to charge)
             excess = max(seconds - tokens / st.rate, 0.0)
@@ -533,7 +540,7 @@ class CostModel:
             fresh = stats[kind].samples > at_start  # measured in this run
             if not (fresh and self._run_lost(cls, kind, options, scored)):
                 self.runs[cls] = (kind, left - 1, at_start)
-                return self._chose(kind)
+                return self._chose(kind, learning=cls in self.best)
             if self._draining(num_reqs, req_ids, waiting):
                 self.cut.add((cls, kind))
         if tail:  # the class's best measured kind, nothing to learn here
@@ -909,10 +916,11 @@ class CostModel:
             self.retry.discard(cls)
         at_start = self.stats.get((cls, kind), KindStats()).samples
         self.runs[cls] = (kind, self.run_length - 1, at_start)
-        return self._chose(kind)
+        return self._chose(kind, learning=cls in self.best)
 
-    def _chose(self, kind: str) -> str:
+    def _chose(self, kind: str, learning: bool = False) -> str:
         self.chosen[kind] = self.chosen.get(kind, 0) + 1
+        self.learning_choice = learning
         return kind
 
     def snapshot(self) -> dict:
