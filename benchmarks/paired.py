@@ -16,7 +16,8 @@ to the reference's; printed and written as the median with its min-max, and the
 per-group ratios as well. Engines idle while another runs, so never run this beside
 the test suite or another benchmark. Each engine holds its weights and a 1 GiB KV
 cache: on 24 GiB, vLLM's two ngram SD engines and one TriSpec engine fit; two TriSpec
-engines and a third did not (a worker was killed while the third loaded).
+engines and a third did not (a worker was killed while the third loaded), nor did a
+fourth engine (no speculation) beside the three that fit (its KV cache found 0.65 GiB).
 """
 
 from __future__ import annotations

@@ -884,9 +884,9 @@ def test_learning_runs_stay_within_the_exploration_budget():
     regret (their seconds beyond what the choice would have taken for their tokens);
     once that is over the budget no run starts until the choice's steps bring it back
     under: learning costs about `explore_budget` of the time, and still goes on."""
-    free = CostModel(explore_budget=1.0)
+    free = CostModel(explore_budget=1.0, min_budget=1.0)
     free_secs, _ = serve_one_at_a_time(free, 12, 128)
-    bounded = CostModel(explore_budget=0.05)
+    bounded = CostModel(explore_budget=0.05, min_budget=0.05)  # a fixed budget
     secs, picks = serve_one_at_a_time(bounded, 12, 128)
     assert regret_share(free) > 0.1  # without the budget, learning costs more
     overshoot = (25.0 + 15.0 + 4 * 0.5) / bounded.spent[1]  # one run past the budget
@@ -900,7 +900,9 @@ def test_a_costly_switch_step_is_charged_and_holds_the_next_exploration():
     holds the next exploration back, which the same model without it starts."""
 
     def feed(extra: float) -> list[str]:
-        model = CostModel(warmup=1, run_length=2, explore_every=8, explore_budget=0.05)
+        model = CostModel(
+            warmup=1, run_length=2, explore_every=8, explore_budget=0.05, min_budget=0.05
+        )
         picks, previous = [], None
         for _ in range(150):
             kind = model.choose(1)
@@ -910,11 +912,11 @@ def test_a_costly_switch_step_is_charged_and_holds_the_next_exploration():
             previous = kind
         return picks
 
-    def next_run(picks: list[str]) -> int:  # after the exploration at about step 30
-        return next(i for i in range(36, len(picks)) if picks[i] != "plain")
+    def next_run(picks: list[str]) -> int:  # after the exploration at about step 13
+        return next(i for i in range(16, len(picks)) if picks[i] != "plain")
 
     cheap, costly = feed(0.0), feed(4.0)
-    assert cheap[28:36] == costly[28:36] and "trispec" in cheap[28:36]
+    assert cheap[:16] == costly[:16] and "trispec" in cheap[8:16]
     assert next_run(cheap) + 8 <= next_run(costly)
 
 
@@ -933,3 +935,43 @@ def test_an_exploration_held_by_the_budget_spares_the_drafter():
     assert model.over_budget(1)
     assert not drafts_needed(model, 1)
     assert model.choose(1) == "plain"
+
+
+def test_the_budget_halves_while_learning_confirms_the_choice():
+    """Each learning run that leaves the choice as it was halves the class's budget
+    (down to `min_budget`), so where speculation never wins, learning costs less and
+    less; a fixed budget keeps paying its share."""
+    fixed = CostModel(explore_budget=0.05, min_budget=0.05)
+    fixed_secs, _ = serve_one_at_a_time(fixed, 12, 128)
+    halving = CostModel(explore_budget=0.05, min_budget=0.02)
+    secs, picks = serve_one_at_a_time(halving, 12, 128)
+    assert halving.budget[1] < 0.05 and fixed.budget[1] == 0.05
+    assert regret_share(halving) < regret_share(fixed)
+    assert secs < fixed_secs
+    assert "trispec" in picks[100:]  # still re-tried
+
+
+def test_a_learning_run_that_moves_the_choice_resets_the_budget():
+    model = CostModel(
+        warmup=1, run_length=2, explore_every=4, explore_budget=0.5, weight=1.0, max_backoff=1
+    )
+    run(model, {"trispec": 2, "sd": 8, "plain": 10}, 1, 40)
+    assert model.best[1] == "plain" and model.budget[1] < 0.5
+    for _ in range(80):  # SD now wins
+        run(model, {"trispec": 2, "sd": 30, "plain": 10}, 1, 1)
+        if model.best[1] == "sd":
+            break
+    assert model.best[1] == "sd" and model.budget[1] == 0.5  # reset as the choice moved
+
+
+def test_a_restored_budget_stays_within_the_models_bounds():
+    model = CostModel(explore_budget=0.05, min_budget=0.01)
+    model.restore({"stats": [], "budget": {"1": 0.5, "8": 0.0, "16": 0.02}})
+    assert model.budget == {1: 0.05, 8: 0.01, 16: 0.02}
+    again = CostModel(min_budget=0.01)
+    again.restore(model.snapshot())
+    assert again.budget == model.budget
+    with pytest.raises(ValueError):
+        CostModel().restore({"stats": [], "budget": {"1": float("nan")}})
+    with pytest.raises(ValueError):
+        CostModel().restore({"stats": [], "budget": {"1": "low"}})

@@ -58,19 +58,22 @@ choice: it keeps the chosen kind's mean step seconds at the moments it was timed
 and its own step seconds are scaled by how far the chosen kind's have moved since
 (`_drift`), so a slowdown only the chosen kind was there to see moves no choice.
 
-Learning is bounded by what it costs. Every step that is not the class's choice
-(a warm-up after the class's first choice, an exploration, a re-measurement, a
-TriSpec re-try for a request joining at batch 1) and every switch step after one
-is charged its regret: its seconds beyond what the choice's measured rate would have
-taken for the same tokens (none for a step that beat it). Once a class's regret is
-over `explore_budget` of its decoding seconds, no such run starts there until the
-steps of the choice bring it back under (an exploration due waits, and starts as
-soon as they do). The warm-ups before a class's first choice are neither charged
-nor held: there is no choice to compare with yet. On a 2-core AVX2 CPU at batch 1, where a target
-pass costs nearly its tokens' worth (0.18 s over 1 token, 0.94 s over 6), each
-request's TriSpec re-try paid the proxy's catch-up over its whole context (3.6-6.3
-s, 20-35 plain steps) and the target's catch-up after it (3.9 s), and the default
-ran at 0.91-0.99x of vLLM's ngram SD, which spent nothing on learning.
+Learning is bounded by what it costs. Every step of a learning run (a warm-up after
+the class's first choice, an exploration, a re-measurement, a TriSpec re-try for a
+request joining at batch 1), and the step after each such run, is charged its
+regret: its seconds beyond what the choice's measured rate would have taken for the
+same tokens (none for a step that beat it). Once a class's regret is over its budget
+share of its decoding seconds, no such run starts there until the choice's steps
+bring it back under (an exploration due waits, and starts as soon as they do). The
+budget starts at `explore_budget` and halves, down to `min_budget`, each time a
+learning run leaves the choice as it was (as the exploration interval doubles); it
+is reset when one moves the choice. The warm-ups before a class's first choice are
+neither charged nor held: there is no choice to compare with yet. On a 2-core AVX2
+CPU at batch 1, where a target pass costs nearly its tokens' worth (0.18 s over 1
+token, 0.94 s over 6), each request's TriSpec re-try paid the proxy's catch-up over
+its whole context (3.6-6.3 s, 20-35 plain steps) and the target's catch-up after it
+(3.9 s), and the default ran at 0.91-0.99x of vLLM's ngram SD, which spends nothing
+on learning.
 
 What "most tokens per second" means depends on the load. While requests wait
 for a slot, the step's throughput is what serves them soonest. When none waits,
@@ -136,6 +139,7 @@ tokens, so a request's output then depends on its batch and on timing.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -275,8 +279,12 @@ class CostModel:
     # standard errors lower (`KindStats.spread`; 0: at its mean).
     confidence: float = 1.0
     # Runs that learn (warm-ups after the first choice, explorations, re-measurements)
-    # start only while the class's regret is within this share of its seconds.
+    # start only while the class's regret is within this share of its seconds; the share
+    # halves, down to `min_budget`, each time such a run leaves the choice as it was.
     explore_budget: float = 0.05
+    min_budget: float = 0.02
+    budget: dict[int, float] = field(default_factory=dict)  # class -> its share now
+    learned: dict[int, bool] = field(default_factory=dict)  # class -> a learning run ran
     regret: dict[int, float] = field(default_factory=dict)  # class -> seconds charged
     spent: dict[int, float] = field(default_factory=dict)  # class -> decoding seconds
     learning_choice: bool = False  # the latest decision is a step of a learning run
@@ -414,7 +422,8 @@ class CostModel:
         never before its first choice."""
         if cls not in self.best:
             return False
-        return self.regret.get(cls, 0.0) > self.explore_budget * self.spent.get(cls, 0.0)
+        budget = self.budget.get(cls, self.explore_budget)
+        return self.regret.get(cls, 0.0) > budget * self.spent.get(cls, 0.0)
 
     def _drift(self, cls: int, kind: str) -> float:
         """How much slower the machine runs now than when `kind` was last timed, as the
@@ -567,6 +576,13 @@ class CostModel:
                 if kept
                 else self.explore_every
             )
+        if self.learned.pop(cls, False):  # likewise the budget, from the first choice on
+            budget = self.budget.get(cls, self.explore_budget)
+            self.budget[cls] = (
+                max(budget / 2, self.min_budget)
+                if self.best.get(cls) == ranked[0]
+                else self.explore_budget
+            )
         refresh = self._refresh(cls, ranked)
         if refresh in barred and undrafted:
             self._back_off(cls)
@@ -586,10 +602,13 @@ class CostModel:
         if barred and undrafted and any(k in barred for k in others):
             self._back_off(cls)  # (the exploration stays due: `since` is not reset)
         others = [k for k in others if k not in barred]
-        if others:  # exploring: the least refreshed of them
+        if others:  # exploring: the one timed longest ago (a run lost at once is one step)
             self.since[cls] = 0
             self.explored[cls] = True
-            return self._run(cls, min(others, key=lambda k: stats[k].samples), options)
+            last = self.measured_at
+            return self._run(
+                cls, min(others, key=lambda k: (last.get((cls, k), -1), stats[k].samples)), options
+            )
         self.since[cls] = self.since.get(cls, 0) + 1
         return self._chose(ranked[0])
 
@@ -916,6 +935,8 @@ class CostModel:
             self.retry.discard(cls)
         at_start = self.stats.get((cls, kind), KindStats()).samples
         self.runs[cls] = (kind, self.run_length - 1, at_start)
+        if cls in self.best:
+            self.learned[cls] = True
         return self._chose(kind, learning=cls in self.best)
 
     def _chose(self, kind: str, learning: bool = False) -> str:
@@ -925,7 +946,7 @@ class CostModel:
 
     def snapshot(self) -> dict:
         """What a later engine on the same models and hardware may start from: each
-        class's measured kinds and exploration interval (`restore`). Not the requests'
+        class's measured kinds, exploration interval and budget (`restore`). Not the requests'
         paces nor runs under way: those belong to this engine's batch."""
         return {
             "stats": [
@@ -934,6 +955,7 @@ class CostModel:
                 if st.samples and st.seconds > 0
             ],
             "interval": {str(cls): n for cls, n in sorted(self.interval.items())},
+            "budget": {str(cls): b for cls, b in sorted(self.budget.items())},
             "drafted": [
                 [cls, st.seconds, st.tokens, st.samples]
                 for cls, st in sorted(self.drafted.items())
@@ -961,6 +983,9 @@ class CostModel:
                 int(c): min(max(int(n), self.explore_every), limit)
                 for c, n in snapshot.get("interval", {}).items()
             }
+            budget = {int(c): float(b) for c, b in snapshot.get("budget", {}).items()}
+            if not all(math.isfinite(b) for b in budget.values()):
+                raise ValueError(budget)
         except (TypeError, ValueError, AttributeError, OverflowError) as err:
             raise ValueError(f"malformed cost snapshot: {err!r}") from None
         restored = 0
@@ -972,6 +997,9 @@ class CostModel:
             for cls, seconds, tokens, samples in drafted:
                 self.drafted[cls] = KindStats(seconds, tokens, samples)
         self.interval.update(interval)
+        self.budget.update(
+            {c: min(max(b, self.min_budget), self.explore_budget) for c, b in budget.items()}
+        )
         return restored
 
     def learning(self) -> dict[int, tuple[float, float]]:

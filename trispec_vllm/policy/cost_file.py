@@ -112,7 +112,7 @@ class CostFile:
 
 
 def merge(theirs: dict | None, mine: dict) -> dict:
-    """`mine`, plus the (class, kind) rows and intervals of `theirs` it lacks (all of
+    """`mine`, plus the (class, kind) rows, intervals and budgets of `theirs` it lacks (all of
     `theirs` dropped if it is malformed)."""
     both = CostModel(kinds=KINDS)
     if theirs:
