@@ -76,6 +76,7 @@ Results files (one per experiment, under benchmarks/results/):
                       ngram k=3 SD, no speculation and the default over ngram k=5
                       (AMD EPYC, AVX2)
 - paired_b1_budget_halving.json the same with the halving budget (7cc626a)
+- paired_b8_budget.json the same build at batch 8, 8 requests x 64 tokens, 3 rounds
 - step_times_b8.json  step_times.py: plain decoding and the default step by step at
                       batch 1 and 8, 4 interleaved rounds
 - step_times_b8_after_bar.json the same, 2 rounds, straight after the headline run
@@ -186,6 +187,7 @@ PAIRED_LOSSY_MARGIN = "paired_b1_lossy_margin.json"  # the same with lossy_margi
 PAIRED_K5 = "paired_b1_k5.json"  # the default over ngram k=5 against vLLM's k=5
 PAIRED_BUDGET = "paired_b1_budget.json"  # the same with the exploration budget
 PAIRED_BUDGET_HALVING = "paired_b1_budget_halving.json"  # ... that halves
+PAIRED_B8_BUDGET = "paired_b8_budget.json"  # the same build at batch 8
 STEP_TIMES = "step_times_b8.json"  # step_times.py: where a batch's time goes
 STEP_TIMES_BEFORE = "step_times_b8_before_sampler.json"  # the same before the plain sampler
 STEP_TIMES_AFTER_BAR = "step_times_b8_after_bar.json"  # the same after the headline run, 2 rounds
@@ -980,6 +982,7 @@ BLOCKS: dict[str, Callable[[], str]] = {
     "paired-b1-k5": lambda: paired_engines(PAIRED_K5),
     "paired-b1-budget": lambda: paired_engines(PAIRED_BUDGET),
     "paired-b1-budget-halving": lambda: paired_engines(PAIRED_BUDGET_HALVING),
+    "paired-b8-budget": lambda: paired_engines(PAIRED_B8_BUDGET),
     "step-times": lambda: step_times(STEP_TIMES),
     "step-times-before": lambda: step_times(STEP_TIMES_BEFORE),
     "step-times-after-bar": lambda: step_times(STEP_TIMES_AFTER_BAR),
