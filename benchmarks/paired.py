@@ -12,8 +12,9 @@ would, and each group of `--batch` requests (bench_speed's chat prompts, greedy,
 `--tokens` each) runs on every engine back to back, in an order that rotates from
 group to group, so drift over more than a few seconds hits all alike. A round is
 every prompt once; per round, each engine's tok/s over all its groups and its ratio
-to the reference's; printed and written as the median with its min-max, and the
-per-group ratios as well. Engines idle while another runs, so never run this beside
+to the reference's, and each TriSpec engine's decoding steps by kind; printed and
+written (after every round) as the median with its min-max, and the per-group
+ratios as well. Engines idle while another runs, so never run this beside
 the test suite or another benchmark. Each engine holds its weights and a 1 GiB KV
 cache: on 24 GiB, vLLM's two ngram SD engines and one TriSpec engine fit; two TriSpec
 engines and a third did not (a worker was killed while the third loaded), nor did a
@@ -57,7 +58,27 @@ def table(d: dict) -> str:
         ratios = [x["ratio"][n] for x in rounds]
         per_group = summary(d["group_ratios"][n]) if n != names[0] else "-"
         lines.append(f"| {n} | {summary(rates)} | {summary(ratios)} | {per_group} |")
+    kinds = [n for n in names if all(n in x.get("steps", {}) for x in rounds)]
+    if kinds:
+        lines.append("")
+    for n in kinds:
+        per_round = "; ".join(
+            ", ".join(f"{v} {k}" for k, v in x["steps"][n].items() if v) or "none" for x in rounds
+        )
+        lines.append(f"{n}, decoding steps per round by kind: {per_round}.")
     return "\n".join(lines) + "\n"
+
+
+STEP_KINDS = ("plain", "sd", "trispec", "draft")
+
+
+def step_counts(llm) -> tuple[dict[str, int], dict]:
+    """A TriSpec engine's decoding steps so far by the kind the cost-aware step ran,
+    and per batch-size class the regret its learning was charged and its decoding
+    seconds (`cost_learning`)."""
+    counters = llm.collective_rpc("trispec_counters")[0]
+    kinds = {k: int(counters.get(f"{k}_kind_steps", 0)) for k in STEP_KINDS}
+    return kinds, counters.get("cost_learning", {})
 
 
 def main() -> None:
@@ -88,6 +109,7 @@ def main() -> None:
         raise SystemExit(f"unknown configuration labels: {missing}")
     # Each warmed up on a prompt outside the measured set (start_engine).
     engines = {label: start_engine(by_label[label], pair.target, True) for label in args.only}
+    counted = [label for label in args.only if by_label[label].trispec]
     params = SamplingParams(temperature=0, max_tokens=args.tokens)
     prompts = chat_prompts(args.requests)
     groups = [prompts[i : i + args.batch] for i in range(0, len(prompts), args.batch)]
@@ -98,9 +120,11 @@ def main() -> None:
     rounds: list[dict[str, dict[str, float]]] = []
     group_ratios: dict[str, list[float]] = {n: [] for n in names[1:]}
     turn = 0
+    out = args.out or RESULTS / f"paired_b{args.batch}.json"
     for r in range(args.rounds):
         secs = dict.fromkeys(names, 0.0)
         toks = dict.fromkeys(names, 0)
+        before = {n: step_counts(engines[n])[0] for n in counted}
         for group in groups:
             order = names[turn % len(names) :] + names[: turn % len(names)]
             turn += 1
@@ -116,25 +140,34 @@ def main() -> None:
             for name in names[1:]:
                 group_ratios[name].append(rate[name] / rate[ref])
         tok_s = {n: toks[n] / secs[n] for n in names}
-        rounds.append({"tok_s": tok_s, "ratio": {n: tok_s[n] / tok_s[ref] for n in names}})
+        after = {n: step_counts(engines[n]) for n in counted}
+        steps = {n: {k: v - before[n][k] for k, v in after[n][0].items()} for n in counted}
+        rounds.append(
+            {
+                "tok_s": tok_s,
+                "ratio": {n: tok_s[n] / tok_s[ref] for n in names},
+                "steps": steps,
+                "learning": {n: after[n][1] for n in counted},  # (totals so far)
+            }
+        )
         print(
             f"round {r + 1}/{args.rounds}: "
-            + ", ".join(f"{n} {tok_s[n]:.2f} ({tok_s[n] / tok_s[ref]:.3f}x)" for n in names),
+            + ", ".join(f"{n} {tok_s[n]:.2f} ({tok_s[n] / tok_s[ref]:.3f}x)" for n in names)
+            + "".join(f"; {n} steps {steps[n]}" for n in counted),
             flush=True,
         )
-    d = {
-        "machine": machine,
-        "batch": args.batch,
-        "requests": args.requests,
-        "tokens": args.tokens,
-        "configurations": names,
-        "rounds": rounds,
-        "group_ratios": group_ratios,
-        "command": " ".join(sys.argv),
-    }
+        d = {
+            "machine": machine,
+            "batch": args.batch,
+            "requests": args.requests,
+            "tokens": args.tokens,
+            "configurations": names,
+            "rounds": rounds,
+            "group_ratios": group_ratios,
+            "command": " ".join(sys.argv),
+        }
+        out.write_text(json.dumps(d, indent=1) + "\n")  # each round: a cut-short run keeps it
     print("\n" + table(d))
-    out = args.out or RESULTS / f"paired_b{args.batch}.json"
-    out.write_text(json.dumps(d, indent=1) + "\n")
     print(f"wrote {out}")
     for llm in engines.values():
         llm.llm_engine.engine_core.shutdown()
