@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from trispec_vllm.policy.cost import (
@@ -885,9 +887,9 @@ def test_learning_runs_stay_within_the_exploration_budget():
     once that is over the budget no run starts until the choice's steps bring it back
     under: learning costs about `explore_budget` of the time, and still goes on."""
     free = CostModel(explore_budget=1.0, min_budget=1.0)
-    free_secs, _ = serve_one_at_a_time(free, 12, 128)
+    free_secs, _ = serve_one_at_a_time(free, 20, 128)
     bounded = CostModel(explore_budget=0.05, min_budget=0.05)  # a fixed budget
-    secs, picks = serve_one_at_a_time(bounded, 12, 128)
+    secs, picks = serve_one_at_a_time(bounded, 20, 128)
     assert regret_share(free) > 0.1  # without the budget, learning costs more
     overshoot = (25.0 + 15.0 + 4 * 0.5) / bounded.spent[1]  # one run past the budget
     assert regret_share(bounded) <= 0.05 + overshoot
@@ -896,8 +898,10 @@ def test_learning_runs_stay_within_the_exploration_budget():
 
 
 def test_a_costly_switch_step_is_charged_and_holds_the_next_exploration():
-    """The step after a TriSpec run pays the target's catch-up: charged as regret, it
-    holds the next exploration back, which the same model without it starts."""
+    """The step after a TriSpec run pays the target's catch-up: booked as that run's
+    cost (here the warm-up's), it holds the next TriSpec run back until the budget has
+    room for it, which the same model without it starts at once; SD, which costs little
+    to try, is still explored meanwhile."""
 
     def feed(extra: float) -> list[str]:
         model = CostModel(
@@ -912,12 +916,47 @@ def test_a_costly_switch_step_is_charged_and_holds_the_next_exploration():
             previous = kind
         return picks
 
-    def next_run(picks: list[str]) -> int:  # after the exploration at about step 13
-        return next(i for i in range(16, len(picks)) if picks[i] != "plain")
+    def next_trispec(picks: list[str]) -> int:  # after the warm-up
+        return next(i for i in range(8, len(picks)) if picks[i] == "trispec")
 
     cheap, costly = feed(0.0), feed(4.0)
-    assert cheap[:16] == costly[:16] and "trispec" in cheap[8:16]
-    assert next_run(cheap) + 8 <= next_run(costly)
+    assert cheap[:8] == costly[:8] and "trispec" in cheap[8:16]
+    assert next_trispec(cheap) + 8 <= next_trispec(costly)
+    assert "sd" in costly[8 : next_trispec(costly)]
+
+
+def test_a_learning_run_starts_only_where_its_expected_cost_fits_the_budget():
+    """Each learning run of a kind is expected to cost what its latest one did (its
+    steps' regret and the step after it, which pays the TriSpec run's catch-up): it
+    starts only where that fits in the budget, so learning does not overshoot it by a
+    run each time, and still goes on."""
+    model = CostModel(explore_budget=0.05, min_budget=0.05)  # a fixed budget
+    starts, previous = 0, None
+    for r in range(12):
+        rid = f"r{r}"
+        for t in range(128):
+            expected = {k: model.run_cost.get((1, k), 0.0) for k in ("trispec", "sd")}
+            regret, spent = model.regret.get(1, 0.0), model.spent.get(1, 0.0)
+            kind = model.choose(1, req_ids=[rid], waiting=False, horizon=128 - t)
+            if model.learning_choice and kind != previous and expected[kind] > 0:
+                starts += 1  # a learning run starts, with its cost known from the last
+                assert regret + expected[kind] <= 0.05 * spent
+            secs = {"trispec": 1.0, "sd": 1.5, "plain": 1.0}[kind]
+            if kind == "trispec" and previous != "trispec":
+                secs += 25.0  # the proxy's catch-up
+            if previous == "trispec" and kind != "trispec":
+                secs += 15.0  # the target's
+            model.observe(kind, 1, secs, 1, {rid: 1})
+            previous = kind
+    assert starts >= 2
+    assert model.run_cost[(1, "trispec")] >= 25.0 + 15.0  # the catch-ups are the run's
+    # Only runs of unknown cost can overshoot: one per kind.
+    first_runs = (25.0 + 15.0 + 4 * 0.5) / model.spent[1]
+    assert regret_share(model) <= 0.05 + first_runs
+    # A later engine knows what the runs cost (`cost_memory`): none overshoots there.
+    later = CostModel(explore_budget=0.05, min_budget=0.05)
+    later.restore(json.loads(json.dumps(model.snapshot())))
+    assert later.run_cost == model.run_cost
 
 
 def test_warm_ups_before_the_first_choice_are_not_held():
@@ -932,7 +971,7 @@ def test_an_exploration_held_by_the_budget_spares_the_drafter():
     the drafter need not run; the prediction is the decision."""
     model = CostModel(warmup=1, run_length=2, explore_every=4, explore_budget=0.05)
     run(model, {"trispec": 2, "sd": 2, "plain": 10}, 1, 12)
-    assert model.over_budget(1)
+    assert model.over_budget(1, "trispec") and model.over_budget(1, "sd")
     assert not drafts_needed(model, 1)
     assert model.choose(1) == "plain"
 
@@ -942,9 +981,9 @@ def test_the_budget_halves_while_learning_confirms_the_choice():
     (down to `min_budget`), so where speculation never wins, learning costs less and
     less; a fixed budget keeps paying its share."""
     fixed = CostModel(explore_budget=0.05, min_budget=0.05)
-    fixed_secs, _ = serve_one_at_a_time(fixed, 12, 128)
+    fixed_secs, _ = serve_one_at_a_time(fixed, 40, 128)
     halving = CostModel(explore_budget=0.05, min_budget=0.02)
-    secs, picks = serve_one_at_a_time(halving, 12, 128)
+    secs, picks = serve_one_at_a_time(halving, 40, 128)
     assert halving.budget[1] < 0.05 and fixed.budget[1] == 0.05
     assert regret_share(halving) < regret_share(fixed)
     assert secs < fixed_secs

@@ -74,6 +74,12 @@ def test_the_snapshot_round_trips_through_json_and_keeps_only_known_kinds():
         {"stats": [["x", "plain", 1.0, 1.0, 3]]},
         {"stats": 5},
         {"stats": [], "interval": {"8": "soon"}},
+        {"stats": [], "run_cost": [[1, "sd", float("inf")]]},
+        {"stats": [], "run_cost": [[1, "sd", -1.0]]},
+        {"stats": [], "run_cost": [[0, "sd", 1.0]]},
+        {"stats": [], "run_cost": [[1, None, 1.0]]},
+        {"stats": [], "run_cost": [[1, "sd"]]},
+        {"stats": [], "run_cost": 5},
     ],
 )
 def test_a_malformed_snapshot_is_refused_and_changes_nothing(snapshot):

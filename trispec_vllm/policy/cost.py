@@ -62,13 +62,16 @@ Learning is bounded by what it costs. Every step of a learning run (a warm-up af
 the class's first choice, an exploration, a re-measurement, a TriSpec re-try for a
 request joining at batch 1), and the step after each such run, is charged its
 regret: its seconds beyond what the choice's measured rate would have taken for the
-same tokens (none for a step that beat it). Once a class's regret is over its budget
-share of its decoding seconds, no such run starts there until the choice's steps
-bring it back under (an exploration due waits, and starts as soon as they do). The
+same tokens (none for a step that beat it). No such run starts in a class while its
+regret, with what the kind's latest learning run there cost, would be over its budget
+share of its decoding seconds: it waits until the choice's steps bring it under (an
+exploration due waits, and starts as soon as they do). The
 budget starts at `explore_budget` and halves, down to `min_budget`, each time a
 learning run leaves the choice as it was (as the exploration interval doubles); it
 is reset when one moves the choice. The warm-ups before a class's first choice are
-neither charged nor held: there is no choice to compare with yet. On a 2-core AVX2
+neither charged nor held (there is no choice to compare with yet), but what each cost
+against plain decoding's rate (warmed up first) is kept as its kind's expected run
+cost, so the first re-try of a costly kind waits for room too. On a 2-core AVX2
 CPU at batch 1, where a target pass costs nearly its tokens' worth (0.18 s over 1
 token, 0.94 s over 6), each request's TriSpec re-try paid the proxy's catch-up over
 its whole context (3.6-6.3 s, 20-35 plain steps) and the target's catch-up after it
@@ -288,7 +291,11 @@ class CostModel:
     regret: dict[int, float] = field(default_factory=dict)  # class -> seconds charged
     spent: dict[int, float] = field(default_factory=dict)  # class -> decoding seconds
     learning_choice: bool = False  # the latest decision is a step of a learning run
-    after_learning: dict[int, bool] = field(default_factory=dict)  # class -> last step learned
+    # (class, kind) -> the regret its latest learning run was charged, the step after it
+    # included: what the next such run is expected to cost (`over_budget`)
+    run_cost: dict[tuple[int, str], float] = field(default_factory=dict)
+    # class -> whether its last step was a learning run's or a warm-up's (None: neither)
+    after_learning: dict[int, str | None] = field(default_factory=dict)
     stats: dict[tuple[int, str], KindStats] = field(default_factory=dict)
     # class -> the TriSpec step's means over its steps with drafts only (`_rated`)
     drafted: dict[int, KindStats] = field(default_factory=dict)
@@ -364,7 +371,12 @@ class CostModel:
         cls = size_class(num_reqs)
         previous, self.last[cls] = self.last.get(cls), kind
         self._charge_regret(
-            cls, self.learning_choice if learning is None else learning, seconds, tokens
+            cls,
+            self.learning_choice if learning is None else learning,
+            seconds,
+            tokens,
+            kind,
+            previous,
         )
         steps = self.run_steps.get(cls, 0)
         self.run_steps[cls] = 1 if previous != kind else steps + 1
@@ -403,27 +415,63 @@ class CostModel:
             mine.observe(seconds, tokens, self.weight, ref)
         self.measured_at[(cls, kind)] = self.decisions.get(cls, 0)
 
-    def _charge_regret(self, cls: int, learning: bool, seconds: float, tokens: int) -> None:
+    def _charge_regret(
+        self,
+        cls: int,
+        learning: bool,
+        seconds: float,
+        tokens: int,
+        kind: str,
+        previous: str | None,
+    ) -> None:
         """Book a step's seconds on its class and, for a step of a learning run or the
         first step after one (it pays the run's catch-up), their excess over the
-        class's choice's measured rate."""
+        class's choice's measured rate; also on the run's kind (`run_cost`), and there
+        for the warm-ups before the class's first choice as well, against plain
+        decoding's rate (warmed up first): those are not charged, but tell what the
+        kind's next run will cost. The step after a run is the run's, as is a switch
+        step out of a TriSpec run (it pays the target's catch-up) even where it starts
+        another run."""
         self.spent[cls] = self.spent.get(cls, 0.0) + seconds
-        after, self.after_learning[cls] = self.after_learning.get(cls, False), learning
-        if not (learning or after):
+        state = "learning" if learning else None if cls in self.best else "warming"
+        after, self.after_learning[cls] = self.after_learning.get(cls), state
+        if state is None and after is None:
             return
-        current = self.best.get(cls)
-        st = self.stats.get((cls, current)) if current is not None else None
-        if st is not None and st.rate > 0:  # (before the first choice: nothing to charge)
-            excess = max(seconds - tokens / st.rate, 0.0)
+        reference = self.best.get(cls) or self._baseline(cls)
+        st = self.stats.get((cls, reference)) if reference is not None else None
+        if st is None or st.rate <= 0:
+            return
+        excess = max(seconds - tokens / st.rate, 0.0)
+        if "learning" in (state, after):
             self.regret[cls] = self.regret.get(cls, 0.0) + excess
+        pays_for_previous = after and kind != previous and previous == DEFERS
+        owner = kind if state and not pays_for_previous else previous
+        if owner is not None and owner != reference:
+            key = (cls, owner)
+            self.run_cost[key] = self.run_cost.get(key, 0.0) + excess
 
-    def over_budget(self, cls: int) -> bool:
-        """Whether no learning run may start in the class now (`explore_budget`):
-        never before its first choice."""
+    def _baseline(self, cls: int) -> str | None:
+        """Plain decoding, once warmed up in the class (None before, or where it is
+        no candidate)."""
+        st = self.stats.get((cls, "plain"))
+        return "plain" if st is not None and st.samples >= self.warmup else None
+
+    def over_budget(self, cls: int, kind: str | None = None) -> bool:
+        """Whether no learning run (of `kind`, or of any kind) may start in the class
+        now: never before its first choice; otherwise once its regret, with what
+        `kind`'s latest learning run cost (`run_cost`), is over its budget share of
+        its decoding seconds (`explore_budget`). Counting the run's expected cost keeps
+        a run from starting that would overshoot: at batch 1 on a 2-core AVX2 CPU one
+        TriSpec re-try cost about 5 s of a 173 s round."""
         if cls not in self.best:
             return False
         budget = self.budget.get(cls, self.explore_budget)
-        return self.regret.get(cls, 0.0) > budget * self.spent.get(cls, 0.0)
+        expected = self.run_cost.get((cls, kind), 0.0) if kind is not None else 0.0
+        return self.regret.get(cls, 0.0) + expected > budget * self.spent.get(cls, 0.0)
+
+    def _held(self, cls: int, options: Sequence[str]) -> tuple[str, ...]:
+        """The kinds of `options` whose learning run the budget holds (`over_budget`)."""
+        return tuple(k for k in options if self.over_budget(cls, k))
 
     def _drift(self, cls: int, kind: str) -> float:
         """How much slower the machine runs now than when `kind` was last timed, as the
@@ -555,12 +603,11 @@ class CostModel:
         if tail:  # the class's best measured kind, nothing to learn here
             return self._chose(self._ranked(cls, options, {k: scored(k) for k in options})[0])
         barred = self._barred(cls, num_reqs, req_ids, waiting, undrafted, self.decisions[cls])
-        if self.over_budget(cls):
-            barred = tuple(options)  # (no back-off: it is the budget that bars them)
-            undrafted = False
+        held = self._held(cls, options)  # (no back-off for these: the budget holds them)
         warming = self._warming(cls, options, stats, scored)
-        if barred and undrafted and any(k in barred for k in warming):
+        if barred and undrafted and any(k in barred and k not in held for k in warming):
             self._back_off(cls)
+        barred = tuple(dict.fromkeys((*barred, *held)))
         warming = [k for k in warming if k not in barred]
         if warming:
             order = self._warm_order(cls)
@@ -584,7 +631,7 @@ class CostModel:
                 else self.explore_budget
             )
         refresh = self._refresh(cls, ranked)
-        if refresh in barred and undrafted:
+        if refresh in barred and refresh not in held and undrafted:
             self._back_off(cls)
         refresh = self._unless_barred(cls, refresh, ranked, barred)
         if refresh is not None:  # an exploration of it, before any switch
@@ -599,7 +646,7 @@ class CostModel:
             self._rebase(cls, ranked[0])
         self.best[cls] = ranked[0]
         others = self._to_explore(cls, ranked, scored)
-        if barred and undrafted and any(k in barred for k in others):
+        if undrafted and any(k in barred and k not in held for k in others):
             self._back_off(cls)  # (the exploration stays due: `since` is not reset)
         others = [k for k in others if k not in barred]
         if others:  # exploring: the one timed longest ago (a run lost at once is one step)
@@ -637,8 +684,7 @@ class CostModel:
         tail = self._tail(cls, self._peak(cls, joined), horizon)
         decision = self.decisions.get(cls, 0) + 1
         barred = () if joined else self._barred(cls, num_reqs, req_ids, waiting, False, decision)
-        if self.over_budget(cls):
-            barred = tuple(options)
+        barred = tuple(dict.fromkeys((*barred, *self._held(cls, options))))
         if not tail and any(k not in barred for k in self._warming(cls, options, stats, scored)):
             return None
         ranked = self._ranked(cls, options, {k: scored(k) for k in options})
@@ -937,6 +983,7 @@ class CostModel:
         self.runs[cls] = (kind, self.run_length - 1, at_start)
         if cls in self.best:
             self.learned[cls] = True
+        self.run_cost[(cls, kind)] = 0.0  # this run's cost, from here on
         return self._chose(kind, learning=cls in self.best)
 
     def _chose(self, kind: str, learning: bool = False) -> str:
@@ -946,8 +993,9 @@ class CostModel:
 
     def snapshot(self) -> dict:
         """What a later engine on the same models and hardware may start from: each
-        class's measured kinds, exploration interval and budget (`restore`). Not the requests'
-        paces nor runs under way: those belong to this engine's batch."""
+        class's measured kinds, exploration interval and budget, and what each kind's
+        latest learning run cost (`restore`). Not the requests' paces nor runs under
+        way: those belong to this engine's batch."""
         return {
             "stats": [
                 [cls, kind, st.seconds, st.tokens, st.samples]
@@ -956,6 +1004,7 @@ class CostModel:
             ],
             "interval": {str(cls): n for cls, n in sorted(self.interval.items())},
             "budget": {str(cls): b for cls, b in sorted(self.budget.items())},
+            "run_cost": [[cls, kind, c] for (cls, kind), c in sorted(self.run_cost.items())],
             "drafted": [
                 [cls, st.seconds, st.tokens, st.samples]
                 for cls, st in sorted(self.drafted.items())
@@ -986,6 +1035,12 @@ class CostModel:
             budget = {int(c): float(b) for c, b in snapshot.get("budget", {}).items()}
             if not all(math.isfinite(b) for b in budget.values()):
                 raise ValueError(budget)
+            run_cost = {}
+            for cls, kind, c in snapshot.get("run_cost", []):
+                cls, c = int(cls), float(c)
+                if cls < 1 or not isinstance(kind, str) or not 0 <= c < math.inf:
+                    raise ValueError((cls, kind, c))
+                run_cost[(cls, kind)] = c
         except (TypeError, ValueError, AttributeError, OverflowError) as err:
             raise ValueError(f"malformed cost snapshot: {err!r}") from None
         restored = 0
@@ -1000,6 +1055,7 @@ class CostModel:
         self.budget.update(
             {c: min(max(b, self.min_budget), self.explore_budget) for c, b in budget.items()}
         )
+        self.run_cost.update({k: c for k, c in run_cost.items() if k[1] in self.kinds})
         return restored
 
     def learning(self) -> dict[int, tuple[float, float]]:
