@@ -461,8 +461,9 @@ class CostModel:
         now: never before its first choice; otherwise once its regret, with what
         `kind`'s latest learning run cost (`run_cost`), is over its budget share of
         its decoding seconds (`explore_budget`). Counting the run's expected cost keeps
-        a run from starting that would overshoot: at batch 1 on a 2-core AVX2 CPU one
-        TriSpec re-try cost about 5 s of a 173 s round."""
+        a run from starting that would overshoot: at batch 1 on a 2-core AVX2 CPU a
+        TriSpec re-try pays two catch-ups of 3.6-6.3 s and 3.9 s, and with the regret
+        alone checked a round of four requests was charged 9.2 s over 119 s (7.7%)."""
         if cls not in self.best:
             return False
         budget = self.budget.get(cls, self.explore_budget)
