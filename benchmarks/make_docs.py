@@ -81,6 +81,7 @@ Results files (one per experiment, under benchmarks/results/):
                       step kinds and learning regret per round (paired.py records them)
 - paired_b1_run_cost.json the build whose learning runs start only where their expected
                       cost fits the budget (b877645), the same command
+- paired_b8_run_cost.json that build at batch 8, 8 requests x 64 tokens, 3 rounds
 - step_times_b8.json  step_times.py: plain decoding and the default step by step at
                       batch 1 and 8, 4 interleaved rounds
 - step_times_b8_after_bar.json the same, 2 rounds, straight after the headline run
@@ -194,6 +195,7 @@ PAIRED_BUDGET_HALVING = "paired_b1_budget_halving.json"  # ... that halves
 PAIRED_B8_BUDGET = "paired_b8_budget.json"  # the same build at batch 8
 PAIRED_BUDGET_K5 = "paired_b1_budget_k5.json"  # ... at batch 1 against vLLM's k=5
 PAIRED_RUN_COST = "paired_b1_run_cost.json"  # runs held by their expected cost
+PAIRED_B8_RUN_COST = "paired_b8_run_cost.json"  # ... at batch 8
 STEP_TIMES = "step_times_b8.json"  # step_times.py: where a batch's time goes
 STEP_TIMES_BEFORE = "step_times_b8_before_sampler.json"  # the same before the plain sampler
 STEP_TIMES_AFTER_BAR = "step_times_b8_after_bar.json"  # the same after the headline run, 2 rounds
@@ -991,6 +993,7 @@ BLOCKS: dict[str, Callable[[], str]] = {
     "paired-b8-budget": lambda: paired_engines(PAIRED_B8_BUDGET),
     "paired-b1-budget-k5": lambda: paired_engines(PAIRED_BUDGET_K5),
     "paired-b1-run-cost": lambda: paired_engines(PAIRED_RUN_COST),
+    "paired-b8-run-cost": lambda: paired_engines(PAIRED_B8_RUN_COST),
     "step-times": lambda: step_times(STEP_TIMES),
     "step-times-before": lambda: step_times(STEP_TIMES_BEFORE),
     "step-times-after-bar": lambda: step_times(STEP_TIMES_AFTER_BAR),
