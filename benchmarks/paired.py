@@ -121,10 +121,10 @@ def main() -> None:
     group_ratios: dict[str, list[float]] = {n: [] for n in names[1:]}
     turn = 0
     out = args.out or RESULTS / f"paired_b{args.batch}.json"
+    before = {n: step_counts(engines[n])[0] for n in counted}  # then each round's end
     for r in range(args.rounds):
         secs = dict.fromkeys(names, 0.0)
         toks = dict.fromkeys(names, 0)
-        before = {n: step_counts(engines[n])[0] for n in counted}
         for group in groups:
             order = names[turn % len(names) :] + names[: turn % len(names)]
             turn += 1
@@ -142,6 +142,7 @@ def main() -> None:
         tok_s = {n: toks[n] / secs[n] for n in names}
         after = {n: step_counts(engines[n]) for n in counted}
         steps = {n: {k: v - before[n][k] for k, v in after[n][0].items()} for n in counted}
+        before = {n: after[n][0] for n in counted}
         rounds.append(
             {
                 "tok_s": tok_s,
