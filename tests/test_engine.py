@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import gc
 import os
+import re
 
 import pytest
 
@@ -70,6 +71,19 @@ def greedy(max_tokens=MAX_TOKENS):
     return SamplingParams(temperature=0, max_tokens=max_tokens, ignore_eos=True)
 
 
+REGEX = r"[0-9]{3}-[a-z]{4}"
+
+
+def constrained(max_tokens: int = 16):
+    """Greedy under a structured output (`REGEX`): vLLM masks the logits with the
+    grammar's bitmask in `sample_tokens`, after TriSpec's step has made them."""
+    from vllm import SamplingParams
+    from vllm.sampling_params import StructuredOutputsParams
+
+    grammar = StructuredOutputsParams(regex=REGEX)
+    return SamplingParams(temperature=0, max_tokens=max_tokens, structured_outputs=grammar)
+
+
 def token_ids(outputs) -> list[list[int]]:
     return [list(o.outputs[0].token_ids) for o in outputs]
 
@@ -93,11 +107,13 @@ LONG_PROMPTS = ["import os\n" * 25 + "def main():", "the cat sat on the mat. " *
 
 @pytest.fixture(scope="module")
 def reference_all(tiny_pair):
-    """vLLM's own non-speculative greedy outputs (texts too)."""
+    """vLLM's own non-speculative greedy outputs (texts too), and the texts of the
+    first four prompts under `constrained()`."""
     llm = make_llm(tiny_pair)
     outs = llm.generate(prompts() + LONG_PROMPTS, greedy())
+    regex = [o.outputs[0].text for o in llm.generate(prompts()[:4], constrained())]
     close(llm)
-    return token_ids(outs), [o.outputs[0].text for o in outs]
+    return token_ids(outs), [o.outputs[0].text for o in outs], regex
 
 
 @pytest.fixture(scope="module")
@@ -161,8 +177,11 @@ def test_smaller_proxy_follows_the_reference_rules(tiny_pair, tmp_path, proxy_co
     ps = prompts(6)
     got = token_ids(llm.generate(ps, greedy(32)))
     c = counters(llm)
+    # Lossy routing under a grammar: the proxy's rows are masked like the target's.
+    texts = [o.outputs[0].text for o in llm.generate(ps[:3], constrained())]
     close(llm)
     assert c["proxy_completions"] > 0 and c["escalations"] > 0
+    assert all(re.fullmatch(REGEX, t) for t in texts), texts
 
     torch.manual_seed(0)
     tok = AutoTokenizer.from_pretrained(tiny_pair.target)
@@ -258,8 +277,10 @@ def test_unsupported_drafter_is_refused_before_weights_load(tiny_pair):
 
 
 @pytest.fixture(scope="module")
-def proxy_is_target_llm(tiny_pair):
-    """Exact routing at lambda 0.5 (proxy = target), small chunks force chunked prefill."""
+def proxy_is_target_llm(tiny_pair, reference_all):
+    """Exact routing at lambda 0.5 (proxy = target), small chunks force chunked prefill.
+    (After `reference_all`: closing an in-process engine tears down vLLM's process-wide
+    parallel groups, which an engine still open needs.)"""
     llm = make_llm(
         tiny_pair,
         NGRAM,
@@ -311,6 +332,20 @@ def test_stop_strings_and_max_tokens(proxy_is_target_llm, reference_all):
         assert outs[i].outputs[0].finish_reason == "stop"
     assert len(outs[4].outputs[0].token_ids) == 7
     assert outs[4].outputs[0].finish_reason == "length"
+
+
+def test_structured_outputs_keep_their_grammar_and_their_neighbours(
+    proxy_is_target_llm, reference_all
+):
+    """Requests under a grammar next to free ones: vLLM's sampler masks whichever
+    model's logits a row holds, so exact routing gives vLLM's own constrained output."""
+    params = [constrained() if i % 2 == 0 else greedy() for i in range(4)]
+    outs = proxy_is_target_llm.generate(prompts()[:4], params)
+    for i in (0, 2):
+        assert re.fullmatch(REGEX, outs[i].outputs[0].text)
+        assert outs[i].outputs[0].text == reference_all[2][i]
+    for i in (1, 3):
+        assert list(outs[i].outputs[0].token_ids) == reference_all[0][i]
 
 
 def test_sampling_requests_use_the_proxy_without_disturbing_greedy_ones(

@@ -18,10 +18,22 @@ and lambda moves with the proxy's observed disagreement.
 from __future__ import annotations
 
 import dataclasses
+import re
 
 import pytest
 
-from tests.test_engine import NGRAM, K, close, counters, greedy, make_llm, prompts, token_ids
+from tests.test_engine import (
+    NGRAM,
+    REGEX,
+    K,
+    close,
+    constrained,
+    counters,
+    greedy,
+    make_llm,
+    prompts,
+    token_ids,
+)
 from tests.test_sampling import assert_target_distribution, sample_many
 
 pytest.importorskip("vllm")
@@ -36,13 +48,15 @@ def draft_spec(pair) -> dict:
 
 @pytest.fixture(scope="module")
 def plain_outputs(tiny_pair):
-    """Non-speculative greedy outputs of the target, and of the proxy continuing
-    from the target's first token (a TriSpec engine samples the prefill's token
-    from the target, whatever the policy)."""
+    """Non-speculative greedy outputs of the target (texts of the first four prompts
+    under `constrained()` too), and of the proxy continuing from the target's first
+    token (a TriSpec engine samples the prefill's token from the target, whatever the
+    policy)."""
     from tests.test_engine import MAX_TOKENS
 
     llm = make_llm(tiny_pair)
     outs = llm.generate(prompts(N_PROMPTS), greedy(MAX_TOKENS))
+    regex = [o.outputs[0].text for o in llm.generate(prompts(4), constrained())]
     close(llm)
     target = token_ids(outs)
     llm = make_llm(dataclasses.replace(tiny_pair, target=tiny_pair.proxy))
@@ -52,7 +66,8 @@ def plain_outputs(tiny_pair):
     ]
     rest = token_ids(llm.generate(seeded, greedy(MAX_TOKENS - 1)))
     close(llm)
-    return {"target": target, "proxy": [t[:1] + r for t, r in zip(target, rest, strict=True)]}
+    proxy = [t[:1] + r for t, r in zip(target, rest, strict=True)]
+    return {"target": target, "proxy": proxy, "regex": regex}
 
 
 def run(tiny_pair, spec, trispec):
@@ -80,13 +95,22 @@ def test_psd_a_with_proxy_equal_to_target_is_the_targets_greedy(tiny_pair, plain
 
 
 def test_psd_f_without_target_veto_is_the_proxys_greedy(tiny_pair, plain_outputs):
-    got, c = run(
-        tiny_pair,
-        NGRAM,
-        {"proxy_model": tiny_pair.proxy, "policy": "pyramid", "tau_q": 0.0, "tau_t": 10.0},
-    )
+    """...except under a grammar: PyramidSD draws its tokens outside vLLM's sampler,
+    which applies the grammar's bitmask, so such requests get standard SD (the
+    target's constrained output) while their free neighbours keep the proxy's."""
+    section = {"proxy_model": tiny_pair.proxy, "policy": "pyramid", "tau_q": 0.0, "tau_t": 10.0}
+    llm = make_llm(tiny_pair, NGRAM, section)
+    got = token_ids(llm.generate(prompts(N_PROMPTS), greedy()))
+    c = counters(llm)
+    mixed = llm.generate(prompts(4), [constrained() if i % 2 == 0 else greedy() for i in range(4)])
+    close(llm)
     assert got == plain_outputs["proxy"]
     assert c["fuzzy_accepted_tokens"] > 0
+    for i in (0, 2):
+        assert re.fullmatch(REGEX, mixed[i].outputs[0].text)
+        assert mixed[i].outputs[0].text == plain_outputs["regex"][i]
+    for i in (1, 3):
+        assert list(mixed[i].outputs[0].token_ids) == plain_outputs["proxy"][i]
 
 
 def test_psd_f_with_zero_target_threshold_is_the_targets_greedy(tiny_pair, plain_outputs):

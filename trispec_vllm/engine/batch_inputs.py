@@ -3,7 +3,9 @@
 Which requests may trust the proxy depends on their sampling settings:
 penalties, bad words, allowed-token masks, logit bias and an active min_tokens
 change the distribution in ways the proxy's margins do not see, so such
-requests never skip the target.
+requests never skip the target. Truncations (top-k, top-p, min-p and a structured
+output's grammar mask) keep a request out of PyramidSD's rule, which draws its
+tokens from whole distributions outside vLLM's sampler.
 """
 
 from __future__ import annotations
@@ -19,8 +21,16 @@ from vllm.v1.sample.logits_processor.builtin import (
 from trispec_vllm.policy.batch import StepBatch
 
 
-def step_batch(input_batch, req_ids: list[str], num_sched: np.ndarray, spec_meta) -> StepBatch:
-    """The policy's view of this step (`input_batch`: vLLM's InputBatch)."""
+def step_batch(
+    input_batch,
+    req_ids: list[str],
+    num_sched: np.ndarray,
+    spec_meta,
+    grammar: np.ndarray | None = None,
+) -> StepBatch:
+    """The policy's view of this step (`input_batch`: vLLM's InputBatch; `grammar`:
+    [B] bool, requests with a structured output, whose grammar's bitmask vLLM applies
+    to the logits in `sample_tokens`)."""
     ib = input_batch
     b = len(req_ids)
     num_computed = ib.num_computed_tokens_cpu[:b].astype(np.int64)
@@ -44,6 +54,8 @@ def step_batch(input_batch, req_ids: list[str], num_sched: np.ndarray, spec_meta
     untruncated = ~min_p & np.array(
         [r not in ib.top_k_reqs and r not in ib.top_p_reqs for r in req_ids], dtype=bool
     )
+    if grammar is not None:
+        untruncated &= ~grammar
     return StepBatch(
         req_ids=req_ids,
         mixed_sampling=bool(greedy.any() and not greedy.all()),
@@ -56,6 +68,20 @@ def step_batch(input_batch, req_ids: list[str], num_sched: np.ndarray, spec_meta
         temperature=np.where(greedy, 0.0, ib.temperature_cpu[:b]).astype(np.float32),
         plain_greedy=plain & greedy,
         untruncated=untruncated,
+    )
+
+
+def grammar_rows(requests, req_ids: list[str], scheduler_output) -> np.ndarray | None:
+    """[B] bool: requests with a structured output (`requests`: the runner's request
+    states), None when the step has none (vLLM's scheduler says so)."""
+    if not getattr(scheduler_output, "has_structured_output_requests", True):
+        return None
+    return np.array(
+        [
+            getattr(requests[r].sampling_params, "structured_outputs", None) is not None
+            for r in req_ids
+        ],
+        dtype=bool,
     )
 
 

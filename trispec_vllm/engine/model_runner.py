@@ -37,7 +37,7 @@ from trispec_vllm.engine import (
     ranks,
     sampler_path,
 )
-from trispec_vllm.engine.batch_inputs import step_batch
+from trispec_vllm.engine.batch_inputs import grammar_rows, step_batch
 from trispec_vllm.engine.forward import (
     check_kv_cache_kinds,
     forward_sub_batch,
@@ -352,7 +352,8 @@ class TriSpecRunnerMixin:
             ):
                 return model(input_ids=input_ids, positions=positions, inputs_embeds=inputs_embeds)
 
-        batch = step_batch(self.input_batch, req_ids, num_sched, spec_meta)
+        grammar = grammar_rows(self.requests, req_ids, scheduler_output)
+        batch = step_batch(self.input_batch, req_ids, num_sched, spec_meta, grammar)
         self.trispec_state.batch = batch
         return PreparedStep(
             scheduler_output=scheduler_output,

@@ -29,7 +29,8 @@ class StepBatch:
     # [B] sampling temperature, 0 for greedy; None (unit-test batches): all greedy.
     temperature: np.ndarray | None = None
     plain_greedy: np.ndarray | None = None  # [B] bool: greedy with no logits processing
-    # [B] bool: no top-k/top-p truncation (PyramidSD samples from whole distributions).
+    # [B] bool: no top-k/top-p/min-p truncation and no grammar mask (PyramidSD samples
+    # from whole distributions).
     untruncated: np.ndarray | None = None
 
     def row_offsets(self) -> np.ndarray:
