@@ -1,11 +1,12 @@
 """vLLM's prepared input batch, read into the policy's `StepBatch`.
 
-Which requests may trust the proxy depends on their sampling settings:
-penalties, bad words, allowed-token masks, logit bias and an active min_tokens
-change the distribution in ways the proxy's margins do not see, so such
-requests never skip the target. Truncations (top-k, top-p, min-p and a structured
-output's grammar mask) keep a request out of PyramidSD's rule, which draws its
-tokens from whole distributions outside vLLM's sampler.
+Which requests may trust the proxy depends on their settings: penalties, bad
+words, allowed-token masks, logit bias, an active min_tokens and a LoRA adapter
+(which the proxy does not carry) change the distribution in ways the proxy's
+margins do not see, so such requests never skip the target. Truncations (top-k,
+top-p, min-p and a structured output's grammar mask) keep a request out of
+PyramidSD's rule, which draws its tokens from whole distributions outside vLLM's
+sampler.
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ def step_batch(
     plain = ib.frequency_penalties_cpu[:b] == 0
     plain &= ib.presence_penalties_cpu[:b] == 0
     plain &= ib.repetition_penalties_cpu[:b] == 1
+    plain &= ib.request_lora_mapping[:b] == 0  # the proxy carries no LoRA adapter
     for row in ib.bad_words_token_ids:
         if row < b:
             plain[row] = False

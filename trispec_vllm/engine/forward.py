@@ -19,6 +19,7 @@ from vllm.forward_context import set_forward_context
 from vllm.v1.attention.backend import CommonAttentionMetadata
 from vllm.v1.kv_cache_interface import AttentionSpec, UniformTypeKVCacheSpecs
 
+from trispec_vllm.engine import lora
 from trispec_vllm.engine.upload import upload
 from trispec_vllm.policy.batch import StepBatch
 from trispec_vllm.policy.sampling import sampled_hidden_rows
@@ -94,6 +95,9 @@ def in_groups(runner, tb: TargetBatch, req_ids=None) -> list[TargetBatch]:
 
 
 def _forward(runner, tb: TargetBatch, layer_names: list[str], model) -> torch.Tensor:
+    if lora.enabled(runner, model):
+        tokens = lora.token_adapters(runner, tb)
+        lora.activate(runner, tokens, tokens)
     layers = set(layer_names)
     # Only the groups holding some of the model's layers (a proxy's may be fewer).
     views = [

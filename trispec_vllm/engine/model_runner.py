@@ -30,6 +30,7 @@ from trispec_vllm.engine import (
     fused_drafter,
     kernel_warmup,
     learned_drafter,
+    lora,
     prefix_cache,
     proxy,
     proxy_drafting,
@@ -455,6 +456,10 @@ class TriSpecRunnerMixin:
             [torch.from_numpy(a) for a in (logit_rows, hidden_rows, src, dst)], self.device
         )
         if logit_rows.size:
+            if lora.enabled(self, self.model):
+                # The rows read here, not vLLM's batch's (nor a sub-batch's last piece).
+                tokens = lora.token_adapters(self, tb)
+                lora.activate(self, tokens, tokens[hidden_rows])
             target_logits = self.model.compute_logits(target_hidden[hidden_rows_d])
             if logits is None:  # no proxy this step: every row is the target's
                 logits = target_logits.new_empty((len(prep.logits_indices), target_logits.shape[1]))

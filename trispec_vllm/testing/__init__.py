@@ -5,6 +5,7 @@ from trispec_vllm.testing.tiny_models import (
     TinyPair,
     make_tiny_family_pair,
     make_tiny_llama_pair,
+    make_tiny_lora,
     make_tiny_pair,
     make_tokenizer,
 )
@@ -14,6 +15,7 @@ __all__ = [
     "TinyPair",
     "make_tiny_family_pair",
     "make_tiny_llama_pair",
+    "make_tiny_lora",
     "make_tiny_pair",
     "make_tokenizer",
 ]

@@ -331,3 +331,43 @@ def make_tiny_family_pair(
         _save_model(model, tok_dir, Path(path), max_position_embeddings)
     (out / ".complete").write_text("ok")
     return pair
+
+
+def make_tiny_lora(
+    model_dir: str | Path, out_dir: str | Path, rank: int = 8, scale: float = 0.5, seed: int = 0
+) -> str:
+    """A random LoRA adapter (PEFT's file layout) on the q and v projections of the
+    model in `model_dir`, large enough to change its greedy output; returns its dir."""
+    import torch
+    from safetensors.torch import save_file
+
+    cfg = json.loads((Path(model_dir) / "config.json").read_text())
+    hidden = cfg["hidden_size"]
+    head_dim = cfg.get("head_dim") or hidden // cfg["num_attention_heads"]
+    outs = {
+        "q_proj": cfg["num_attention_heads"] * head_dim,
+        "v_proj": cfg.get("num_key_value_heads", cfg["num_attention_heads"]) * head_dim,
+    }
+    gen = torch.Generator().manual_seed(seed)
+    tensors = {}
+    for layer in range(cfg["num_hidden_layers"]):
+        for name, out_features in outs.items():
+            key = f"base_model.model.model.layers.{layer}.self_attn.{name}"
+            a = torch.randn((rank, hidden), generator=gen) * scale
+            b = torch.randn((out_features, rank), generator=gen) * scale
+            tensors[f"{key}.lora_A.weight"] = a.contiguous()
+            tensors[f"{key}.lora_B.weight"] = b.contiguous()
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    save_file(tensors, str(out / "adapter_model.safetensors"))
+    config = {
+        "peft_type": "LORA",
+        "task_type": "CAUSAL_LM",
+        "r": rank,
+        "lora_alpha": rank,
+        "target_modules": sorted(outs),
+        "bias": "none",
+        "base_model_name_or_path": str(model_dir),
+    }
+    (out / "adapter_config.json").write_text(json.dumps(config))
+    return str(out)
