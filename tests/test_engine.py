@@ -266,6 +266,12 @@ def test_unsupported_drafter_is_refused_before_weights_load(tiny_pair):
     with pytest.raises(TriSpecConfigError, match="'eagle3' is not supported"):
         validate_engine_config(make_config(proxy_model=tiny_pair.proxy), Cfg())
     assert os.path.isdir(tiny_pair.proxy)
+    # Multimodal and encoder-decoder models: refused before the drafter is looked at.
+    for attr, kind in (("is_multimodal_model", "a multimodal"), ("is_encoder_decoder", "an enc")):
+        setattr(Model, attr, True)
+        with pytest.raises(TriSpecConfigError, match=f"text decoders only, .* is {kind}"):
+            validate_engine_config(make_config(proxy_model=tiny_pair.proxy), Cfg())
+        setattr(Model, attr, False)
     # A drafter with its own KV cache cannot skip steps: disable_by_batch_size refused.
     Spec.method = "draft_model"
     cfg = make_config(proxy_model=tiny_pair.proxy, disable_by_batch_size=8)

@@ -81,6 +81,7 @@ def engine_section(scheduler) -> TriSpecConfig | None:
 
 def validate_engine_config(cfg: TriSpecConfig, vllm_config: VllmConfig) -> None:
     """Fail with a clear message on settings TriSpec cannot serve (no weights read)."""
+    check_text_decoder(vllm_config.model_config)
     spec = vllm_config.speculative_config
     if spec is None:
         raise TriSpecConfigError(
@@ -117,6 +118,24 @@ def validate_engine_config(cfg: TriSpecConfig, vllm_config: VllmConfig) -> None:
     )
     check_learned_drafter(cfg, vllm_config)
     check_subset_vocab(cfg, vllm_config)
+
+
+def check_text_decoder(model_config) -> None:
+    """TriSpec's routed passes rebuild a request's inputs from its token ids alone:
+    a multimodal model's image or audio embeddings (and its multimodal rotary
+    positions) and an encoder-decoder's encoder output are not there."""
+    if getattr(model_config, "is_encoder_decoder", False):
+        kind = "an encoder-decoder"
+    elif getattr(model_config, "is_multimodal_model", False):
+        kind = "a multimodal"
+    else:
+        return
+    raise TriSpecConfigError(
+        f"TriSpec serves text decoders only, and {getattr(model_config, 'model', 'this')} is "
+        f"{kind} model: its routed passes rebuild inputs from token ids, without the "
+        "encoder's output. Serve it without the `trispec` section (vLLM's own "
+        "speculative decoding)."
+    )
 
 
 def check_subset_vocab(cfg: TriSpecConfig, vllm_config: VllmConfig) -> None:
