@@ -83,12 +83,22 @@ def test_stock_engine_is_untouched(tiny_pair):
         ({"proxy_model": "/nonexistent/proxy"}, NGRAM, "does not exist"),
         ({"proxy_model": "OTHER_VOCAB"}, NGRAM, "vocabulary of 640 tokens but the target has 512"),
         ({}, None, "TriSpec needs a drafter"),
+        ({"proxy_model": "SHORT"}, NGRAM, "covers 128 positions, fewer than .* max_model_len 256"),
     ],
 )
-def test_bad_config_fails_before_weights_load(tiny_pair, section, spec, message):
+def test_bad_config_fails_before_weights_load(tiny_pair, tmp_path, section, spec, message):
+    import json
+    import shutil
+
     section = {"proxy_model": tiny_pair.proxy, **section}
     if section["proxy_model"] == "OTHER_VOCAB":
         section["proxy_model"] = tiny_pair.other_vocab_proxy
+    if section["proxy_model"] == "SHORT":  # a proxy of a shorter context than the engine's
+        short = shutil.copytree(tiny_pair.proxy, tmp_path / "short")
+        config = json.loads((short / "config.json").read_text())
+        config["max_position_embeddings"] = 128
+        (short / "config.json").write_text(json.dumps(config))
+        section["proxy_model"] = str(short)
     with pytest.raises(ValueError, match=message):
         engine_config(tiny_pair.target, {"trispec": section}, spec)
 

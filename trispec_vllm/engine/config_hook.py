@@ -116,8 +116,29 @@ def validate_engine_config(cfg: TriSpecConfig, vllm_config: VllmConfig) -> None:
         vllm_config.model_config.get_vocab_size(),
         vllm_config.parallel_config.tensor_parallel_size,
     )
+    check_proxy_context(cfg.proxy_model, vllm_config)
     check_learned_drafter(cfg, vllm_config)
     check_subset_vocab(cfg, vllm_config)
+
+
+def check_proxy_context(proxy_model: str, vllm_config: VllmConfig) -> None:
+    """The proxy must cover the engine's context (`max_model_len`): it reads every
+    position the target does. Checked here, with the proxy named, rather than when
+    the proxy loads after the target's weights."""
+    import vllm.envs
+
+    if vllm.envs.VLLM_ALLOW_LONG_MAX_MODEL_LEN:
+        return  # the user's override, which vLLM applies to the proxy too
+    from trispec_vllm.engine.proxy import proxy_model_config
+
+    wanted = vllm_config.model_config.max_model_len
+    longest = proxy_model_config(vllm_config, proxy_model, None).max_model_len
+    if longest < wanted:
+        raise TriSpecConfigError(
+            f"proxy_model '{proxy_model}' covers {longest} positions, fewer than the "
+            f"engine's max_model_len {wanted}: set max_model_len to at most {longest}, or "
+            "use a proxy with a longer context"
+        )
 
 
 def check_text_decoder(model_config) -> None:
