@@ -98,12 +98,26 @@ def test_psd_f_without_target_veto_is_the_proxys_greedy(tiny_pair, plain_outputs
     """...except under a grammar: PyramidSD draws its tokens outside vLLM's sampler,
     which applies the grammar's bitmask, so such requests get standard SD (the
     target's constrained output) while their free neighbours keep the proxy's."""
+    from vllm import SamplingParams
+
+    from tests.test_engine import MAX_TOKENS
+
     section = {"proxy_model": tiny_pair.proxy, "policy": "pyramid", "tau_q": 0.0, "tau_t": 10.0}
     llm = make_llm(tiny_pair, NGRAM, section)
     got = token_ids(llm.generate(prompts(N_PROMPTS), greedy()))
     c = counters(llm)
     mixed = llm.generate(prompts(4), [constrained() if i % 2 == 0 else greedy() for i in range(4)])
+    params = SamplingParams(temperature=0, max_tokens=MAX_TOKENS, ignore_eos=True, logprobs=2)
+    with_logprobs = llm.generate(prompts(4), params)
     close(llm)
+    # vLLM's logprobs name the tokens PyramidSD emits, not those its sampler chose.
+    for out, want in zip(with_logprobs, plain_outputs["proxy"], strict=False):
+        completion = out.outputs[0]
+        assert list(completion.token_ids) == want
+        for token, entry in zip(completion.token_ids, completion.logprobs, strict=True):
+            assert token in entry and len(entry) <= 3
+            top = max(e.logprob for e in entry.values())
+            assert (entry[token].rank == 1) == (entry[token].logprob == top)
     assert got == plain_outputs["proxy"]
     assert c["fuzzy_accepted_tokens"] > 0
     for i in (0, 2):

@@ -161,6 +161,44 @@ def test_drop_bonus_ends_a_drafter_proxy_step_at_its_last_draft():
     drop_bonus(sampled, np.zeros(4, bool), num_drafts)  # no rows: a no-op
 
 
+def test_relabel_logprobs_names_the_emitted_tokens():
+    """Where a token vLLM sampled is replaced, its logprobs entry is the emitted
+    token's, from the same logits row, with its rank; the rest stays."""
+    from trispec_vllm.policy.sampling import relabel_logprobs
+
+    gen = torch.Generator().manual_seed(0)
+    logits = torch.randn((5, 12), generator=gen)  # request 0: rows 0-2, request 1: rows 3-4
+    offsets = np.array([0, 3])
+    before = torch.tensor([[4, 7, -1], [2, -1, -1]])
+    after = torch.tensor([[4, 9, 1], [2, -1, -1]])  # request 0: position 1 replaced, 2 added
+    n = 2
+    logprobs = logits.log_softmax(-1)
+    rows = [0, 1, 2, 3, 3, 3]  # the logits row of each (request, position), clamped
+    ids = torch.stack([torch.tensor([max(int(t), 0) for t in before.flatten()])], 1)
+    top = logprobs[rows].topk(n, dim=-1)
+    token_ids = torch.cat([ids, top.indices], 1)
+    values = torch.cat([logprobs[rows].gather(1, ids), top.values], 1)
+    ranks = torch.zeros(len(rows), dtype=torch.long)
+    kept = (token_ids.clone(), values.clone())
+    relabel_logprobs(token_ids, values, ranks, before, after, logits, offsets)
+    for flat, row, token in ((1, 1, 9), (2, 2, 1)):
+        assert token_ids[flat, 0] == token
+        assert values[flat, 0] == pytest.approx(float(logprobs[row, token]))
+        assert ranks[flat] == int((logprobs[row] >= logprobs[row, token]).sum())
+    unchanged = [0, 3, 4, 5]
+    assert torch.equal(token_ids[unchanged], kept[0][unchanged])
+    assert torch.equal(values[unchanged], kept[1][unchanged])
+    assert torch.equal(token_ids[:, 1:], kept[0][:, 1:])  # the top-n columns stay
+    # Processed modes read the request's temperature; logits modes skip the softmax.
+    relabel_logprobs(token_ids, values, ranks, before, after, logits, offsets, None, "raw_logits")
+    assert values[1, 0] == pytest.approx(float(logits[1, 9]))
+    temps = np.array([0.5, 0.0])
+    relabel_logprobs(
+        token_ids, values, ranks, before, after, logits, offsets, temps, "processed_logprobs"
+    )
+    assert values[1, 0] == pytest.approx(float((logits[1] / 0.5).log_softmax(-1)[9]))
+
+
 def test_a_batch_without_temperatures_is_greedy_for_routing_and_pyramid():
     """`StepBatch.temperature=None` has one meaning, greedy, in every stage."""
     from dataclasses import replace

@@ -60,7 +60,12 @@ from trispec_vllm.policy.cost import (
     step_kinds,
 )
 from trispec_vllm.policy.kv_blocks import GroupLedgers
-from trispec_vllm.policy.sampling import drop_bonus, greedy_verify, pyramid_tokens
+from trispec_vllm.policy.sampling import (
+    drop_bonus,
+    greedy_verify,
+    pyramid_tokens,
+    relabel_logprobs,
+)
 from trispec_vllm.policy.step import TriSpecStep
 from trispec_vllm.policy.target_batch import TargetBatch
 
@@ -732,6 +737,10 @@ class TriSpecRunnerMixin:
             self.input_batch.generators[i].set_state(state)
         st = self.trispec_state
         batch = st.batch
+        # vLLM's logprobs name the tokens its sampler chose; those replaced below get
+        # theirs recomputed (`relabel_logprobs`).
+        lp = out.logprobs_tensors if batch is not None else None
+        before = out.sampled_token_ids.clone() if lp is not None else None
         if (
             self.device.type == "cpu"
             and spec_decode_metadata is not None
@@ -759,6 +768,18 @@ class TriSpecRunnerMixin:
         if st.no_bonus is not None and batch is not None:
             drop_bonus(out.sampled_token_ids, st.no_bonus, batch.num_drafts)
             st.no_bonus = None
+        if lp is not None:
+            relabel_logprobs(
+                lp.logprob_token_ids,
+                lp.logprobs,
+                lp.selected_token_ranks,
+                before,
+                out.sampled_token_ids,
+                logits,
+                batch.row_offsets(),
+                batch.request_temperatures(),
+                self.sampler.logprobs_mode,
+            )
         return out
 
     def _bookkeeping_sync(self, *args, **kwargs):

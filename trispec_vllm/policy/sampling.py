@@ -168,3 +168,46 @@ def pyramid_tokens(
             )
     decision = pyramid.target_verify(drafts, a, c, t_pass, t_tok)
     return decision.tokens, decision
+
+
+def relabel_logprobs(
+    token_ids: torch.Tensor,
+    values: torch.Tensor,
+    ranks: torch.Tensor,
+    before: torch.Tensor,
+    after: torch.Tensor,
+    logits: torch.Tensor,
+    row_offsets: np.ndarray,
+    temperatures: np.ndarray | None = None,
+    mode: str = "raw_logprobs",
+) -> None:
+    """Make vLLM's sampled-token logprobs name the tokens a request emits (in place).
+
+    vLLM's sampler gathers each position's logprobs for the token it sampled: the
+    first column of `token_ids`/`values` ([B x W, n + 1], position j of request r at
+    row r * W + j) and `ranks` ([B x W]). Where TriSpec then replaces that token
+    (PyramidSD, a held request), the entry is recomputed for the emitted one from the
+    same logits row (`logits` [rows, V], request r's first at `row_offsets[r]`), so
+    the emitted token is in its logprobs with its rank; the top-n columns stay.
+    `before`/`after`: [B, W] sampled ids before and after the replacement; `mode`:
+    vLLM's logprobs_mode (a processed mode scales by `temperatures`, [B], 0: greedy).
+    """
+    width = before.shape[1]
+    changed = ((before != after) & (after >= 0)).cpu()
+    if not changed.any():
+        return
+    r, j = torch.nonzero(changed, as_tuple=True)
+    dev = logits.device
+    rows = (torch.from_numpy(row_offsets.astype(np.int64))[r] + j).to(dev)
+    chosen = logits[rows].float()
+    if mode.startswith("processed") and temperatures is not None:
+        temp = torch.from_numpy(np.asarray(temperatures, dtype=np.float32))[r].to(dev)
+        chosen = chosen / torch.where(temp > 0, temp, 1.0).unsqueeze(1)
+    if mode.endswith("logprobs"):
+        chosen = chosen.log_softmax(dim=-1)
+    tokens = after.cpu()[r, j].to(dev, torch.long)
+    own = chosen.gather(1, tokens.unsqueeze(1)).squeeze(1)
+    flat = (r * width + j).to(token_ids.device)
+    token_ids[flat, 0] = tokens.to(token_ids.device, token_ids.dtype)
+    values[flat, 0] = own.to(values.device, values.dtype)
+    ranks[flat] = (chosen >= own.unsqueeze(1)).sum(dim=1).to(ranks.device, ranks.dtype)
