@@ -84,6 +84,7 @@ def test_stock_engine_is_untouched(tiny_pair):
         ({"proxy_model": "OTHER_VOCAB"}, NGRAM, "vocabulary of 640 tokens but the target has 512"),
         ({}, None, "TriSpec needs a drafter"),
         ({"proxy_model": "SHORT"}, NGRAM, "covers 128 positions, fewer than .* max_model_len 256"),
+        ({"proxy_model": "SWAPPED"}, NGRAM, "has a tokenizer of its own"),
     ],
 )
 def test_bad_config_fails_before_weights_load(tiny_pair, tmp_path, section, spec, message):
@@ -99,6 +100,13 @@ def test_bad_config_fails_before_weights_load(tiny_pair, tmp_path, section, spec
         config["max_position_embeddings"] = 128
         (short / "config.json").write_text(json.dumps(config))
         section["proxy_model"] = str(short)
+    if section["proxy_model"] == "SWAPPED":  # one vocabulary size, two token ids swapped
+        swapped = shutil.copytree(tiny_pair.proxy, tmp_path / "swapped")
+        tok = json.loads((swapped / "tokenizer.json").read_text())
+        vocab = tok["model"]["vocab"]
+        vocab["e"], vocab["t"] = vocab["t"], vocab["e"]
+        (swapped / "tokenizer.json").write_text(json.dumps(tok))
+        section["proxy_model"] = str(swapped)
     with pytest.raises(ValueError, match=message):
         engine_config(tiny_pair.target, {"trispec": section}, spec)
 
@@ -283,3 +291,26 @@ def test_no_drafts_no_draft_call():
         draft_call.note_output(core.scheduler, output)
         EngineCore.post_step(core, model_executed=executed)
         assert core.model_executor.takes == takes, (output, executed)
+
+
+def test_proxy_tokenizer_compared_by_its_ids_not_its_files(tiny_pair, tmp_path):
+    """A proxy whose tokenizer files differ from the target's but map text to the same
+    ids (rewritten, here) is accepted; one with two ids swapped is refused."""
+    import json
+    import shutil
+    from types import SimpleNamespace
+
+    from trispec_vllm.config import TriSpecConfigError
+    from trispec_vllm.engine.config_hook import check_proxy_tokenizer
+
+    target = SimpleNamespace(tokenizer=tiny_pair.target, trust_remote_code=False)
+    check_proxy_tokenizer(tiny_pair.proxy, target)  # the same files
+    copy = shutil.copytree(tiny_pair.proxy, tmp_path / "rewritten")
+    tok = json.loads((copy / "tokenizer.json").read_text())
+    (copy / "tokenizer.json").write_text(json.dumps(tok, indent=2))
+    check_proxy_tokenizer(str(copy), target)
+    vocab = tok["model"]["vocab"]
+    vocab["a"], vocab["o"] = vocab["o"], vocab["a"]
+    (copy / "tokenizer.json").write_text(json.dumps(tok))
+    with pytest.raises(TriSpecConfigError, match="tokenizer of its own: .* different from token"):
+        check_proxy_tokenizer(str(copy), target)

@@ -116,9 +116,64 @@ def validate_engine_config(cfg: TriSpecConfig, vllm_config: VllmConfig) -> None:
         vllm_config.model_config.get_vocab_size(),
         vllm_config.parallel_config.tensor_parallel_size,
     )
+    check_proxy_tokenizer(cfg.proxy_model, vllm_config.model_config)
     check_proxy_context(cfg.proxy_model, vllm_config)
     check_learned_drafter(cfg, vllm_config)
     check_subset_vocab(cfg, vllm_config)
+
+
+# Code, prose, digits, whitespace runs and non-Latin scripts: where tokenizers of one
+# vocabulary size but different merges or id orders part ways.
+TOKENIZER_PROBE = (
+    "def area(r: float) -> float:\n    return 3.14159 * r ** 2  # TODO: use math.pi\n\n"
+    "The quick brown fox, naïve café, ½ & ¾; Привет мир! 你好，世界。 こんにちは 🙂\t  end"
+)
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
+# The files that fix the text -> ids mapping, one set per tokenizer format.
+VOCABULARY_FILES = (("tokenizer.json",), ("vocab.json", "merges.txt"), ("tokenizer.model",))
+
+
+def check_proxy_tokenizer(proxy_model: str, model_config) -> None:
+    """The proxy must read and write the target's token ids: two tokenizers of one
+    vocabulary size can still map text to different ids (Llama 2's and Mistral's
+    have 32000 each), which would leave every margin meaningless. Where the proxy
+    directory has tokenizer files and both load, a probe text must encode alike."""
+    path = Path(proxy_model).expanduser()
+    if not any((path / name).is_file() for name in TOKENIZER_FILES):
+        return  # nothing to compare: the engine reads the target's tokenizer only
+    target_dir = Path(model_config.tokenizer).expanduser()
+    if any(same_files(path, target_dir, files) for files in VOCABULARY_FILES):
+        return  # one model family's copy (loading both took 1.9-3 s on a 2-core CPU)
+    from transformers import AutoTokenizer
+
+    remote = bool(getattr(model_config, "trust_remote_code", False))
+    try:
+        target = AutoTokenizer.from_pretrained(model_config.tokenizer, trust_remote_code=remote)
+        proxy = AutoTokenizer.from_pretrained(str(path), trust_remote_code=remote)
+    except Exception as err:  # a format only vLLM reads (mistral's tekken, say)
+        logger.info("TriSpec: tokenizers not compared (%s)", err)
+        return
+    want = target.encode(TOKENIZER_PROBE, add_special_tokens=False)
+    got = proxy.encode(TOKENIZER_PROBE, add_special_tokens=False)
+    if got != want:
+        pairs = enumerate(zip(want, got, strict=False))
+        at = next((i for i, (a, b) in pairs if a != b), min(len(want), len(got)))
+        raise TriSpecConfigError(
+            f"proxy_model '{proxy_model}' has a tokenizer of its own: a sample text is "
+            f"{len(got)} tokens for it and {len(want)} for the target, different from "
+            f"token {at} on. The proxy must share the target's tokenizer"
+        )
+
+
+def same_files(a: Path, b: Path, names: tuple[str, ...]) -> bool:
+    """Whether directories `a` and `b` both hold every file of `names`, byte for byte."""
+    for name in names:
+        fa, fb = a / name, b / name
+        if not (fa.is_file() and fb.is_file()) or fa.stat().st_size != fb.stat().st_size:
+            return False
+        if fa.read_bytes() != fb.read_bytes():
+            return False
+    return True
 
 
 def check_proxy_context(proxy_model: str, vllm_config: VllmConfig) -> None:
