@@ -982,10 +982,11 @@ class CostModel:
             self.retry.discard(cls)
         at_start = self.stats.get((cls, kind), KindStats()).samples
         self.runs[cls] = (kind, self.run_length - 1, at_start)
-        if cls in self.best:
+        learning = cls in self.best  # (before a class's first choice: a warm-up)
+        if learning:
             self.learned[cls] = True
         self.run_cost[(cls, kind)] = 0.0  # this run's cost, from here on
-        return self._chose(kind, learning=cls in self.best)
+        return self._chose(kind, learning=learning)
 
     def _chose(self, kind: str, learning: bool = False) -> str:
         self.chosen[kind] = self.chosen.get(kind, 0) + 1
