@@ -485,7 +485,9 @@ def test_cost_aware_proxy_equal_to_target_switches_kinds_exactly(tiny_pair, refe
 
 
 @pytest.mark.parametrize("lam", [1.5, 0.05], ids=["lossless", "trusted"])
-def test_proxy_drafted_steps_keep_every_token_of_plain_greedy(tiny_pair, reference, lam):
+def test_proxy_drafted_steps_keep_every_token_of_plain_greedy(
+    tiny_pair, reference, reference_all, lam
+):
     """The draft kind: the proxy drafts in place of the ngram drafter (here the target's
     own checkpoint, so its drafts are right), drafts near a request's next KV block
     included (block size 32, 64 tokens per request). Lossless, the target verifies
@@ -501,10 +503,15 @@ def test_proxy_drafted_steps_keep_every_token_of_plain_greedy(tiny_pair, referen
         "proxy_drafting": True,
     }
     llm = make_llm(tiny_pair, NGRAM, cfg, block_size=32)
+    # Under a grammar first, while the fresh engine tries every kind (the scheduler
+    # validates the proxy's drafts like any drafter's).
+    texts = [o.outputs[0].text for o in llm.generate(prompts()[:4], constrained())]
+    under_grammar = counters(llm)["draft_kind_steps"]
     got = in_groups(llm, 4)
     c = counters(llm)
     close(llm)
     assert got == reference
+    assert texts == reference_all[2] and under_grammar > 0
     assert c["draft_kind_steps"] > 0 and c["proxy_drafted_tokens"] > 0, c
     if lam > 1:
         # The target accepts the drafts of its own checkpoint: a step emits every draft
