@@ -128,9 +128,9 @@ TOKENIZER_PROBE = (
     "def area(r: float) -> float:\n    return 3.14159 * r ** 2  # TODO: use math.pi\n\n"
     "The quick brown fox, naïve café, ½ & ¾; Привет мир! 你好，世界。 こんにちは 🙂\t  end"
 )
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
 # The files that fix the text -> ids mapping, one set per tokenizer format.
 VOCABULARY_FILES = (("tokenizer.json",), ("vocab.json", "merges.txt"), ("tokenizer.model",))
+TOKENIZER_FILES = ("tokenizer_config.json", *(n for files in VOCABULARY_FILES for n in files))
 
 
 def check_proxy_tokenizer(proxy_model: str, model_config) -> None:
