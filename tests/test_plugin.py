@@ -75,6 +75,25 @@ def test_stock_engine_is_untouched(tiny_pair):
     assert cfg.parallel_config.worker_cls.startswith("vllm.")
 
 
+def edited_copy(src: str, dest, name: str, edit) -> str:
+    """A copy of the model directory `src` at `dest`, its JSON file `name` changed in
+    place by `edit`."""
+    import json
+    import shutil
+
+    out = shutil.copytree(src, dest)
+    data = json.loads((out / name).read_text())
+    edit(data)
+    (out / name).write_text(json.dumps(data))
+    return str(out)
+
+
+def swap_ids(tokenizer: dict, a: str, b: str) -> None:
+    """Swap the ids of tokens `a` and `b` in a tokenizer.json's vocabulary."""
+    vocab = tokenizer["model"]["vocab"]
+    vocab[a], vocab[b] = vocab[b], vocab[a]
+
+
 @pytest.mark.parametrize(
     ("section", "spec", "message"),
     [
@@ -88,25 +107,23 @@ def test_stock_engine_is_untouched(tiny_pair):
     ],
 )
 def test_bad_config_fails_before_weights_load(tiny_pair, tmp_path, section, spec, message):
-    import json
-    import shutil
-
     section = {"proxy_model": tiny_pair.proxy, **section}
     if section["proxy_model"] == "OTHER_VOCAB":
         section["proxy_model"] = tiny_pair.other_vocab_proxy
     if section["proxy_model"] == "SHORT":  # a proxy of a shorter context than the engine's
-        short = shutil.copytree(tiny_pair.proxy, tmp_path / "short")
-        config = json.loads((short / "config.json").read_text())
-        config["max_position_embeddings"] = 128
-        (short / "config.json").write_text(json.dumps(config))
-        section["proxy_model"] = str(short)
+        section["proxy_model"] = edited_copy(
+            tiny_pair.proxy,
+            tmp_path / "short",
+            "config.json",
+            lambda config: config.update(max_position_embeddings=128),
+        )
     if section["proxy_model"] == "SWAPPED":  # one vocabulary size, two token ids swapped
-        swapped = shutil.copytree(tiny_pair.proxy, tmp_path / "swapped")
-        tok = json.loads((swapped / "tokenizer.json").read_text())
-        vocab = tok["model"]["vocab"]
-        vocab["e"], vocab["t"] = vocab["t"], vocab["e"]
-        (swapped / "tokenizer.json").write_text(json.dumps(tok))
-        section["proxy_model"] = str(swapped)
+        section["proxy_model"] = edited_copy(
+            tiny_pair.proxy,
+            tmp_path / "swapped",
+            "tokenizer.json",
+            lambda tok: swap_ids(tok, "e", "t"),
+        )
     with pytest.raises(ValueError, match=message):
         engine_config(tiny_pair.target, {"trispec": section}, spec)
 
@@ -309,8 +326,8 @@ def test_proxy_tokenizer_compared_by_its_ids_not_its_files(tiny_pair, tmp_path):
     tok = json.loads((copy / "tokenizer.json").read_text())
     (copy / "tokenizer.json").write_text(json.dumps(tok, indent=2))
     check_proxy_tokenizer(str(copy), target)
-    vocab = tok["model"]["vocab"]
-    vocab["a"], vocab["o"] = vocab["o"], vocab["a"]
-    (copy / "tokenizer.json").write_text(json.dumps(tok))
+    swapped = edited_copy(
+        tiny_pair.proxy, tmp_path / "swapped", "tokenizer.json", lambda t: swap_ids(t, "a", "o")
+    )
     with pytest.raises(TriSpecConfigError, match="tokenizer of its own: .* different from token"):
-        check_proxy_tokenizer(str(copy), target)
+        check_proxy_tokenizer(swapped, target)
