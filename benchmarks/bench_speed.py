@@ -56,6 +56,7 @@ class Config:
     builtin_sd: bool = False
     lam: float | None = None
     control: bool = False  # a control for the machine's noise: runs only when named (--only)
+    dtype: str | None = None  # the model's dtype where it is not the run's (--dtype)
 
 
 # What every benchmark's engine is given, whatever it measures.
@@ -115,6 +116,10 @@ def configurations(
         # A control: a second engine of the baseline's, so a run shows the spread between
         # two identical engines next to the spread between the ones compared.
         Config("no speculation (A/A control)", control=True),
+        # What bf16 costs where the run is float32 (--dtype auto on a CPU without
+        # oneDNN's bf16 matmul), and the other way round.
+        Config("no speculation (bfloat16)", control=True, dtype="bfloat16"),
+        Config("no speculation (float32)", control=True, dtype="float32"),
         Config("vLLM ngram k=3", ngram(3), builtin_sd=True),
         Config("vLLM ngram k=5", ngram(5), builtin_sd=True),
         Config("vLLM ngram k=8", ngram(8), builtin_sd=True),
@@ -407,7 +412,7 @@ def start_engine(cfg: Config, target: str, eager: bool, **engine_args):
         kwargs["additional_config"] = {"trispec": section}
     llm = LLM(
         model=target,
-        **ENGINE_ARGS,
+        **{**ENGINE_ARGS, **({"dtype": cfg.dtype} if cfg.dtype else {})},
         disable_log_stats=False,
         enforce_eager=eager,
         **kwargs,
@@ -582,6 +587,16 @@ def runtime_effect(results: list[dict]) -> list[dict]:
             }
         )
     return out
+
+
+def set_dtype(dtype: str) -> str:
+    """Every engine's dtype (`ENGINE_ARGS`); 'auto' is this machine's preferred one."""
+    if dtype == "auto":
+        from trispec_vllm.cpu_runtime import preferred_dtype
+
+        dtype = preferred_dtype()
+    ENGINE_ARGS["dtype"] = dtype
+    return dtype
 
 
 def cpu_model() -> str:
@@ -769,6 +784,12 @@ def main() -> None:
         "padding interleaved (labels of the latter end in '[no GEMM padding]')",
     )
     ap.add_argument(
+        "--dtype",
+        default="auto",
+        help="every engine's dtype; auto: bfloat16, or float32 on a CPU without oneDNN's "
+        "bf16 matmul (trispec_vllm.cpu_runtime.preferred_dtype)",
+    )
+    ap.add_argument(
         "--warm-head",
         type=Path,
         default=WARM_HEAD,
@@ -776,6 +797,7 @@ def main() -> None:
     )
     args = ap.parse_args()
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "4")
+    set_dtype(args.dtype)
     # One fresh folder for the cost-aware step's kept measurements (cost_memory) per
     # run: the first round's engines measure, later rounds start from what they kept,
     # and nothing comes from an earlier run.
@@ -876,7 +898,7 @@ def write_results(out, per_round, args, plan, max_tokens, batches, tuned_env) ->
     """The JSON, the per-round table and the plot of the rounds done so far; the table."""
     results = summarise(per_round)
     out.parent.mkdir(parents=True, exist_ok=True)
-    machine = f"{cpu_model()}, vllm-cpu 0.32.0"
+    machine = f"{cpu_model()}, vllm-cpu 0.32.0, {ENGINE_ARGS['dtype']}"
     out.write_text(
         json.dumps(
             {

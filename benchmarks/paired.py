@@ -88,6 +88,7 @@ def main() -> None:
     ap.add_argument("--requests", type=int, default=4, help="requests per round")
     ap.add_argument("--tokens", type=int, default=128)
     ap.add_argument("--rounds", type=int, default=6)
+    ap.add_argument("--dtype", default="auto", help="as bench_speed's --dtype")
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args()
     if len(args.only) < 2:
@@ -97,7 +98,7 @@ def main() -> None:
     from trispec_vllm import cpu_runtime
 
     cpu_runtime.apply()
-    from bench_speed import chat_prompts, configurations, cpu_model, start_engine
+    from bench_speed import chat_prompts, configurations, cpu_model, set_dtype, start_engine
     from vllm import SamplingParams
 
     from trispec_vllm.fetch import fetch_pair
@@ -115,7 +116,7 @@ def main() -> None:
     groups = [prompts[i : i + args.batch] for i in range(0, len(prompts), args.batch)]
     names = list(engines)
     ref = names[0]
-    machine = cpu_model()
+    machine = f"{cpu_model()}, {set_dtype(args.dtype)}"
     print(f"{machine}; batch {args.batch}, {args.requests} requests x {args.tokens} tokens")
     rounds: list[dict[str, dict[str, float]]] = []
     group_ratios: dict[str, list[float]] = {n: [] for n in names[1:]}

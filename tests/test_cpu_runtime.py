@@ -154,3 +154,52 @@ def test_a_gemm_padding_that_is_no_row_count_is_named(monkeypatch):
     monkeypatch.setenv("TRISPEC_CPU_GEMM_MIN_ROWS", "four")
     with pytest.raises(ValueError, match="TRISPEC_CPU_GEMM_MIN_ROWS must be a row count"):
         apply_trispec_patches()
+
+
+def test_bf16_checkpoints_run_in_float32_where_the_cpu_has_no_bf16_matmul(monkeypatch):
+    assert cpu_runtime.preferred_dtype("bfloat16", native=False) == "float32"
+    assert cpu_runtime.preferred_dtype("bfloat16", native=True) == "bfloat16"
+    assert cpu_runtime.preferred_dtype("float16", native=False) == "float16"
+    monkeypatch.setattr(cpu_runtime, "native_bf16_matmul", lambda: None)  # not a CPU build
+    assert cpu_runtime.preferred_dtype("bfloat16") == "bfloat16"
+
+
+def test_this_machine_answers_the_bf16_question_as_vllms_layer_set_up_does():
+    """vLLM's own dispatch falls back to torch's linear exactly where the check says no."""
+    pytest.importorskip("vllm")
+    import torch
+    from vllm.model_executor.layers import utils
+
+    layer = torch.nn.Module()
+    weight = torch.zeros(64, 64, dtype=torch.bfloat16)
+    layer.weight = torch.nn.Parameter(weight, requires_grad=False)
+    layer.bias = None
+    utils.dispatch_cpu_unquantized_gemm(layer, False)
+    x = torch.randn(3, 64, dtype=torch.bfloat16)
+    assert layer.cpu_linear(x, layer.weight, None).shape == (3, 64)
+    names = layer.cpu_linear.__code__.co_names
+    assert "onednn_mm" in names or "linear" in names  # vLLM's two paths on such a CPU
+    assert cpu_runtime.native_bf16_matmul() is ("onednn_mm" in names)
+
+
+def test_a_bf16_engine_on_such_a_cpu_is_told_to_use_float32(monkeypatch, caplog):
+    import logging
+
+    import torch
+
+    from trispec_vllm.engine import config_hook
+
+    class Model:
+        dtype = torch.bfloat16
+
+    caplog.set_level(logging.WARNING)
+    monkeypatch.setattr(cpu_runtime, "native_bf16_matmul", lambda: False)
+    config_hook.warn_cpu_dtype(Model())
+    assert "dtype float32" in caplog.text
+    caplog.clear()
+    Model.dtype = torch.float32
+    config_hook.warn_cpu_dtype(Model())
+    monkeypatch.setattr(cpu_runtime, "native_bf16_matmul", lambda: True)
+    Model.dtype = torch.bfloat16
+    config_hook.warn_cpu_dtype(Model())
+    assert caplog.text == ""

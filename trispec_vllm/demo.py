@@ -176,6 +176,12 @@ def run(
 
         pair = fetch_pair()
         n_tokens, dtype = max_tokens or 96, "bfloat16"
+        if not torch.cuda.is_available():
+            from trispec_vllm import cpu_runtime
+
+            dtype = cpu_runtime.preferred_dtype(dtype)
+            if dtype != "bfloat16":
+                print(f"[demo] dtype {dtype}: this CPU has no oneDNN bf16 matmul", flush=True)
         prompts = [[{"role": "user", "content": p}] for p in CHAT_PROMPTS]
 
     from vllm import SamplingParams

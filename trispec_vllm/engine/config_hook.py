@@ -345,3 +345,22 @@ def adjust_engine_config(vllm_config: VllmConfig) -> None:
     from vllm.platforms import current_platform
 
     parallel.worker_cls = WORKER_CPU if current_platform.is_cpu() else WORKER_GPU
+    warn_cpu_dtype(vllm_config.model_config)
+
+
+def warn_cpu_dtype(model_config) -> None:
+    """Say so where a bf16 model runs on a CPU without oneDNN's bf16 matmul: there a
+    pass over k + 1 tokens costs about k + 1 one-token passes, so speculation cannot
+    pay, and float32 ran faster in every configuration measured (`cpu_runtime`)."""
+    import torch
+
+    from trispec_vllm import cpu_runtime
+
+    dtype = getattr(model_config, "dtype", None)
+    if dtype == torch.bfloat16 and cpu_runtime.native_bf16_matmul() is False:
+        logger.warning(
+            "TriSpec: this CPU has no oneDNN bf16 matmul, so vLLM's bf16 linear layers "
+            "cost time in proportion to the tokens of a pass and drafts cannot pay: serve "
+            "with dtype float32 (--dtype float32), which is faster here for every "
+            "configuration, speculative or not (docs/usage.md, CPU runtime)"
+        )
