@@ -3,8 +3,11 @@ pass's matmuls (the real pair's layer shapes, bf16 weights streamed from memory 
 decoding) for 1 to 16 rows, as they are and padded to `cpu_gemm.MIN_ROWS` rows.
 
     python benchmarks/cpu_gemm.py [--rounds 5] [--out benchmarks/results/cpu_gemm.json]
+    python benchmarks/cpu_gemm.py --dtypes bfloat16 float32 --rows 1 2 4 8 16 32 \
+        --out benchmarks/results/cpu_gemm_dtypes.json
 
-Shows where `TRISPEC_CPU_GEMM_MIN_ROWS` pays (`trispec_vllm.engine.cpu_gemm`). Runs
+Shows where `TRISPEC_CPU_GEMM_MIN_ROWS` pays (`trispec_vllm.engine.cpu_gemm`), and with
+`--dtypes` what the weights' dtype changes (`cpu_runtime.preferred_dtype`). Runs
 vLLM's own dispatch (`dispatch_cpu_unquantized_gemm`), so it measures the kernel an
 engine on this machine would use. Never run it beside the test suite or a benchmark.
 """
@@ -38,11 +41,11 @@ def layer_shapes(config: dict) -> dict[str, tuple[int, int]]:
     }
 
 
-def build(shapes: dict[str, tuple[int, int]], layers: int):
+def build(shapes: dict[str, tuple[int, int]], layers: int, dtype: torch.dtype = torch.bfloat16):
     from trispec_vllm.engine.cpu_gemm import linear_layer
 
     return [
-        linear_layer(shape)
+        linear_layer(shape, dtype)
         for name, shape in shapes.items()
         for _ in range(1 if name == "lm_head" else layers)
     ]
@@ -53,14 +56,15 @@ def pass_seconds(mods, rows: int, pad: int) -> float:
 
     t0 = time.perf_counter()
     for mod in mods:
-        x = torch.randn(rows, mod.weight.shape[1], dtype=torch.bfloat16)
+        x = torch.randn(rows, mod.weight.shape[1], dtype=mod.weight.dtype)
         run = padded_linear(mod.cpu_linear, pad) if pad > rows else mod.cpu_linear
         run(x, mod.weight, None)
     return time.perf_counter() - t0
 
 
 def main() -> None:
-    from trispec_vllm.cpu_runtime import cpu_name
+    from bench_speed import cpu_model
+
     from trispec_vllm.engine.cpu_gemm import MIN_ROWS
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -68,19 +72,25 @@ def main() -> None:
     ap.add_argument("--layers", type=int, default=8, help="decoder layers per pass")
     ap.add_argument("--rows", type=int, nargs="+", default=[1, 2, 3, 4, 5, 6, 8, 12, 16])
     ap.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)))
+    ap.add_argument("--dtypes", nargs="+", default=["bfloat16"], help="weights' dtypes")
     ap.add_argument("--out", type=Path, default=RESULTS / "cpu_gemm.json")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     out = {
-        "machine": f"{cpu_name()}, {args.threads} threads",
+        "machine": f"{cpu_model()}, {args.threads} threads",
         "layers": args.layers,
         "min_rows": MIN_ROWS,
         "models": {},
     }
-    for model in ("qwen2.5-coder-1.5b", "qwen2.5-coder-0.5b"):
+    runs = [(m, d) for m in ("qwen2.5-coder-1.5b", "qwen2.5-coder-0.5b") for d in args.dtypes]
+    for model, dtype in runs:
         config = json.loads((HERE / "model_configs" / f"{model}.json").read_text())
-        mods = build(layer_shapes(config), args.layers)
-        variants = [(r, r) for r in args.rows] + [(r, MIN_ROWS) for r in args.rows if r < MIN_ROWS]
+        mods = build(layer_shapes(config), args.layers, getattr(torch, dtype))
+        variants = [(r, r) for r in args.rows]
+        if dtype == "bfloat16":  # the padding pads bf16 inputs only
+            variants += [(r, MIN_ROWS) for r in args.rows if r < MIN_ROWS]
+        if len(args.dtypes) > 1:
+            model = f"{model} {dtype}"
         times: dict[tuple[int, int], list[float]] = {v: [] for v in variants}
         for _ in range(args.rounds + 1):  # the first round warms up, interleaved
             for rows, pad in variants:

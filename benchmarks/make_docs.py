@@ -162,6 +162,8 @@ ALIGNMENT = "alignment.json"
 LOAD = "load_test.json"
 FAMILIES = "families.json"  # check_families.py: ten decoder families, exact modes
 SPEED_AVX2 = "speed_avx2.json"
+CPU_GEMM_DTYPES = "cpu_gemm_dtypes.json"
+SPEED_B1_FLOAT32 = "speed_b1_float32.json"
 SPEED_AVX2_DEFAULT = "speed_avx2_default.json"
 SPEED_AVX512 = "speed_avx512.json"  # every configuration, 3 rounds, before the cost fixes
 HEADLINE = "speed_headline.json"  # the README's headline run
@@ -327,22 +329,23 @@ def runtime_effect(name: str) -> str:
     return block(md_table(["configuration", "batch", "tuned against", "tuned / it"], rows))
 
 
-def cpu_gemm() -> str:
+def cpu_gemm(name: str = CPU_GEMM) -> str:
     """cpu_gemm.py's table: one pass's matmuls by rows, as they are and padded."""
-    d = load(CPU_GEMM)
-    header = ["rows"] + [f"{m} (ms)" for m in d["models"]]
-    by_rows: dict[str, list[str]] = {}
-    for rows in d["models"].values():
+    d = load(name)
+    models = list(d["models"])
+    header = ["rows"] + [f"{m} (ms)" for m in models]
+    by_rows: dict[str, dict[str, str]] = {}
+    for model, rows in d["models"].items():
         for r in rows:
             key = (
                 f"{r['rows']} padded to {r['padded_to']}"
                 if r["padded_to"] > r["rows"]
                 else str(r["rows"])
             )
-            by_rows.setdefault(key, []).append(
+            by_rows.setdefault(key, {})[model] = (
                 f"{r['ms']:.1f} ({r['ms_range'][0]:.1f}-{r['ms_range'][1]:.1f})"
             )
-    rows = [[k, *v] for k, v in by_rows.items()]
+    rows = [[k, *(v.get(m, "-") for m in models)] for k, v in by_rows.items()]
     return block(
         md_table(header, rows)
         + f"\n\n{d['machine']}; {d['layers']} decoder layers and the LM head per pass"
@@ -1039,6 +1042,8 @@ BLOCKS: dict[str, Callable[[], str]] = {
     "load-test": load_test,
     "families": lambda: block(_bench("check_families").table(load(FAMILIES)["results"])),
     "speed-avx2": lambda: speed_table(SPEED_AVX2),
+    "cpu-gemm-dtypes": lambda: cpu_gemm(CPU_GEMM_DTYPES),
+    "speed-b1-float32": lambda: speed_table(SPEED_B1_FLOAT32),
     "speed-avx2-default": lambda: speed_table(SPEED_AVX2_DEFAULT),
     "cost-model": cost_model,
     "pass-costs": pass_costs,

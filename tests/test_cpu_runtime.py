@@ -81,10 +81,15 @@ def test_cpu_env_prints_shell_exports(monkeypatch, capsys, tmp_path):
     monkeypatch.setenv("VLLM_CPU_NUM_OF_RESERVED_CPU", "0")
     monkeypatch.setenv("NUMBA_THREADING_LAYER", "workqueue")
     monkeypatch.setenv("TRISPEC_CPU_GEMM_MIN_ROWS", "0")
+    monkeypatch.setattr(cpu_runtime, "native_bf16_matmul", lambda: False)
     assert main(["cpu-env"]) == 0
-    out = capsys.readouterr().out
-    assert out.startswith(f"export LD_PRELOAD='{lib}")
-    assert "VLLM_CPU_NUM_OF_RESERVED_CPU" not in out
+    got = capsys.readouterr()
+    assert got.out.startswith(f"export LD_PRELOAD='{lib}")
+    assert "VLLM_CPU_NUM_OF_RESERVED_CPU" not in got.out
+    assert "--dtype float32" in got.err and "--dtype" not in got.out
+    monkeypatch.setattr(cpu_runtime, "native_bf16_matmul", lambda: True)
+    assert main(["cpu-env"]) == 0
+    assert "--dtype" not in capsys.readouterr().err
 
 
 def test_the_ngram_drafter_gets_numbas_own_thread_pool(monkeypatch):

@@ -66,8 +66,9 @@ def main(argv: list[str] | None = None) -> int:
         from trispec_vllm import cpu_runtime
 
         sys.stdout.write(cpu_runtime.shell_exports(cpu_runtime.recommended()))
-        for line in cpu_runtime.missing():  # stderr: stdout is for `eval`
-            print(f"trispec-vllm cpu-env: {line}", file=sys.stderr)
+        advice = cpu_runtime.dtype_advice()
+        for line in [*cpu_runtime.missing(), *([advice] if advice else [])]:
+            print(f"trispec-vllm cpu-env: {line}", file=sys.stderr)  # stdout is for `eval`
         return 0
     if args.command == "costs":
         return show_costs(clear=args.clear)

@@ -32,8 +32,9 @@ no bf16 matmul for the CPU (no AVX512-BF16 or AMX, e.g. an AVX2-only AMD EPYC),
 vLLM falls back to torch's bf16 linear, whose time grows with the rows of the pass:
 a verification pass over k + 1 tokens costs about k + 1 single-token passes, so no
 speculative decoding can pay, and prompts prefill slowly. There oneDNN's float32
-matmul is nearly flat in the rows and even a one-token pass ran as fast
-(docs/benchmarks.md, "float32 on a CPU without bf16 matmul"); `preferred_dtype()`
+matmul is nearly flat in the rows: plain decoding of the 1.5B target ran faster in
+float32 than in bf16 there, and speculation paid (docs/benchmarks.md, "float32 on a
+CPU without bf16 matmul"); `preferred_dtype()`
 names it, and TriSpec's engine warns when it runs bf16 on such a CPU.
 
 `recommended()` says what to add; `apply()` adds it to this process's
@@ -221,6 +222,16 @@ def missing(environ: Mapping[str, str] | None = None) -> list[str]:
     if find_iomp() is None:
         out.append("Intel OpenMP (libiomp5.so) not found: pip install intel-openmp")
     return out
+
+
+def dtype_advice() -> str | None:
+    """A line for `trispec-vllm cpu-env` where bf16 models should run in float32 here."""
+    if preferred_dtype() == "bfloat16":
+        return None
+    return (
+        "this CPU has no oneDNN bf16 matmul: serve bf16 models with --dtype float32, "
+        "whose matmul is nearly flat in the tokens of a pass (docs/usage.md, CPU runtime)"
+    )
 
 
 def apply(environ: MutableMapping[str, str] | None = None) -> dict[str, str]:

@@ -351,7 +351,7 @@ def adjust_engine_config(vllm_config: VllmConfig) -> None:
 def warn_cpu_dtype(model_config) -> None:
     """Say so where a bf16 model runs on a CPU without oneDNN's bf16 matmul: there a
     pass over k + 1 tokens costs about k + 1 one-token passes, so speculation cannot
-    pay, and float32 ran faster in every configuration measured (`cpu_runtime`)."""
+    pay, while oneDNN's float32 matmul is nearly flat in the rows (`cpu_runtime`)."""
     import torch
 
     from trispec_vllm import cpu_runtime
@@ -361,6 +361,6 @@ def warn_cpu_dtype(model_config) -> None:
         logger.warning(
             "TriSpec: this CPU has no oneDNN bf16 matmul, so vLLM's bf16 linear layers "
             "cost time in proportion to the tokens of a pass and drafts cannot pay: serve "
-            "with dtype float32 (--dtype float32), which is faster here for every "
-            "configuration, speculative or not (docs/usage.md, CPU runtime)"
+            "with --dtype float32, whose matmul is nearly flat in the tokens of a pass "
+            "(docs/usage.md, CPU runtime)"
         )

@@ -62,13 +62,13 @@ def install_gemm_padding(min_rows: int) -> None:
         utils.dispatch_cpu_unquantized_gemm.trispec_min_rows = min_rows
 
 
-def linear_layer(shape: tuple[int, int]) -> torch.nn.Module:
-    """A bf16 layer of random weights of `shape` (out, in) with the CPU linear vLLM's
+def linear_layer(shape: tuple[int, int], dtype: torch.dtype = torch.bfloat16) -> torch.nn.Module:
+    """A layer of random `dtype` weights of `shape` (out, in) with the CPU linear vLLM's
     dispatch gives it on this machine, unpadded (`cpu_linear`)."""
     from vllm.model_executor.layers import utils
 
     mod = torch.nn.Module()
-    mod.weight = torch.nn.Parameter(torch.randn(shape, dtype=torch.bfloat16), requires_grad=False)
+    mod.weight = torch.nn.Parameter(torch.randn(shape, dtype=dtype), requires_grad=False)
     mod.bias = None
     utils.dispatch_cpu_unquantized_gemm(mod, False)
     mod.cpu_linear = getattr(mod.cpu_linear, "trispec_inner", mod.cpu_linear)
