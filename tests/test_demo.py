@@ -72,3 +72,22 @@ def test_tiny_demo_runs_end_to_end(tmp_path):
     assert out.count("  -> ") == len(demo.TINY_PROMPTS)
     for stream in (out, proc.stderr):  # vLLM logs to stdout; quiet unless --verbose
         assert " INFO " not in stream and " WARNING " not in stream
+
+
+def test_the_real_pair_runs_in_float32_where_the_cpu_wants_it_and_memory_allows(
+    monkeypatch, tmp_path
+):
+    from trispec_vllm import cpu_runtime
+
+    pair = (tmp_path / "target", tmp_path / "proxy")
+    for d in pair:
+        d.mkdir()
+        (d / "model.safetensors").write_bytes(b"\0" * 1000)
+    monkeypatch.setenv("VLLM_CPU_KVCACHE_SPACE", "0")
+    monkeypatch.setattr(cpu_runtime, "preferred_dtype", lambda dtype: dtype)
+    assert demo.cpu_dtype(pair) == "bfloat16"
+    monkeypatch.setattr(cpu_runtime, "preferred_dtype", lambda dtype: "float32")
+    assert demo.cpu_dtype(pair) == "float32"
+    pages = {"SC_AVPHYS_PAGES": 1, "SC_PAGE_SIZE": 4000}  # 4000 bytes free, 4000 needed
+    monkeypatch.setattr(demo.os, "sysconf", pages.__getitem__)
+    assert demo.cpu_dtype(pair) == "bfloat16"

@@ -16,6 +16,7 @@ import importlib
 import os
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 from trispec_vllm import envs
 
@@ -67,6 +68,24 @@ def check_real_pair_requirements() -> None:
             f"the demo needs {', '.join(missing)}: pip install 'trispec-vllm[cpu]' "
             "(or [cuda]), or run bash scripts/demo.sh"
         )
+
+
+def cpu_dtype(pair) -> str:
+    """float32 where the CPU has no oneDNN bf16 matmul (`cpu_runtime.preferred_dtype`)
+    and the pair's weights fit in memory twice over, bf16 otherwise."""
+    from trispec_vllm import cpu_runtime
+
+    dtype = cpu_runtime.preferred_dtype("bfloat16")
+    if dtype == "bfloat16":
+        return dtype
+    weights = sum(f.stat().st_size for d in pair for f in Path(d).glob("*.safetensors"))
+    kv = float(os.environ.get("VLLM_CPU_KVCACHE_SPACE", "2")) * 2**30
+    free = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    if 2 * weights + kv > 0.9 * free:
+        print("[demo] bfloat16: too little free memory for the pair in float32", flush=True)
+        return "bfloat16"
+    print(f"[demo] {dtype}: this CPU has no oneDNN bf16 matmul (docs/usage.md)", flush=True)
+    return dtype
 
 
 def _engine_steps(llm) -> tuple[int, dict[str, int]]:
@@ -177,11 +196,7 @@ def run(
         pair = fetch_pair()
         n_tokens, dtype = max_tokens or 96, "bfloat16"
         if not torch.cuda.is_available():
-            from trispec_vllm import cpu_runtime
-
-            dtype = cpu_runtime.preferred_dtype(dtype)
-            if dtype != "bfloat16":
-                print(f"[demo] dtype {dtype}: this CPU has no oneDNN bf16 matmul", flush=True)
+            dtype = cpu_dtype(pair)
         prompts = [[{"role": "user", "content": p}] for p in CHAT_PROMPTS]
 
     from vllm import SamplingParams
