@@ -164,6 +164,7 @@ FAMILIES = "families.json"  # check_families.py: ten decoder families, exact mod
 SPEED_AVX2 = "speed_avx2.json"
 CPU_GEMM_DTYPES = "cpu_gemm_dtypes.json"
 SPEED_B1_FLOAT32 = "speed_b1_float32.json"
+SPEED_B8_FLOAT32 = "speed_b8_float32.json"
 SPEED_AVX2_DEFAULT = "speed_avx2_default.json"
 SPEED_AVX512 = "speed_avx512.json"  # every configuration, 3 rounds, before the cost fixes
 HEADLINE = "speed_headline.json"  # the README's headline run
@@ -1044,6 +1045,7 @@ BLOCKS: dict[str, Callable[[], str]] = {
     "speed-avx2": lambda: speed_table(SPEED_AVX2),
     "cpu-gemm-dtypes": lambda: cpu_gemm(CPU_GEMM_DTYPES),
     "speed-b1-float32": lambda: speed_table(SPEED_B1_FLOAT32),
+    "speed-b8-float32": lambda: speed_table(SPEED_B8_FLOAT32),
     "speed-avx2-default": lambda: speed_table(SPEED_AVX2_DEFAULT),
     "cost-model": cost_model,
     "pass-costs": pass_costs,
