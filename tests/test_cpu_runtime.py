@@ -199,9 +199,13 @@ def test_a_bf16_engine_on_such_a_cpu_is_told_to_use_float32(monkeypatch, caplog)
 
     caplog.set_level(logging.WARNING)
     monkeypatch.setattr(cpu_runtime, "native_bf16_matmul", lambda: False)
+    monkeypatch.setattr(config_hook, "dtype_warned", False)
     config_hook.warn_cpu_dtype(Model())
     assert "dtype float32" in caplog.text
     caplog.clear()
+    config_hook.warn_cpu_dtype(Model())
+    assert caplog.text == ""  # once per process
+    monkeypatch.setattr(config_hook, "dtype_warned", False)
     Model.dtype = torch.float32
     config_hook.warn_cpu_dtype(Model())
     monkeypatch.setattr(cpu_runtime, "native_bf16_matmul", lambda: True)

@@ -348,6 +348,9 @@ def adjust_engine_config(vllm_config: VllmConfig) -> None:
     warn_cpu_dtype(vllm_config.model_config)
 
 
+dtype_warned = False  # warn_cpu_dtype: once per process
+
+
 def warn_cpu_dtype(model_config) -> None:
     """Say so where a bf16 model runs on a CPU without oneDNN's bf16 matmul: there a
     pass over k + 1 tokens costs about k + 1 one-token passes, so speculation cannot
@@ -356,8 +359,10 @@ def warn_cpu_dtype(model_config) -> None:
 
     from trispec_vllm import cpu_runtime
 
+    global dtype_warned
     dtype = getattr(model_config, "dtype", None)
-    if dtype == torch.bfloat16 and cpu_runtime.native_bf16_matmul() is False:
+    if dtype == torch.bfloat16 and not dtype_warned and cpu_runtime.native_bf16_matmul() is False:
+        dtype_warned = True  # vLLM finalises an engine's config more than once
         logger.warning(
             "TriSpec: this CPU has no oneDNN bf16 matmul, so vLLM's bf16 linear layers "
             "cost time in proportion to the tokens of a pass and drafts cannot pay: serve "
