@@ -361,11 +361,9 @@ def warn_cpu_dtype(model_config) -> None:
 
     global dtype_warned
     dtype = getattr(model_config, "dtype", None)
-    if dtype == torch.bfloat16 and not dtype_warned and cpu_runtime.native_bf16_matmul() is False:
+    if dtype != torch.bfloat16 or dtype_warned:
+        return
+    advice = cpu_runtime.dtype_advice()
+    if advice:
         dtype_warned = True  # vLLM finalises an engine's config more than once
-        logger.warning(
-            "TriSpec: this CPU has no oneDNN bf16 matmul, so vLLM's bf16 linear layers "
-            "cost time in proportion to the tokens of a pass and drafts cannot pay: serve "
-            "with --dtype float32, whose matmul is nearly flat in the tokens of a pass "
-            "(docs/usage.md, CPU runtime)"
-        )
+        logger.warning("TriSpec: %s", advice)
